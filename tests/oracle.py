@@ -231,65 +231,67 @@ class KMeansTrace:
     reseeds: int
 
 
+def flat_edges(residuals: np.ndarray) -> np.ndarray:
+    """(E,) bool: gamma_e == 0 or gamma_e <= 1e-12 * max gamma (weight 0 edges)."""
+    gamma = np.linalg.norm(residuals, axis=1)
+    return (gamma == 0) | (gamma <= 1e-12 * gamma.max(initial=0.0))
+
+
 def kmeans_from_init(
     residuals: np.ndarray, centroids0: np.ndarray, n_iter: int, tol: float
 ) -> KMeansTrace:
     """Spherical k-means from given initial centroids, one plain step at a time.
 
-    Each iteration: assign (argmax |<r, c>|, ties to the lowest q; keep the old code
-    unless the new one is strictly better); reseed empty clusters in ascending q with the
-    edge of largest current error not yet used this iteration (centroid r_e / ||r_e||,
-    the edge moves to that cluster); update each cluster to the top eigenvector of its
-    scatter matrix (kept only if its Rayleigh quotient is not below the old centroid's);
-    then record J. Stops after `n_iter` iterations or when the relative improvement is
-    below `tol` (or J = 0).
+    objective[0] is J of the best assignment to the initial centroids (argmax |<r, c>|,
+    ties to the lowest q). Each iteration then:
+      1. reseeds empty clusters in ascending q with the non-flat edges of largest current
+         error (err > 0; ties to the lowest index; each edge once): c_q = r_e / ||r_e||,
+         sign-fixed (the edge keeps its code until the next assignment);
+      2. updates every non-empty cluster to the top eigenvector of its scatter matrix,
+         kept only if its Rayleigh quotient is not below the old centroid's;
+      3. assigns (the old code is kept unless the best one is strictly better) and
+         records J.
+    Stops after `n_iter` iterations or when (J_prev - J) / J_prev < tol (or J = 0).
     """
     r = np.asarray(residuals, dtype=np.float64)
     c = np.array(centroids0, dtype=np.float64, copy=True)
     kk = c.shape[0]
+    flat = flat_edges(r)
     codes = best_codes(r, c)
-    objective = [kmeans_objective(r, c, codes)]
+    err = np.maximum(edge_errors(r, c, codes), 0.0)
+    objective = [float(err.sum())]
     reseeds = 0
-    converged = False
     iterations = 0
-    for _ in range(n_iter):
-        # assign
-        new = best_codes(r, c)
-        score_new = np.abs(np.einsum("em,em->e", r, c[new]))
-        score_old = np.abs(np.einsum("em,em->e", r, c[codes]))
-        codes = np.where(score_new > score_old, new, codes)
-        # empty clusters
+    converged = objective[0] == 0.0
+    while not converged and iterations < n_iter:
+        # 1. empty clusters
         counts = np.bincount(codes, minlength=kk)
-        used: set[int] = set()
-        for q in range(kk):
-            if counts[q] > 0:
-                continue
-            err = edge_errors(r, c, codes)
-            order = sorted(range(len(err)), key=lambda e: (-err[e], e))
-            e = next(e for e in order if e not in used)
-            used.add(e)
-            norm = np.linalg.norm(r[e])
-            c[q] = r[e] / norm if norm > 0 else 0.0
-            counts[codes[e]] -= 1
-            codes[e] = q
-            counts[q] += 1
+        empty = [q for q in range(kk) if counts[q] == 0]
+        cand = sorted((e for e in range(len(r)) if not flat[e] and err[e] > 0),
+                      key=lambda e: (-err[e], e))
+        for q, e in zip(empty, cand):
+            c[q] = fix_sign(r[e] / np.linalg.norm(r[e]))
             reseeds += 1
-        # update
+        # 2. update
         for q in range(kk):
             members = r[codes == q]
             if members.shape[0] == 0:
                 continue
             scatter = members.T @ members
-            cand = top_eigenvector(scatter)
-            if cand @ scatter @ cand >= c[q] @ scatter @ c[q]:
-                c[q] = cand
-        iterations += 1
-        j_now = kmeans_objective(r, c, codes)
-        j_prev = objective[-1]
+            cand_c = top_eigenvector(scatter)
+            if cand_c @ scatter @ cand_c >= c[q] @ scatter @ c[q]:
+                c[q] = cand_c
+        # 3. assign
+        new = best_codes(r, c)
+        score_new = np.einsum("em,em->e", r, c[new]) ** 2
+        score_old = np.einsum("em,em->e", r, c[codes]) ** 2
+        codes = np.where(score_new > score_old, new, codes)
+        err = np.maximum(edge_errors(r, c, codes), 0.0)
+        j_prev, j_now = objective[-1], float(err.sum())
         objective.append(j_now)
-        if j_now == 0.0 or (j_prev > 0 and (j_prev - j_now) / j_prev < tol):
+        iterations += 1
+        if j_now == 0.0 or (j_prev - j_now) / j_prev < tol:
             converged = True
-            break
     return KMeansTrace(c, codes, objective, iterations, converged, reseeds)
 
 

@@ -1,0 +1,250 @@
+"""`sharekan._core.lutham_forward` (ARCHITECTURE §4) against the dense NumPy oracle."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import oracle
+from conftest import grid_inputs, random_layer
+
+core = pytest.importorskip("sharekan._core")
+errors = pytest.importorskip("sharekan.errors")
+
+CODE_DTYPES = [np.uint8, np.int16, np.int32, np.uint32]
+
+
+def check_forward(x32, layer):
+    before = {key: v.copy() for key, v in layer.items() if isinstance(v, np.ndarray)}
+    x_before = x32.copy()
+    y = core.lutham_forward(x32, **layer)
+    np.testing.assert_array_equal(x32, x_before)
+    for key, v in before.items():
+        np.testing.assert_array_equal(layer[key], v, err_msg=key)
+    n_out = layer["codes"].shape[1]
+    assert y.dtype == np.float32 and y.shape == (x32.shape[0], n_out)
+    want = oracle.lutham_dense(x32.astype(np.float64), **layer)
+    # the basis magnitude for |x| is not the basis of x: bound rounding with |terms|
+    bx = oracle.bspline_basis(x32.astype(np.float64), layer["grid"], layer["k"])
+    w = np.abs(oracle.decode_layer(
+        layer["codebook"], layer["codes"], np.abs(layer["gains"].astype(np.float64)),
+        None if layer.get("gain_scale") is None else np.abs(layer["gain_scale"]),
+        None if layer.get("edge_bias") is None else np.abs(layer["edge_bias"].astype(np.float64)),
+        layer.get("edge_bias_scale"),
+    ))
+    scale = np.abs(bx).reshape(len(x32), -1) @ np.abs(w).transpose(0, 2, 1).reshape(-1, n_out)
+    if layer.get("base_weight") is not None:
+        bs = 1.0 if layer.get("base_scale") is None else layer["base_scale"].astype(np.float64)
+        scale += np.abs(oracle.silu(x32.astype(np.float64))) @ np.abs(
+            layer["base_weight"].astype(np.float64) * bs)
+    if layer.get("out_bias") is not None:
+        scale += np.abs(layer["out_bias"].astype(np.float64))
+    err = np.abs(y.astype(np.float64) - want)
+    tol = 2e-6 * scale + 1e-6
+    assert np.all(err <= tol), f"max err {err.max()} at {np.unravel_index(np.argmax(err - tol), err.shape)}"
+    return y
+
+
+@pytest.mark.parametrize("code_dtype", CODE_DTYPES)
+@pytest.mark.parametrize("weight_kind", ["f32", "int8"])
+@pytest.mark.parametrize("batch", [1, 7])
+def test_forward_matches_oracle(rng, code_dtype, weight_kind, batch):
+    layer = random_layer(rng, 6, 5, 5, 3, 11, code_dtype=code_dtype, weight_kind=weight_kind)
+    x = grid_inputs(rng, layer["grid"], batch).astype(np.float32)
+    check_forward(x, layer)
+
+
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n_in=st.integers(1, 7),
+    n_out=st.integers(1, 6),
+    g=st.integers(1, 8),
+    k=st.integers(1, 4),
+    n_codes=st.integers(1, 40),
+    batch=st.sampled_from([1, 2, 5, 31]),
+    code_dtype=st.sampled_from(CODE_DTYPES),
+    weight_kind=st.sampled_from(["f32", "int8"]),
+    parts=st.tuples(st.booleans(), st.booleans(), st.booleans()),
+    uniform=st.booleans(),
+)
+def test_forward_matches_oracle_random(seed, n_in, n_out, g, k, n_codes, batch, code_dtype,
+                                       weight_kind, parts, uniform):
+    rng = np.random.default_rng(seed)
+    layer = random_layer(rng, n_in, n_out, g, k, n_codes, code_dtype=code_dtype,
+                         weight_kind=weight_kind, with_edge_bias=parts[0],
+                         with_out_bias=parts[1], with_base=parts[2], uniform=uniform)
+    x = grid_inputs(rng, layer["grid"], batch, outside=0.4).astype(np.float32)
+    check_forward(x, layer)
+
+
+def test_forward_only_required_parts(rng):
+    layer = random_layer(rng, 4, 3, 5, 3, 6, with_edge_bias=False, with_out_bias=False,
+                         with_base=False)
+    layer.pop("gain_scale", None)
+    x = grid_inputs(rng, layer["grid"], 9).astype(np.float32)
+    check_forward(x, layer)
+
+
+def test_forward_far_outside_grid(rng):
+    # outside every grid only the base branch and out_bias remain
+    layer = random_layer(rng, 3, 4, 5, 3, 6)
+    x = np.array([[1e6, -1e6, 50.0], [-50.0, 1e3, -1e3]], dtype=np.float32)
+    y = check_forward(x, layer)
+    no_spline = oracle.lutham_dense(
+        x.astype(np.float64), **{**layer, "gains": np.zeros_like(layer["gains"]),
+                                 "edge_bias": np.zeros_like(layer["edge_bias"])})
+    np.testing.assert_allclose(y, no_spline, rtol=1e-5, atol=1e-4)
+
+
+def test_forward_matches_kmeans_decoded_layer(rng):
+    # end to end: fit a layer's coefficients, evaluate compressed == dense decoded layer
+    n_in, n_out, g, k = 6, 5, 5, 3
+    grid = oracle.uniform_grid(n_in, g, k)
+    w = rng.normal(size=(n_in * n_out, g + k))
+    fit = core.gsb_fit(w, core.bspline_gram(grid, k), 7, 10, 0.0, 1)
+    layer = {
+        "grid": grid.astype(np.float32), "k": k,
+        "codebook": fit["codebook"].astype(np.float32),
+        "codes": fit["codes"].reshape(n_in, n_out).astype(np.uint8),
+        "gains": fit["gains"].reshape(n_in, n_out).astype(np.float32),
+        "edge_bias": fit["biases"].reshape(n_in, n_out).astype(np.float32),
+    }
+    x = grid_inputs(rng, grid, 13).astype(np.float32)
+    check_forward(x, layer)
+
+
+# --- bad input -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def good(rng):
+    layer = random_layer(rng, 4, 3, 5, 3, 6, code_dtype=np.int32)
+    x = grid_inputs(rng, layer["grid"], 5).astype(np.float32)
+    return x, layer
+
+
+def call_unmodified(x, layer):
+    snap = {key: v.copy() for key, v in layer.items() if isinstance(v, np.ndarray)}
+    x0 = x.copy()
+    try:
+        return core.lutham_forward(x, **layer)
+    finally:
+        np.testing.assert_array_equal(x, x0)
+        for key, v in snap.items():
+            np.testing.assert_array_equal(layer[key], v, err_msg=key)
+
+
+@pytest.mark.parametrize("code_dtype", CODE_DTYPES)
+def test_code_out_of_range(rng, code_dtype):
+    layer = random_layer(rng, 4, 3, 5, 3, 6, code_dtype=code_dtype)
+    x = grid_inputs(rng, layer["grid"], 2).astype(np.float32)
+    layer["codes"][2, 1] = 6
+    with pytest.raises(errors.CodeRangeError, match="codes"):
+        call_unmodified(x, layer)
+    if np.issubdtype(code_dtype, np.signedinteger):
+        layer["codes"][2, 1] = -1
+        with pytest.raises(errors.CodeRangeError, match="codes"):
+            call_unmodified(x, layer)
+
+
+@pytest.mark.parametrize("name", ["x", "grid", "codebook", "gains", "gain_scale",
+                                  "edge_bias", "edge_bias_scale", "out_bias", "base_weight",
+                                  "base_scale"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nonfinite(good, name, bad):
+    x, layer = good
+    if name == "x":
+        x = x.copy()
+        x[1, 2] = bad
+    else:
+        layer[name] = layer[name].copy()
+        layer[name].reshape(-1)[-1] = bad
+    with pytest.raises(errors.NonFiniteError, match=name):
+        call_unmodified(x, layer)
+
+
+@pytest.mark.parametrize(
+    "name, shape",
+    [("x", (5, 3)), ("grid", (3, 12)), ("grid", (4, 11)), ("codebook", (6, 7)),
+     ("codes", (4, 4)), ("codes", (3, 3)), ("gains", (4, 2)), ("gain_scale", (2,)),
+     ("edge_bias", (3, 3)), ("edge_bias_scale", (4,)), ("out_bias", (2,)),
+     ("base_weight", (4, 4)), ("base_scale", (1,)), ("x", (5, 4, 1)), ("gains", (12,))],
+)
+def test_shape_mismatch(good, name, shape):
+    x, layer = good
+    src = x if name == "x" else layer[name]
+    arr = np.zeros(shape, dtype=src.dtype)
+    if name == "grid":
+        arr[...] = np.arange(shape[1], dtype=np.float32)
+    if name == "x":
+        x = arr
+    else:
+        layer[name] = arr
+    with pytest.raises(errors.ShapeError, match=name):
+        call_unmodified(x, layer)
+
+
+def test_empty(good):
+    x, layer = good
+    with pytest.raises(errors.ShapeError):
+        call_unmodified(np.zeros((0, 4), np.float32), layer)
+    layer["codebook"] = np.zeros((0, 8), np.float32)
+    with pytest.raises((errors.ShapeError, errors.InvalidInputError)):
+        call_unmodified(x, layer)
+
+
+def test_grid_not_increasing(good):
+    x, layer = good
+    layer["grid"] = layer["grid"].copy()
+    layer["grid"][1, 3] = layer["grid"][1, 2]
+    with pytest.raises(errors.InvalidInputError, match="grid"):
+        call_unmodified(x, layer)
+
+
+@pytest.mark.parametrize(
+    "name, dtype",
+    [("x", np.float64), ("grid", np.float64), ("codebook", np.float64), ("codes", np.int64),
+     ("codes", np.float32), ("gains", np.float64), ("gains", np.int16),
+     ("gain_scale", np.float64), ("edge_bias", np.int32), ("out_bias", np.float64),
+     ("base_weight", np.float64)],
+)
+def test_wrong_dtype(good, name, dtype):
+    x, layer = good
+    if name == "x":
+        x = x.astype(dtype)
+    else:
+        layer[name] = layer[name].astype(dtype)
+    with pytest.raises((TypeError, errors.InvalidInputError)):
+        call_unmodified(x, layer)
+
+
+@pytest.mark.parametrize("name", ["x", "grid", "codebook", "codes", "gains", "edge_bias",
+                                  "base_weight", "gain_scale"])
+def test_non_contiguous(good, name):
+    x, layer = good
+    src = x if name == "x" else layer[name]
+    if src.ndim == 2:
+        wide = np.zeros((src.shape[0], 2 * src.shape[1]), dtype=src.dtype)
+        wide[:, ::2] = src
+        view = wide[:, ::2]
+    else:
+        wide = np.zeros(2 * src.shape[0], dtype=src.dtype)
+        wide[::2] = src
+        view = wide[::2]
+    assert not view.flags.c_contiguous
+    if name == "x":
+        x = view
+    else:
+        layer[name] = view
+    with pytest.raises((TypeError, errors.InvalidInputError)):
+        call_unmodified(x, layer)
+
+
+def test_bad_k(good):
+    x, layer = good
+    for k in (2, 4, -1):
+        layer["k"] = k
+        with pytest.raises((errors.InvalidInputError, errors.ShapeError, OverflowError)):
+            call_unmodified(x, layer)

@@ -1,1 +1,249 @@
-//! placeholder
+//! PyO3 bindings of `sharekan-core`, built by maturin into `sharekan._core`.
+//!
+//! Only array conversion, GIL release and error mapping live here: every array is checked
+//! for dtype, dimensionality and C order, read zero-copy, and the core runs with the GIL
+//! released. Core errors become the exception classes of `sharekan.errors`.
+
+mod arrays;
+mod errors;
+mod evaluator;
+
+use std::collections::HashMap;
+
+use ndarray::Array1;
+use numpy::{IntoPyArray, PyArray1, PyArray2, PyArray3};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use sharekan_core::{artifact, bspline, gsb, kmeans, quant};
+
+use arrays::{array1, array2};
+use errors::{core_err, invalid};
+
+fn kmeans_params(k: usize, n_iter: usize, tol: f64, seed: u64) -> kmeans::KMeansParams {
+    kmeans::KMeansParams {
+        k,
+        n_iter,
+        tol,
+        seed,
+        init: kmeans::Init::KMeansPlusPlus,
+    }
+}
+
+/// B-spline basis values, efficient-kan semantics: (B, n_in) x (n_in, G+2k+1) -> (B, n_in, G+k).
+#[pyfunction]
+fn bspline_basis<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    grid: &Bound<'py, PyAny>,
+    k: usize,
+) -> PyResult<Bound<'py, PyArray3<f64>>> {
+    let x = array2::<f64>(x, "x")?;
+    let grid = array2::<f64>(grid, "grid")?;
+    let (x, grid) = (x.as_array(), grid.as_array());
+    let out = py
+        .detach(|| bspline::basis_dense(x, grid, k))
+        .map_err(|e| core_err(py, e))?;
+    Ok(out.into_pyarray(py))
+}
+
+/// Function metric: (M, M) Gram matrix of the basis over the grid range, averaged over inputs.
+#[pyfunction]
+fn bspline_gram<'py>(
+    py: Python<'py>,
+    grid: &Bound<'py, PyAny>,
+    k: usize,
+) -> PyResult<Bound<'py, PyArray2<f64>>> {
+    let grid = array2::<f64>(grid, "grid")?;
+    let grid = grid.as_array();
+    let out = py
+        .detach(|| bspline::gram(grid, k))
+        .map_err(|e| core_err(py, e))?;
+    Ok(out.into_pyarray(py))
+}
+
+/// Weighted sign-invariant spherical k-means over residuals (E, M).
+#[pyfunction]
+fn spherical_kmeans<'py>(
+    py: Python<'py>,
+    residuals: &Bound<'py, PyAny>,
+    k: usize,
+    n_iter: usize,
+    tol: f64,
+    seed: u64,
+) -> PyResult<Bound<'py, PyDict>> {
+    let residuals = array2::<f64>(residuals, "residuals")?;
+    let view = residuals.as_array();
+    let params = kmeans_params(k, n_iter, tol, seed);
+    let res = py
+        .detach(|| kmeans::spherical_kmeans(view, &params))
+        .map_err(|e| core_err(py, e))?;
+    let out = PyDict::new(py);
+    out.set_item("centroids", res.centroids.into_pyarray(py))?;
+    out.set_item("codes", Array1::from(res.codes).into_pyarray(py))?;
+    out.set_item("objective", Array1::from(res.objective).into_pyarray(py))?;
+    out.set_item("iterations", res.iterations)?;
+    out.set_item("converged", res.converged)?;
+    out.set_item("reseeds", res.reseeds)?;
+    Ok(out)
+}
+
+/// Full gain-shape-bias fit of coefficients (E, M) under metric (M, M).
+#[pyfunction]
+fn gsb_fit<'py>(
+    py: Python<'py>,
+    coeffs: &Bound<'py, PyAny>,
+    metric: &Bound<'py, PyAny>,
+    k: usize,
+    n_iter: usize,
+    tol: f64,
+    seed: u64,
+) -> PyResult<Bound<'py, PyDict>> {
+    let coeffs = array2::<f64>(coeffs, "coeffs")?;
+    let metric = array2::<f64>(metric, "metric")?;
+    let (cv, mv) = (coeffs.as_array(), metric.as_array());
+    let params = kmeans_params(k, n_iter, tol, seed);
+    let fit = py
+        .detach(|| gsb::fit(cv, mv, &params))
+        .map_err(|e| core_err(py, e))?;
+    let out = PyDict::new(py);
+    out.set_item("codebook", fit.codebook.into_pyarray(py))?;
+    out.set_item("codes", Array1::from(fit.codes).into_pyarray(py))?;
+    out.set_item("gains", fit.gains.into_pyarray(py))?;
+    out.set_item("biases", fit.biases.into_pyarray(py))?;
+    out.set_item("objective", Array1::from(fit.kmeans.objective).into_pyarray(py))?;
+    out.set_item("iterations", fit.kmeans.iterations)?;
+    out.set_item("converged", fit.kmeans.converged)?;
+    out.set_item("reseeds", fit.kmeans.reseeds)?;
+    Ok(out)
+}
+
+/// Joint least-squares (gain, bias) per edge for a fixed codebook and codes.
+#[pyfunction]
+#[allow(clippy::type_complexity)]
+fn refit_gain_bias<'py>(
+    py: Python<'py>,
+    coeffs: &Bound<'py, PyAny>,
+    metric: &Bound<'py, PyAny>,
+    codebook: &Bound<'py, PyAny>,
+    codes: &Bound<'py, PyAny>,
+) -> PyResult<(Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<f64>>)> {
+    let coeffs = array2::<f64>(coeffs, "coeffs")?;
+    let metric = array2::<f64>(metric, "metric")?;
+    let codebook = array2::<f64>(codebook, "codebook")?;
+    let codes = array1::<u32>(codes, "codes")?;
+    let (cv, mv, bv) = (coeffs.as_array(), metric.as_array(), codebook.as_array());
+    let codes = codes.as_slice().map_err(|_| invalid(py, "codes: must be C-contiguous"))?;
+    let (g, b) = py
+        .detach(|| gsb::refit_gain_bias(cv, mv, bv, codes))
+        .map_err(|e| core_err(py, e))?;
+    Ok((g.into_pyarray(py), b.into_pyarray(py)))
+}
+
+/// Symmetric int8 quantisation with one scale per row (axis=0) or per column (axis=1).
+#[pyfunction]
+#[allow(clippy::type_complexity)]
+fn quantize_i8<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    axis: usize,
+) -> PyResult<(Bound<'py, PyArray2<i8>>, Bound<'py, PyArray1<f32>>)> {
+    let x = array2::<f64>(x, "x")?;
+    let view = x.as_array();
+    let (q, s) = py
+        .detach(|| quant::quantize_i8(view, axis))
+        .map_err(|e| core_err(py, e))?;
+    Ok((q.into_pyarray(py), s.into_pyarray(py)))
+}
+
+/// Bits per code for a codebook of `k` words: ceil(log2 k), 0 when k == 1.
+#[pyfunction]
+fn bits_for(py: Python<'_>, k: usize) -> PyResult<u32> {
+    if k == 0 {
+        return Err(invalid(py, "k: the codebook size must be at least 1, got 0"));
+    }
+    Ok(quant::bits_for(k))
+}
+
+/// Pack codes (E,) u32 into an LSB-first bit stream of `bits` per code.
+#[pyfunction]
+fn pack_codes<'py>(
+    py: Python<'py>,
+    codes: &Bound<'py, PyAny>,
+    bits: u32,
+) -> PyResult<Bound<'py, PyArray1<u8>>> {
+    let codes = array1::<u32>(codes, "codes")?;
+    let slice = codes.as_slice().map_err(|_| invalid(py, "codes: must be C-contiguous"))?;
+    let packed = py
+        .detach(|| quant::pack_codes(slice, bits))
+        .map_err(|e| core_err(py, e))?;
+    Ok(Array1::from(packed).into_pyarray(py))
+}
+
+/// Unpack `n` codes of `bits` each from an LSB-first bit stream.
+#[pyfunction]
+fn unpack_codes<'py>(
+    py: Python<'py>,
+    packed: &Bound<'py, PyAny>,
+    bits: u32,
+    n: usize,
+) -> PyResult<Bound<'py, PyArray1<u32>>> {
+    let packed = array1::<u8>(packed, "packed")?;
+    let slice = packed.as_slice().map_err(|_| invalid(py, "packed: must be C-contiguous"))?;
+    let codes = py
+        .detach(|| quant::unpack_codes(slice, bits, n))
+        .map_err(|e| core_err(py, e))?;
+    Ok(Array1::from(codes).into_pyarray(py))
+}
+
+/// Write tensors (name -> C-contiguous array) and string metadata to a safetensors file.
+#[pyfunction]
+fn save_safetensors(
+    py: Python<'_>,
+    path: &str,
+    tensors: HashMap<String, Bound<'_, PyAny>>,
+    metadata: HashMap<String, String>,
+) -> PyResult<()> {
+    let mut owned = Vec::with_capacity(tensors.len());
+    for (name, obj) in tensors {
+        owned.push(arrays::tensor_bytes(&name, &obj)?);
+    }
+    let path = path.to_owned();
+    py.detach(|| artifact::save(&path, &owned, &metadata))
+        .map_err(|e| core_err(py, e))
+}
+
+/// Read a safetensors file: (name -> array, metadata).
+#[pyfunction]
+#[allow(clippy::type_complexity)]
+fn load_safetensors<'py>(
+    py: Python<'py>,
+    path: &str,
+) -> PyResult<(HashMap<String, Bound<'py, PyAny>>, HashMap<String, String>)> {
+    let path = path.to_owned();
+    let (tensors, metadata) = py
+        .detach(|| artifact::load(&path))
+        .map_err(|e| core_err(py, e))?;
+    let mut out = HashMap::with_capacity(tensors.len());
+    for t in tensors {
+        out.insert(t.name.clone(), arrays::tensor_to_numpy(py, &t)?);
+    }
+    Ok((out, metadata))
+}
+
+/// The `sharekan._core` extension module.
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(bspline_basis, m)?)?;
+    m.add_function(wrap_pyfunction!(bspline_gram, m)?)?;
+    m.add_function(wrap_pyfunction!(spherical_kmeans, m)?)?;
+    m.add_function(wrap_pyfunction!(gsb_fit, m)?)?;
+    m.add_function(wrap_pyfunction!(refit_gain_bias, m)?)?;
+    m.add_function(wrap_pyfunction!(quantize_i8, m)?)?;
+    m.add_function(wrap_pyfunction!(bits_for, m)?)?;
+    m.add_function(wrap_pyfunction!(pack_codes, m)?)?;
+    m.add_function(wrap_pyfunction!(unpack_codes, m)?)?;
+    m.add_function(wrap_pyfunction!(evaluator::lutham_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(save_safetensors, m)?)?;
+    m.add_function(wrap_pyfunction!(load_safetensors, m)?)?;
+    Ok(())
+}

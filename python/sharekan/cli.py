@@ -1,0 +1,147 @@
+"""The `sharekan` command line: compress, inspect, decompress."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from .errors import ShareKanError
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-k", "--codebook-size", type=int, default=None, help="codewords K (default 256; the embedded model uses 64)")
+    p.add_argument("--metric", choices=["coefficient", "function"], default="function")
+    p.add_argument("--share", choices=["layer", "model"], default="layer")
+    p.add_argument("--float", dest="int8", action="store_false", help="keep codebook/gains/biases in float32")
+    p.add_argument("--bias", choices=["auto", "fold", "edge"], default="auto")
+    p.add_argument("--base", choices=["int8", "float"], default="int8")
+    p.add_argument("--n-iter", type=int, default=25)
+    p.add_argument("--tol", type=float, default=1e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--input-range", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None)
+
+
+def _config(args: argparse.Namespace, default_k: int):
+    from .config import Config
+
+    return Config(
+        codebook_size=args.codebook_size or default_k, metric=args.metric, share=args.share,
+        int8=args.int8, bias=args.bias, base=args.base, n_iter=args.n_iter, tol=args.tol,
+        seed=args.seed, input_range=tuple(args.input_range) if args.input_range else None,
+    )
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from . import compress
+    from .checkpoints import read_checkpoint
+
+    test = None
+    if args.checkpoint is None:
+        from .default_model import load_default
+
+        state_dict, test_x, test_y = load_default()
+        cfg = _config(args, default_k=64)
+        calibration = test_x[:256] if test_x is not None else None
+        print("No checkpoint given: compressing the embedded default KAN "
+              "(efficient-kan layout, trained on scikit-learn's digits).")
+        test = (test_x, test_y)
+    else:
+        state_dict = read_checkpoint(args.checkpoint)
+        cfg = _config(args, default_k=256)
+        calibration = None
+    model = compress(state_dict, cfg, calibration=calibration, progress=True)
+    if args.json:
+        print(model.report.to_json())
+    else:
+        print(model.report.table())
+    if test is not None and test[0] is not None:
+        _print_default_accuracy(state_dict, model, *test)
+    if args.output:
+        model.save(args.output)
+        print(f"saved {args.output} ({model.nbytes / 1024:.1f} KiB of tensors)")
+    return 0
+
+
+def _print_default_accuracy(state_dict, model, test_x: np.ndarray, test_y: np.ndarray) -> None:
+    from .compiler import dense_layer_forward
+    from .layouts import detect_layout
+
+    started = time.perf_counter()
+    dense = test_x.astype(np.float64)
+    for source in detect_layout(state_dict).extract(state_dict).layers:
+        dense = dense_layer_forward(source, dense)
+    approx = model.forward(test_x.astype(np.float32)).astype(np.float64)
+    sqnr = -20 * np.log10(np.linalg.norm(dense - approx) / np.linalg.norm(dense))
+    agree = float((dense.argmax(1) == approx.argmax(1)).mean())
+    print(
+        f"test split ({len(test_y)} images): dense accuracy {(dense.argmax(1) == test_y).mean():.2%}, "
+        f"compressed {(approx.argmax(1) == test_y).mean():.2%}, top-1 agreement {agree:.2%}, "
+        f"output SQNR {sqnr:.1f} dB ({time.perf_counter() - started:.2f} s)"
+    )
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .artifact import load, read
+
+    tensors, metadata = read(args.artifact)
+    model = load(args.artifact)
+    if args.json:
+        print(model.report.to_json())
+        return 0
+    print(f"{args.artifact}: sharekan format {metadata['format_version']}, written by "
+          f"sharekan {metadata['sharekan_version']}, source layout {metadata['source_layout']}")
+    print(f"config: {metadata['config']}")
+    print(f"{len(tensors)} tensors, {model.nbytes / 1024:.1f} KiB, checksum {metadata['checksum'][:16]}... OK")
+    print(model.report.table())
+    return 0
+
+
+def cmd_decompress(args: argparse.Namespace) -> int:
+    from .artifact import load
+    from .checkpoints import write_checkpoint
+
+    state_dict = load(args.artifact).decompress()
+    write_checkpoint(state_dict, args.output)
+    print(f"wrote {len(state_dict)} tensors to {args.output}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sharekan",
+        description="Compress Kolmogorov-Arnold Networks by gain-shape-bias vector quantization.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("compress", help="compress a KAN checkpoint (no argument: the embedded default)")
+    p.add_argument("checkpoint", nargs="?", help=".safetensors, .npz, .pt or .pth state_dict")
+    p.add_argument("-o", "--output", help="artifact to write (.sharekan / .safetensors)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_compress)
+    p = sub.add_parser("inspect", help="verify an artifact and print its report")
+    p.add_argument("artifact")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_inspect)
+    p = sub.add_parser("decompress", help="write the decoded state_dict with the original keys")
+    p.add_argument("artifact")
+    p.add_argument("-o", "--output", required=True, help=".safetensors, .npz, .pt or .pth")
+    p.set_defaults(func=cmd_decompress)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ShareKanError, FileNotFoundError) as exc:
+        print(f"sharekan: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,399 @@
+"""`compress`: state_dict in, CompressedModel out (SPEC §2). Orchestration only: every
+numerical loop (k-means, gain/bias fitting, int8, bit packing, evaluation) runs in Rust."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import _core
+from .compressed import CompressedLayer, CompressedModel
+from .config import Config
+from .errors import InvalidInputError, LayoutError, ShapeError
+from .layouts import LayerSource, detect_layout, get_layout
+from .report import LayerReport, Report
+from .validation import as_state_dict, float_array, to_numpy
+
+#: Ridge added to a data metric (relative to its mean eigenvalue) so basis functions that
+#: calibration never reaches still get a small, well-conditioned weight.
+DATA_METRIC_RIDGE = 1e-3
+#: Points per knot interval where max |d phi| is measured.
+DPHI_POINTS_PER_INTERVAL = 8
+
+
+def compress(
+    state_dict: Mapping[str, Any],
+    config: Config | None = None,
+    *,
+    calibration: Any = None,
+    layout: str | None = None,
+    progress: bool | Callable[[str], None] = False,
+    **overrides: Any,
+) -> CompressedModel:
+    """Compress every KAN layer of a checkpoint by gain-shape-bias vector quantization.
+
+    Args:
+        state_dict: name -> numpy array or torch tensor, as saved by a KAN library
+            (efficient-kan layout: `<prefix>.spline_weight` (n_out, n_in, M),
+            `<prefix>.grid` (n_in, G+2k+1), `<prefix>.base_weight` (n_out, n_in),
+            optional `<prefix>.spline_scaler` (n_out, n_in); float16/32/64). Never modified.
+        config: a `Config`; `overrides` (e.g. `codebook_size=16`) replace its fields.
+        calibration: optional inputs to measure output fidelity, decide `bias="auto"` and
+            define `metric="data"`: an array (batch, n_in of the first layer) of model
+            inputs, or {layer name: (batch, n_in) array of that layer's inputs}.
+        layout: force an adapter by name instead of detecting it.
+        progress: True for a progress bar per layer (tqdm), or a callable taking a message.
+
+    Returns:
+        A CompressedModel (`.report`, `.nbytes`, `.save()`, `.decompress()`, `.forward()`).
+
+    Raises:
+        LayoutError: no known layout, or inconsistent tensors (named in the message).
+        NonFiniteError, ShapeError, DTypeError: bad tensors (named, with the bad values).
+        InvalidInputError: bad options, e.g. codebook_size larger than a layer's edges.
+
+    Example:
+        >>> model = sharekan.compress(kan.state_dict(), codebook_size=64)  # doctest: +SKIP
+        >>> print(model.report)  # doctest: +SKIP
+    """
+    started = time.perf_counter()
+    cfg = config if config is not None else Config()
+    if not isinstance(cfg, Config):
+        raise InvalidInputError(f"config: expected sharekan.Config, got {type(cfg).__name__}")
+    if overrides:
+        cfg = cfg.replace(**overrides)
+    sd = as_state_dict(state_dict)
+    adapter = get_layout(layout) if layout else detect_layout(sd)
+    extraction = adapter.extract(sd)
+    if not extraction.layers:
+        raise LayoutError(f"layout {adapter.name!r} found no KAN layer in the state_dict")
+    sources = extraction.layers
+    calib = _calibration_inputs(sources, calibration)
+
+    notify = _progress(progress, len(sources))
+    compiled: dict[str, tuple[CompressedLayer, LayerReport]] = {}
+    for group, members in _codebook_groups(sources, cfg).items():
+        for layer, report in _compile_group(group, members, cfg, calib, notify):
+            compiled[layer.name] = (layer, report)
+    notify(None)
+
+    layers = {s.name: compiled[s.name][0] for s in sources}
+    report = Report(
+        layout=adapter.name,
+        layers=[compiled[s.name][1] for s in sources],
+        tensors=extraction.entries,
+        bytes_passthrough=sum(int(a.nbytes) for a in extraction.passthrough.values()),
+        seconds=time.perf_counter() - started,
+        config=cfg.to_dict(),
+    )
+    passthrough = {k: np.array(v, copy=True) for k, v in extraction.passthrough.items()}
+    return CompressedModel(layers, passthrough, adapter.name, cfg, report, list(sd))
+
+
+# ---------------------------------------------------------------------------- metrics
+
+
+def dense_layer_forward(source: LayerSource, x: np.ndarray) -> np.ndarray:
+    """Dense efficient-kan layer on x (batch, n_in) float64 -> (batch, n_out) float64."""
+    basis = _core.bspline_basis(x, source.grid, source.spline_order)  # (batch, n_in, M)
+    out = np.einsum("bim,iom->bo", basis, source.coeffs)
+    if source.base_weight is not None:
+        out += (x / (1.0 + np.exp(-x))) @ source.base_weight
+    return out
+
+
+def function_metric(source: LayerSource) -> np.ndarray:
+    """(M, M) Gram matrix of the basis over the grid range, averaged over inputs."""
+    return _core.bspline_gram(source.grid, source.spline_order)
+
+
+def data_metric(source: LayerSource, x: np.ndarray) -> np.ndarray:
+    """(M, M) mean of B(x_i) B(x_i)^T over calibration rows and inputs, plus a small ridge."""
+    basis = _core.bspline_basis(x, source.grid, source.spline_order)  # (batch, n_in, M)
+    flat = basis.reshape(-1, basis.shape[-1])
+    gram = flat.T @ flat / flat.shape[0]
+    ridge = DATA_METRIC_RIDGE * max(np.trace(gram) / gram.shape[0], 1e-12)
+    return gram + ridge * np.eye(gram.shape[0])
+
+
+def layer_metric(source: LayerSource, metric: str, calib: Mapping[str, np.ndarray]) -> np.ndarray:
+    if metric == "coefficient":
+        return np.eye(source.n_coeffs)
+    if metric == "function":
+        return function_metric(source)
+    if source.name not in calib:
+        raise InvalidInputError(
+            f"layer {source.name!r}: metric='data' needs calibration inputs "
+            "(pass calibration=<model inputs> or {layer name: inputs})"
+        )
+    return data_metric(source, calib[source.name])
+
+
+def fraction_outside_grid(source: LayerSource, x: np.ndarray) -> float:
+    """Fraction of calibration values outside each input's grid range [t_k, t_{G+k}]."""
+    k, g = source.spline_order, source.grid_size
+    lo, hi = source.grid[:, k], source.grid[:, g + k]
+    return float(((x < lo) | (x > hi)).mean())
+
+
+def inputs_inside_grid(source: LayerSource, cfg: Config, calib: Mapping[str, np.ndarray]) -> bool:
+    """Whether folding this layer's biases is known to be exact (SPEC §2.6, bias="auto")."""
+    if source.name in calib:
+        return fraction_outside_grid(source, calib[source.name]) == 0.0
+    if cfg.input_range is not None:
+        k, g = source.spline_order, source.grid_size
+        lo, hi = cfg.input_range
+        return bool((source.grid[:, k] <= lo).all() and (source.grid[:, g + k] >= hi).all())
+    return False
+
+
+# ---------------------------------------------------------------------------- compile
+
+
+@dataclass
+class _Fit:
+    codebook: np.ndarray  # (K, M) float64, coefficient space
+    codes: np.ndarray  # (E_total,) uint32
+    gains: np.ndarray  # (E_total,) float64 (before refit)
+    iterations: int
+    converged: bool
+    objective: list[float]
+
+
+def _codebook_groups(sources: list[LayerSource], cfg: Config) -> dict[str, list[LayerSource]]:
+    if cfg.share == "layer":
+        return {s.name: [s] for s in sources}
+    groups: dict[str, list[LayerSource]] = {}
+    for s in sources:
+        groups.setdefault(f"shared_m{s.n_coeffs}", []).append(s)
+    return groups
+
+
+def _compile_group(
+    group: str,
+    members: list[LayerSource],
+    cfg: Config,
+    calib: Mapping[str, np.ndarray],
+    notify: Callable[[str | None], None],
+) -> Iterable[tuple[CompressedLayer, LayerReport]]:
+    gcfg = cfg.for_layer(members[0].name)
+    edges = sum(s.n_in * s.n_out for s in members)
+    k = gcfg.codebook_size
+    if k > edges:
+        what = f"layer {members[0].name!r}" if len(members) == 1 else f"codebook group {group!r}"
+        raise InvalidInputError(
+            f"{what}: codebook_size K={k} exceeds its {edges} edges; use codebook_size <= {edges} "
+            f"(or an override for this layer, e.g. overrides={{'{members[0].name}': "
+            f"{{'codebook_size': {min(edges, 16)}}}}})"
+        )
+    started = time.perf_counter()
+    metrics = [layer_metric(s, gcfg.metric, calib) for s in members]
+    weights = np.array([s.n_in * s.n_out for s in members], dtype=np.float64)
+    group_metric = np.einsum("l,lij->ij", weights / weights.sum(), np.stack(metrics))
+    coeffs = np.concatenate([s.coeffs.reshape(-1, s.n_coeffs) for s in members])  # (E, M)
+    raw = _core.gsb_fit(coeffs, group_metric, k, gcfg.n_iter, gcfg.tol, gcfg.seed)
+    fit = _Fit(raw["codebook"], raw["codes"], raw["gains"], int(raw["iterations"]),
+               bool(raw["converged"]), [float(v) for v in raw["objective"]])
+    if gcfg.int8:
+        book_q, book_scale = _core.quantize_i8(fit.codebook, 0)
+        book = (book_q.astype(np.float32) * book_scale[:, None]).astype(np.float32)
+    else:
+        book_q, book_scale, book = None, None, fit.codebook.astype(np.float32)
+    fit_seconds = (time.perf_counter() - started) / len(members)
+
+    offset = 0
+    for index, (source, metric) in enumerate(zip(members, metrics)):
+        started = time.perf_counter()
+        notify(source.name)
+        e = source.n_in * source.n_out
+        codes = np.ascontiguousarray(fit.codes[offset : offset + e])
+        flat_gain = fit.gains[offset : offset + e]
+        offset += e
+        layer, extra = _compile_layer(
+            source, cfg.for_layer(source.name), group, book, book_q, book_scale, codes, metric, calib
+        )
+        report = _layer_report(
+            source, layer, cfg.for_layer(source.name), fit, flat_gain, extra,
+            with_codebook=index == 0, calib=calib,
+            seconds=fit_seconds + time.perf_counter() - started,
+        )
+        yield layer, report
+
+
+def _compile_layer(
+    source: LayerSource,
+    cfg: Config,
+    group: str,
+    book: np.ndarray,
+    book_q: np.ndarray | None,
+    book_scale: np.ndarray | None,
+    codes: np.ndarray,
+    metric: np.ndarray,
+    calib: Mapping[str, np.ndarray],
+) -> tuple[CompressedLayer, dict[str, Any]]:
+    n_in, n_out, m = source.coeffs.shape
+    coeffs = source.coeffs.reshape(-1, m)
+    # Gains and biases are refit against the codebook as stored (int8-rounded or f32).
+    gains, biases = _core.refit_gain_bias(coeffs, metric, book.astype(np.float64), codes)
+    gains = gains.reshape(n_in, n_out)
+    biases = biases.reshape(n_in, n_out)
+    if cfg.int8:
+        gains_stored, gains_scale = _core.quantize_i8(gains, 1)
+    else:
+        gains_stored, gains_scale = gains.astype(np.float32), np.ones(n_out, dtype=np.float32)
+    bias_mode = cfg.bias
+    if bias_mode == "auto":
+        bias_mode = "fold" if inputs_inside_grid(source, cfg, calib) else "edge"
+    edge_bias = edge_bias_scale = out_bias = None
+    if bias_mode == "fold":
+        out_bias = biases.sum(axis=0).astype(np.float32)
+    elif cfg.int8:
+        edge_bias, edge_bias_scale = _core.quantize_i8(biases, 1)
+    else:
+        edge_bias = biases.astype(np.float32)
+    base = base_scale = None
+    if source.base_weight is not None:
+        if cfg.base == "int8":
+            base, base_scale = _core.quantize_i8(source.base_weight, 1)
+        else:
+            base = source.base_weight.astype(np.float32)
+    layer = CompressedLayer(
+        name=source.name, n_in=n_in, n_out=n_out, grid_size=source.grid_size,
+        spline_order=source.spline_order, codebook_size=int(book.shape[0]),
+        bits=int(_core.bits_for(int(book.shape[0]))), codebook_group=group,
+        grid=np.array(source.grid.astype(source.tensors["grid"].dtype), copy=True),
+        codebook=book, codebook_q=book_q, codebook_scale=book_scale,
+        codes=codes.reshape(n_in, n_out), gains=gains_stored, gains_scale=gains_scale,
+        edge_bias=edge_bias, edge_bias_scale=edge_bias_scale, out_bias=out_bias,
+        base_weight=base, base_scale=base_scale, source=dict(source.tensors),
+    )
+    return layer, {"bias_mode": bias_mode, "prefold_biases": biases}
+
+
+def _layer_report(
+    source: LayerSource,
+    layer: CompressedLayer,
+    cfg: Config,
+    fit: _Fit,
+    flat_gain: np.ndarray,
+    extra: dict[str, Any],
+    *,
+    with_codebook: bool,
+    calib: Mapping[str, np.ndarray],
+    seconds: float,
+) -> LayerReport:
+    w = source.coeffs
+    # Folded biases are measured per edge before folding; folding is exact inside the grid.
+    w_hat = layer.edge_gains()[..., None] * layer.codebook.astype(np.float64)[layer.codes]
+    w_hat += extra["prefold_biases"][..., None]
+    diff = (w - w_hat).reshape(-1, w.shape[-1])
+    flat_w = w.reshape(-1, w.shape[-1])
+    gram = function_metric(source)
+    func_num = float(np.einsum("ei,ij,ej->", diff, gram, diff))
+    func_den = float(np.einsum("ei,ij,ej->", flat_w, gram, flat_w))
+    tensor_bytes = {f: int(a.nbytes) for f, a in layer.stored_tensors().items()}
+    if with_codebook:
+        tensor_bytes.update({f: int(a.nbytes) for f, a in layer.stored_codebook().items()})
+    infos = source.tensors.values()
+    live = np.abs(flat_gain) > 0
+    used = np.unique(layer.codes.reshape(-1)[live]).size
+    output_sqnr = outside = None
+    if source.name in calib:
+        x = calib[source.name]
+        dense = dense_layer_forward(source, x)
+        approx = layer.forward(x).astype(np.float64)
+        err = np.linalg.norm(dense - approx) / max(np.linalg.norm(dense), 1e-300)
+        output_sqnr = -20.0 * np.log10(err) if err > 0 else float("inf")
+        outside = fraction_outside_grid(source, x)
+    return LayerReport(
+        name=source.name, n_in=source.n_in, n_out=source.n_out, edges=source.n_in * source.n_out,
+        n_coeffs=source.n_coeffs, grid_size=source.grid_size, spline_order=source.spline_order,
+        codebook_size=layer.codebook_size, bits=layer.bits, metric=cfg.metric, int8=cfg.int8,
+        bias=extra["bias_mode"], base=cfg.base if source.base_weight is not None else "none",
+        codebook_group=layer.codebook_group,
+        bytes_dense_fp32=sum(4 * int(np.prod(i.shape)) for i in infos),
+        bytes_source=sum(np.dtype(i.dtype).itemsize * int(np.prod(i.shape)) for i in infos),
+        bytes_compressed=sum(tensor_bytes.values()), tensor_bytes=tensor_bytes,
+        coeff_rel_err=float(np.linalg.norm(diff) / max(np.linalg.norm(flat_w), 1e-300)),
+        func_rel_err=float(np.sqrt(func_num / func_den)) if func_den > 0 else 0.0,
+        max_abs_dphi=_max_abs_dphi(source, w - w_hat),
+        codebook_utilisation=used / layer.codebook_size,
+        kmeans_iterations=fit.iterations, kmeans_converged=fit.converged,
+        objective=fit.objective, seconds=seconds,
+        output_sqnr_db=None if output_sqnr is None else float(output_sqnr),
+        frac_inputs_outside_grid=outside,
+    )
+
+
+def _max_abs_dphi(source: LayerSource, diff: np.ndarray) -> float:
+    """max over edges and sample points inside the grid range of |phi - phi_hat|."""
+    k, g = source.spline_order, source.grid_size
+    t = np.linspace(0.0, 1.0, g * DPHI_POINTS_PER_INTERVAL + 1)
+    lo, hi = source.grid[:, k], source.grid[:, g + k]
+    # the right end is excluded by the half-open spans; step just inside it
+    pts = lo[None, :] + np.minimum(t, 1 - 1e-9)[:, None] * (hi - lo)[None, :]  # (P, n_in)
+    basis = _core.bspline_basis(np.ascontiguousarray(pts), source.grid, k)  # (P, n_in, M)
+    worst = 0.0
+    chunk = max(1, 4_000_000 // max(1, pts.shape[0] * source.n_out))
+    for start in range(0, source.n_in, chunk):
+        sl = slice(start, start + chunk)
+        dphi = np.einsum("pim,iom->pio", basis[:, sl], diff[sl])
+        worst = max(worst, float(np.abs(dphi).max()))
+    return worst
+
+
+def _calibration_inputs(sources: list[LayerSource], calibration: Any) -> dict[str, np.ndarray]:
+    """Per-layer calibration inputs (float64), propagated through the dense model if needed."""
+    if calibration is None:
+        return {}
+    if isinstance(calibration, Mapping):
+        out = {}
+        names = {s.name: s for s in sources}
+        for name, value in calibration.items():
+            if name not in names:
+                raise InvalidInputError(
+                    f"calibration: no KAN layer named {name!r}; layers: {sorted(names)}"
+                )
+            x = float_array(to_numpy(value, f"calibration[{name!r}]"), f"calibration[{name!r}]", ndim=2)
+            if x.shape[1] != names[name].n_in:
+                raise ShapeError(
+                    f"calibration[{name!r}]: expected (batch, {names[name].n_in}), got {x.shape}"
+                )
+            out[name] = x
+        return out
+    x = float_array(to_numpy(calibration, "calibration"), "calibration", ndim=2)
+    out = {}
+    for source in sources:
+        if x.shape[1] != source.n_in:
+            raise ShapeError(
+                f"calibration: layer {source.name!r} expects {source.n_in} inputs, got shape {x.shape}"
+            )
+        out[source.name] = x
+        x = dense_layer_forward(source, x)
+    return out
+
+
+def _progress(progress: bool | Callable[[str], None], total: int) -> Callable[[str | None], None]:
+    """A callback taking a layer name (None when done)."""
+    if callable(progress):
+        return lambda name: progress(name) if name is not None else None  # type: ignore[operator]
+    if not progress:
+        return lambda name: None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # progress bars are optional (extra "cli")
+        return lambda name: None
+    bar = tqdm(total=total, unit="layer", desc="compress", leave=False)
+
+    def update(name: str | None) -> None:
+        if name is None:
+            bar.close()
+        else:
+            bar.set_postfix_str(name)
+            bar.update(1)
+
+    return update

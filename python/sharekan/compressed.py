@@ -1,0 +1,281 @@
+"""Compressed KAN layers and models: decode, evaluate (Rust LUTHAM evaluator), save."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from . import _core
+from .config import Config
+from .errors import ShapeError
+from .layouts import TensorInfo, get_layout
+from .validation import float_array, to_numpy
+
+if TYPE_CHECKING:
+    from .report import Report
+
+
+def _dequant(values: np.ndarray | None, scale: np.ndarray | None) -> np.ndarray | None:
+    """float64 values of an (n_in, n_out) tensor, int8 with per-output scales or float."""
+    if values is None:
+        return None
+    out = values.astype(np.float64)
+    if values.dtype == np.int8:
+        assert scale is not None
+        out *= scale.astype(np.float64)[None, :]
+    return out
+
+
+def code_dtype(codebook_size: int) -> np.dtype:
+    """Narrowest dtype LUTHAM accepts for codes of a K-word codebook (u8, i16 or i32)."""
+    if codebook_size <= 256:
+        return np.dtype(np.uint8)
+    if codebook_size <= 32768:
+        return np.dtype(np.int16)
+    return np.dtype(np.int32)
+
+
+@dataclass(frozen=True, eq=False)
+class CompressedLayer:
+    """One compressed KAN layer. Per-edge arrays are input-major (n_in, n_out).
+
+    Decoded coefficients of edge (i, o):
+    ``gains[i,o]*gains_scale[o] * codebook[codes[i,o]] + bias[i,o] * 1`` where the bias is
+    ``edge_bias[i,o]*edge_bias_scale[o]`` (per-edge mode) or ``out_bias[o] / n_in`` spread
+    over the inputs (folded mode: exact while inputs stay inside the grid).
+    """
+
+    name: str
+    n_in: int
+    n_out: int
+    grid_size: int
+    spline_order: int
+    codebook_size: int
+    bits: int
+    codebook_group: str
+    grid: np.ndarray
+    codebook: np.ndarray
+    codebook_q: np.ndarray | None
+    codebook_scale: np.ndarray | None
+    codes: np.ndarray
+    gains: np.ndarray
+    gains_scale: np.ndarray
+    edge_bias: np.ndarray | None
+    edge_bias_scale: np.ndarray | None
+    out_bias: np.ndarray | None
+    base_weight: np.ndarray | None
+    base_scale: np.ndarray | None
+    source: Mapping[str, TensorInfo] = field(default_factory=dict)
+
+    @property
+    def n_coeffs(self) -> int:
+        return self.grid_size + self.spline_order
+
+    @property
+    def bias_mode(self) -> str:
+        return "edge" if self.edge_bias is not None else "fold"
+
+    def edge_gains(self) -> np.ndarray:
+        """(n_in, n_out) float64 gains."""
+        out = _dequant(self.gains, self.gains_scale)
+        assert out is not None
+        return out
+
+    def edge_biases(self) -> np.ndarray:
+        """(n_in, n_out) float64 coefficient-space biases (folded ones spread over inputs)."""
+        if self.edge_bias is not None:
+            out = _dequant(self.edge_bias, self.edge_bias_scale)
+            assert out is not None
+            return out
+        assert self.out_bias is not None
+        return np.broadcast_to(self.out_bias.astype(np.float64) / self.n_in, (self.n_in, self.n_out)).copy()
+
+    def base_weights(self) -> np.ndarray | None:
+        """(n_in, n_out) float64 base-branch weights, or None."""
+        return _dequant(self.base_weight, self.base_scale)
+
+    def decoded_coeffs(self) -> np.ndarray:
+        """(n_in, n_out, M) float64 decoded spline coefficients."""
+        shapes = self.codebook.astype(np.float64)[self.codes]  # (n_in, n_out, M)
+        return self.edge_gains()[..., None] * shapes + self.edge_biases()[..., None]
+
+    def lutham_inputs(self) -> dict[str, Any]:
+        """Keyword arguments of `sharekan._core.lutham_forward` (all but `x`)."""
+        return {
+            "grid": np.ascontiguousarray(self.grid, dtype=np.float32),
+            "k": self.spline_order,
+            "codebook": self.codebook,
+            "codes": self.codes.astype(code_dtype(self.codebook_size)),
+            "gains": self.gains,
+            "gain_scale": self.gains_scale,
+            "edge_bias": self.edge_bias,
+            "edge_bias_scale": self.edge_bias_scale,
+            "out_bias": self.out_bias,
+            "base_weight": self.base_weight,
+            "base_scale": self.base_scale,
+        }
+
+    def forward(self, x: Any) -> np.ndarray:
+        """Evaluate the layer on x (batch, n_in) with the Rust LUTHAM evaluator -> (batch, n_out) f32."""
+        arr = float_array(to_numpy(x, "x"), "x", dtype=np.float32, finite=False)
+        if arr.ndim != 2 or arr.shape[1] != self.n_in:
+            raise ShapeError(f"x: expected shape (batch, {self.n_in}), got {arr.shape}")
+        return _core.lutham_forward(arr, **self.lutham_inputs())
+
+    def stored_tensors(self) -> dict[str, np.ndarray]:
+        """Tensors this layer stores (field name -> array), codes packed; codebook excluded."""
+        out: dict[str, np.ndarray] = {
+            "codes": _core.pack_codes(np.ascontiguousarray(self.codes.reshape(-1), dtype=np.uint32), self.bits),
+            "grid": self.grid,
+        }
+        _put_weight(out, "gains", self.gains, self.gains_scale)
+        if self.edge_bias is not None:
+            _put_weight(out, "edge_bias", self.edge_bias, self.edge_bias_scale)
+        if self.out_bias is not None:
+            out["out_bias"] = self.out_bias
+        if self.base_weight is not None:
+            _put_weight(out, "base_weight", self.base_weight, self.base_scale)
+        return out
+
+    def stored_codebook(self) -> dict[str, np.ndarray]:
+        """The codebook tensors of this layer's group (field name -> array)."""
+        if self.codebook_q is not None:
+            assert self.codebook_scale is not None
+            return {"codebook_q": self.codebook_q, "codebook_scale": self.codebook_scale}
+        return {"codebook": self.codebook}
+
+    def metadata(self) -> dict[str, Any]:
+        """JSON-serialisable parameters needed to rebuild the layer from stored tensors."""
+        return {
+            "name": self.name, "n_in": self.n_in, "n_out": self.n_out,
+            "grid_size": self.grid_size, "spline_order": self.spline_order,
+            "codebook_size": self.codebook_size, "bits": self.bits,
+            "codebook_group": self.codebook_group,
+            "source": {role: info.to_dict() for role, info in self.source.items()},
+        }
+
+    @classmethod
+    def from_stored(
+        cls, meta: Mapping[str, Any], tensors: Mapping[str, np.ndarray],
+        codebook: Mapping[str, np.ndarray],
+    ) -> CompressedLayer:
+        """Inverse of `stored_tensors` + `stored_codebook` + `metadata`."""
+        n_in, n_out = int(meta["n_in"]), int(meta["n_out"])
+        codes = _core.unpack_codes(tensors["codes"], int(meta["bits"]), n_in * n_out)
+        if codes.size and int(codes.max()) >= int(meta["codebook_size"]):
+            from .errors import ArtifactError
+
+            raise ArtifactError(
+                f"layer {meta['name']!r}: stored code {int(codes.max())} >= K = {meta['codebook_size']}"
+            )
+        gains, gains_scale = _get_weight(tensors, "gains")
+        edge_bias, edge_bias_scale = _get_weight(tensors, "edge_bias")
+        base, base_scale = _get_weight(tensors, "base_weight")
+        if "codebook_q" in codebook:
+            cq, cs = codebook["codebook_q"], codebook["codebook_scale"]
+            book = (cq.astype(np.float32) * cs[:, None]).astype(np.float32)
+        else:
+            cq, cs, book = None, None, codebook["codebook"]
+        if gains_scale is None:
+            gains_scale = np.ones(n_out, dtype=np.float32)
+        return cls(
+            name=str(meta["name"]), n_in=n_in, n_out=n_out,
+            grid_size=int(meta["grid_size"]), spline_order=int(meta["spline_order"]),
+            codebook_size=int(meta["codebook_size"]), bits=int(meta["bits"]),
+            codebook_group=str(meta["codebook_group"]), grid=tensors["grid"],
+            codebook=book, codebook_q=cq, codebook_scale=cs,
+            codes=codes.reshape(n_in, n_out), gains=gains, gains_scale=gains_scale,
+            edge_bias=edge_bias, edge_bias_scale=edge_bias_scale,
+            out_bias=tensors.get("out_bias"), base_weight=base, base_scale=base_scale,
+            source={r: TensorInfo.from_dict(i) for r, i in meta["source"].items()},
+        )
+
+
+def _put_weight(out: dict[str, np.ndarray], name: str, values: np.ndarray, scale: np.ndarray | None) -> None:
+    if values.dtype == np.int8:
+        assert scale is not None
+        out[f"{name}_q"] = values
+        out[f"{name}_scale"] = scale
+    else:
+        out[name] = values
+
+
+def _get_weight(tensors: Mapping[str, np.ndarray], name: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+    if f"{name}_q" in tensors:
+        return tensors[f"{name}_q"], tensors[f"{name}_scale"]
+    return tensors.get(name), None
+
+
+@dataclass(eq=False)
+class CompressedModel:
+    """The result of `sharekan.compress`: compressed layers plus passed-through tensors.
+
+    Attributes:
+        layers: layer name -> CompressedLayer, in forward order.
+        passthrough: original key -> array for tensors stored unchanged.
+        source_layout: the adapter that read the checkpoint (e.g. "efficient-kan").
+        config: the Config used.
+        report: per-layer and total figures (see `Report`).
+        key_order: original state_dict keys, in order (decompress restores it).
+    """
+
+    layers: dict[str, CompressedLayer]
+    passthrough: dict[str, np.ndarray]
+    source_layout: str
+    config: Config
+    report: Report
+    key_order: list[str]
+
+    def __iter__(self) -> Iterator[CompressedLayer]:
+        return iter(self.layers.values())
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of every stored tensor (codebooks counted once per group), no metadata."""
+        return sum(int(a.nbytes) for a in self.stored_tensors().values())
+
+    def stored_tensors(self) -> dict[str, np.ndarray]:
+        """Every tensor of the artifact by its artifact name."""
+        out: dict[str, np.ndarray] = {}
+        for layer in self.layers.values():
+            for field_name, array in layer.stored_tensors().items():
+                out[f"{layer.name}.{field_name}"] = array
+            for field_name, array in layer.stored_codebook().items():
+                out[f"codebooks.{layer.codebook_group}.{field_name}"] = array
+        for key, array in self.passthrough.items():
+            out[f"passthrough.{key}"] = array
+        return out
+
+    def forward(self, x: Any) -> np.ndarray:
+        """Run every layer in order with the Rust LUTHAM evaluator: (batch, n_in) -> (batch, n_out) f32."""
+        out = x
+        for layer in self.layers.values():
+            out = layer.forward(out)
+        return np.asarray(out)
+
+    def decompress(self) -> dict[str, np.ndarray]:
+        """A state_dict with the original keys, shapes and dtypes (decoded coefficients).
+
+        Per-edge scalers come back as ones (they are folded into the coefficients); the
+        forward pass of the rebuilt model equals the compressed model's.
+        """
+        layout = get_layout(self.source_layout)
+        tensors: dict[str, np.ndarray] = dict(self.passthrough)
+        for layer in self.layers.values():
+            tensors.update(
+                layout.rebuild(layer.source, layer.decoded_coeffs(), layer.base_weights(), layer.grid)
+            )
+        return {key: tensors[key] for key in self.key_order}
+
+    def save(self, path: str) -> None:
+        """Write a safetensors artifact (see `sharekan.load`)."""
+        from .artifact import save
+
+        save(self, path)
+
+    def replace_report(self, report: Report) -> CompressedModel:
+        return dataclasses.replace(self, report=report)

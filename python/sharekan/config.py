@@ -1,0 +1,146 @@
+"""Compiler configuration: one frozen `Config`, with per-layer overrides by name pattern."""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import InvalidInputError
+
+METRICS = ("coefficient", "function", "data")
+SHARES = ("layer", "model")
+BIAS_MODES = ("auto", "fold", "edge")
+BASE_MODES = ("int8", "float")
+INITS = ("kmeans++",)
+MAX_CODEBOOK_SIZE = 1 << 16
+
+
+@dataclass(frozen=True)
+class Config:
+    """How `sharekan.compress` compiles each layer (see SPEC §2).
+
+    Attributes:
+        codebook_size: K, codewords per codebook (1 <= K <= 65536 and K <= edges).
+        share: "layer" (one codebook per layer) or "model" (one codebook for every
+            layer with the same number of coefficients per edge M).
+        metric: error minimised by the fit: "coefficient" (plain L2 of coefficients),
+            "function" (L2 of the edge function over its grid range, data-free) or "data"
+            (expected squared error on calibration inputs; pass `calibration=`).
+        int8: store codebook, gains and per-edge biases as int8 with float scales.
+        bias: "fold" (one float per output; exact while inputs stay inside the grid),
+            "edge" (one value per edge; exact everywhere) or "auto" (fold only where
+            calibration data or `input_range` shows inputs stay inside the grid).
+        base: base-branch weights as "int8" (per output channel) or "float".
+        n_iter: maximum k-means iterations.
+        tol: stop when the relative objective improvement falls below this.
+        init: k-means initialisation ("kmeans++").
+        seed: seed of every random choice; same inputs and seed give the same bytes.
+        input_range: optional declared (low, high) range of every layer's inputs, used
+            by bias="auto".
+        overrides: {name pattern: {field: value}}; fnmatch patterns matched against
+            layer names (e.g. "layers.1"), later patterns win.
+
+    Example:
+        >>> cfg = Config(codebook_size=16, overrides={"layers.0": {"bias": "fold"}})
+        >>> cfg.for_layer("layers.0").bias
+        'fold'
+    """
+
+    codebook_size: int = 256
+    share: str = "layer"
+    metric: str = "function"
+    int8: bool = True
+    bias: str = "auto"
+    base: str = "int8"
+    n_iter: int = 25
+    tol: float = 1e-4
+    init: str = "kmeans++"
+    seed: int = 0
+    input_range: tuple[float, float] | None = None
+    overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        for pattern, values in self.overrides.items():
+            if not isinstance(pattern, str):
+                raise InvalidInputError(f"Config.overrides: pattern {pattern!r} is not a string")
+            unknown = set(values) - _OVERRIDABLE
+            if unknown:
+                raise InvalidInputError(
+                    f"Config.overrides[{pattern!r}]: unknown or non-overridable fields "
+                    f"{sorted(unknown)}; allowed: {sorted(_OVERRIDABLE)}"
+                )
+            _check_fields(dataclasses.replace(self, overrides={}, **values))
+        if self.input_range is not None:
+            object.__setattr__(self, "input_range", tuple(float(v) for v in self.input_range))
+        object.__setattr__(self, "overrides", {k: dict(v) for k, v in self.overrides.items()})
+
+    def for_layer(self, name: str) -> Config:
+        """The config of layer `name`, with every matching override applied in order."""
+        values: dict[str, Any] = {}
+        for pattern, fields in self.overrides.items():
+            if fnmatch.fnmatchcase(name, pattern):
+                values.update(fields)
+        return dataclasses.replace(self, overrides={}, **values) if values else self
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with `changes` applied (validated)."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise InvalidInputError(f"unknown Config fields {sorted(unknown)}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict of every field."""
+        out = dataclasses.asdict(self)
+        out["input_range"] = list(self.input_range) if self.input_range else None
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> Config:
+        values = dict(values)
+        if values.get("input_range") is not None:
+            values["input_range"] = tuple(values["input_range"])
+        return cls(**values)
+
+
+_OVERRIDABLE = {
+    f.name for f in dataclasses.fields(Config) if f.name not in ("overrides", "share", "seed")
+}
+
+
+def _check_fields(cfg: Config) -> None:
+    def choice(name: str, allowed: tuple[str, ...]) -> None:
+        value = getattr(cfg, name)
+        if value not in allowed:
+            raise InvalidInputError(f"Config.{name}={value!r}; expected one of {list(allowed)}")
+
+    k = cfg.codebook_size
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_CODEBOOK_SIZE:
+        raise InvalidInputError(
+            f"Config.codebook_size={k!r}; expected an integer in [1, {MAX_CODEBOOK_SIZE}]"
+        )
+    choice("share", SHARES)
+    choice("metric", METRICS)
+    choice("bias", BIAS_MODES)
+    choice("base", BASE_MODES)
+    choice("init", INITS)
+    if not isinstance(cfg.int8, bool):
+        raise InvalidInputError(f"Config.int8={cfg.int8!r}; expected True or False")
+    if isinstance(cfg.n_iter, bool) or not isinstance(cfg.n_iter, int) or cfg.n_iter < 0:
+        raise InvalidInputError(f"Config.n_iter={cfg.n_iter!r}; expected an integer >= 0")
+    if not isinstance(cfg.tol, (int, float)) or not cfg.tol >= 0:
+        raise InvalidInputError(f"Config.tol={cfg.tol!r}; expected a number >= 0")
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or not 0 <= cfg.seed < 2**64:
+        raise InvalidInputError(f"Config.seed={cfg.seed!r}; expected an integer in [0, 2**64)")
+    if cfg.input_range is not None:
+        lo, hi = cfg.input_range
+        if not lo < hi:
+            raise InvalidInputError(f"Config.input_range={cfg.input_range!r}; expected low < high")

@@ -1,0 +1,333 @@
+"""Build and load the LUTHAM ExecuTorch kernel library (`sharekan::lutham.out`).
+
+The kernel (`lutham/lutham_kernel.cpp`) is compiled on first use with the system C++
+compiler against the installed `executorch` wheel (headers in `executorch/include`, linked
+to the wheel's shared `libexecutorch.so`, which holds the operator registry the Python
+runtime uses). The result is cached under
+
+    $SHAREKAN_CACHE_DIR/lutham/<key>/libsharekan_lutham.so
+    (default ~/.cache/sharekan, or $XDG_CACHE_HOME/sharekan)
+
+where `<key>` hashes the kernel source, the compiler flags, the compiler's version and the
+executorch version, so a changed source or a new executorch never reuses a stale build.
+
+>>> from sharekan import lutham
+>>> path = lutham.load_library()      # doctest: +SKIP
+>>> runner = lutham.build_runner()    # doctest: +SKIP
+
+Loading registers the operator into ExecuTorch's registry. Two different libraries
+registering the same operator abort the process (uncatchable), so `load_library` loads one
+build per process and refuses to load a second, different one.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import LuthamBuildError
+
+__all__ = [
+    "LIBRARY_NAME",
+    "RUNNER_NAME",
+    "build_library",
+    "build_runner",
+    "cache_dir",
+    "executorch_info",
+    "kernel_source",
+    "load_library",
+    "loaded_library",
+]
+
+LIBRARY_NAME = "libsharekan_lutham.so"
+RUNNER_NAME = "lutham_runner"
+
+# Portable build: -O3 with auto-vectorisation, no -march=native. The kernel clones its hot
+# loops for x86-64-v3 at runtime (ifunc) itself.
+_OPT_FLAGS = ("-O3", "-fPIC", "-fno-math-errno")
+_SANITIZE_FLAGS = ("-O1", "-g", "-fPIC", "-fno-omit-frame-pointer",
+                   "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+                   "-DLUTHAM_NO_MULTIVERSION")
+_DEFINES = ("-DC10_USING_CUSTOM_GENERATED_MACROS", "-DET_EVENT_TRACER_ENABLED")
+
+_lock = threading.Lock()
+_loaded: Path | None = None
+_loaded_handle: ctypes.CDLL | None = None
+
+
+def kernel_source() -> Path:
+    """Directory holding `lutham_kernel.cpp` and `runner.cpp`.
+
+    Looked up in `$SHAREKAN_LUTHAM_SOURCE`, then next to the package (`sharekan/_lutham`,
+    when a wheel ships it), then in the source tree (`<repo>/lutham`).
+
+    Raises:
+        LuthamBuildError: the kernel source cannot be found.
+    """
+    candidates = []
+    env = os.environ.get("SHAREKAN_LUTHAM_SOURCE")
+    if env:
+        candidates.append(Path(env))
+    here = Path(__file__).resolve().parent
+    candidates += [here / "_lutham", here.parent.parent / "lutham"]
+    for cand in candidates:
+        if (cand / "lutham_kernel.cpp").is_file():
+            return cand
+    raise LuthamBuildError(
+        "LUTHAM kernel source lutham_kernel.cpp not found; looked in "
+        + ", ".join(str(c) for c in candidates)
+        + " (set SHAREKAN_LUTHAM_SOURCE to the lutham/ directory)"
+    )
+
+
+def executorch_info() -> dict[str, object]:
+    """Paths and version of the installed executorch wheel.
+
+    Returns:
+        dict with `version` (str), `root` (Path), `include_dirs` (list[Path]), `lib_dir` (Path).
+
+    Raises:
+        LuthamBuildError: executorch is not installed or lacks headers / libexecutorch.so.
+    """
+    try:
+        import executorch  # noqa: PLC0415
+    except ImportError as exc:
+        raise LuthamBuildError(
+            "executorch is not installed; install the extra: pip install 'sharekan[executorch]' "
+            "(executorch==1.5.1 with torch==2.13.0)"
+        ) from exc
+    root = Path(list(executorch.__path__)[0])
+    try:
+        from importlib.metadata import version  # noqa: PLC0415
+
+        et_version = version("executorch")
+    except Exception:  # noqa: BLE001 - a source checkout without metadata
+        et_version = "unknown"
+    include = root / "include"
+    lib_dir = root / "lib"
+    if not (include / "executorch").is_dir() or not (lib_dir / "libexecutorch.so").is_file():
+        raise LuthamBuildError(
+            f"executorch {et_version} at {root} ships no C++ headers or libexecutorch.so; "
+            "the LUTHAM kernel needs the executorch>=1.5 wheel's runtime"
+        )
+    return {
+        "version": et_version,
+        "root": root,
+        "include_dirs": [include, include / "executorch/runtime/core/portable_type/c10"],
+        "lib_dir": lib_dir,
+    }
+
+
+def _compiler() -> str:
+    cxx = os.environ.get("CXX")
+    if cxx:
+        found = shutil.which(cxx)
+        if not found:
+            raise LuthamBuildError(f"C++ compiler CXX={cxx!r} not found on PATH")
+        return found
+    for name in ("c++", "g++", "clang++"):
+        found = shutil.which(name)
+        if found:
+            return found
+    raise LuthamBuildError(
+        "no C++ compiler found (tried $CXX, c++, g++, clang++); install one, e.g. "
+        "`apt-get install g++`, to build the LUTHAM kernel"
+    )
+
+
+def _compiler_version(cxx: str) -> str:
+    try:
+        res = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise LuthamBuildError(f"cannot run the C++ compiler {cxx}: {exc}") from exc
+    return res.stdout.splitlines()[0] if res.stdout else cxx
+
+
+def cache_dir() -> Path:
+    """Root of the LUTHAM build cache (`$SHAREKAN_CACHE_DIR/lutham` or ~/.cache/sharekan/lutham)."""
+    env = os.environ.get("SHAREKAN_CACHE_DIR")
+    if env:
+        return Path(env) / "lutham"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return base / "sharekan" / "lutham"
+
+
+def _common_flags(info: dict[str, object]) -> list[str]:
+    includes = [f"-I{p}" for p in info["include_dirs"]]  # type: ignore[union-attr]
+    return ["-std=c++17", *_DEFINES, *includes]
+
+
+def _build_key(parts: Sequence[str | bytes]) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p if isinstance(p, bytes) else p.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:20]
+
+
+@contextmanager
+def _file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _run_compiler(cmd: list[str], what: str) -> None:
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise LuthamBuildError(f"building {what} failed to start: {exc}") from exc
+    if res.returncode != 0:
+        raise LuthamBuildError(
+            f"building {what} failed (exit {res.returncode})\ncommand: {' '.join(cmd)}\n"
+            f"{res.stderr[-4000:]}"
+        )
+
+
+def build_library(out_dir: str | os.PathLike[str] | None = None, *, sanitize: bool = False,
+                  force: bool = False) -> Path:
+    """Compile the kernel library (once; later calls return the cached file).
+
+    Args:
+        out_dir: where to put `libsharekan_lutham.so`; default: the keyed cache directory.
+        sanitize: build with AddressSanitizer + UndefinedBehaviorSanitizer (for tests; the
+            process that loads it needs libasan preloaded).
+        force: rebuild even if the file exists.
+
+    Returns:
+        Path of the shared library.
+
+    Raises:
+        LuthamBuildError: no compiler, no executorch, missing source, or a compile error.
+    """
+    src_dir = kernel_source()
+    source = src_dir / "lutham_kernel.cpp"
+    info = executorch_info()
+    cxx = _compiler()
+    flags = [*_common_flags(info), *(_SANITIZE_FLAGS if sanitize else _OPT_FLAGS)]
+    lib_dir = str(info["lib_dir"])
+    link = ["-shared", f"-L{lib_dir}", "-lexecutorch", f"-Wl,-rpath,{lib_dir}"]
+    key = _build_key([source.read_bytes(), str(info["version"]), lib_dir,
+                      _compiler_version(cxx), *flags, *link])
+    target_dir = Path(out_dir) if out_dir is not None else cache_dir() / key
+    target = target_dir / LIBRARY_NAME
+    with _file_lock(target_dir / ".lock"):
+        if target.is_file() and not force:
+            return target
+        with tempfile.NamedTemporaryFile(dir=target_dir, suffix=".so", delete=False) as tmp:
+            tmp_path = Path(tmp.name)
+        try:
+            _run_compiler([cxx, *flags, str(source), *link, "-o", str(tmp_path)],
+                          "the LUTHAM kernel library")
+            os.replace(tmp_path, target)
+        finally:
+            tmp_path.unlink(missing_ok=True)
+    return target
+
+
+def build_runner(out_dir: str | os.PathLike[str] | None = None, *, sanitize: bool = False,
+                 force: bool = False) -> Path:
+    """Compile the standalone runner `lutham_runner` (no Python at run time).
+
+    It links the kernel library (built by `build_library` with the same `sanitize`) and
+    ExecuTorch's optimized CPU kernels, so it runs dense and LUTHAM `.pte` files alike:
+    `lutham_runner model.pte input.txt` (format documented in lutham/runner.cpp).
+
+    Returns:
+        Path of the executable.
+
+    Raises:
+        LuthamBuildError: as `build_library`.
+    """
+    src_dir = kernel_source()
+    source = src_dir / "runner.cpp"
+    if not source.is_file():
+        raise LuthamBuildError(f"runner source {source} not found")
+    kernel_lib = build_library(out_dir, sanitize=sanitize)
+    info = executorch_info()
+    cxx = _compiler()
+    flags = [*_common_flags(info), *(("-O1", "-g", "-fno-omit-frame-pointer",
+                                      "-fsanitize=address,undefined") if sanitize else ("-O2",))]
+    lib_dir = str(info["lib_dir"])
+    kdir = str(kernel_lib.parent)
+    link = [f"-L{lib_dir}", f"-L{kdir}", "-Wl,--no-as-needed", "-lsharekan_lutham",
+            "-lexecutorch_kernels_optimized", "-lexecutorch", "-Wl,--as-needed",
+            f"-Wl,-rpath,{lib_dir}", f"-Wl,-rpath,{kdir}"]
+    target = kernel_lib.parent / RUNNER_NAME
+    key_file = kernel_lib.parent / (RUNNER_NAME + ".key")
+    key = _build_key([source.read_bytes(), *flags, *link, _compiler_version(cxx)])
+    with _file_lock(kernel_lib.parent / ".lock"):
+        if (target.is_file() and not force and key_file.is_file()
+                and key_file.read_text() == key):
+            return target
+        tmp_path = kernel_lib.parent / f".{RUNNER_NAME}.{os.getpid()}.tmp"
+        try:
+            _run_compiler([cxx, *flags, str(source), *link, "-o", str(tmp_path)],
+                          "the LUTHAM runner")
+            os.replace(tmp_path, target)
+            key_file.write_text(key)
+        finally:
+            tmp_path.unlink(missing_ok=True)
+    return target
+
+
+def loaded_library() -> Path | None:
+    """Path of the kernel library loaded into this process, or None."""
+    return _loaded
+
+
+def load_library(path: str | os.PathLike[str] | None = None) -> Path:
+    """Build (if needed) and load the kernel library into this process, once.
+
+    After this, ExecuTorch programs using `sharekan::lutham.out` load and run in this
+    process (`executorch.runtime.Runtime.get().load_program(...)`).
+
+    Args:
+        path: a prebuilt library to load instead of the cached build.
+
+    Returns:
+        Path of the loaded library.
+
+    Raises:
+        LuthamBuildError: the build fails, or a different library was already loaded in this
+            process (registering the operator twice would abort the process).
+    """
+    global _loaded, _loaded_handle
+    with _lock:
+        target = Path(path).resolve() if path is not None else build_library().resolve()
+        if _loaded is not None:
+            if _loaded != target:
+                raise LuthamBuildError(
+                    f"a LUTHAM kernel library is already loaded in this process ({_loaded}); "
+                    f"refusing to load {target}: a second registration of "
+                    "sharekan::lutham.out would abort the process"
+                )
+            return _loaded
+        if not target.is_file():
+            raise LuthamBuildError(f"LUTHAM kernel library {target} does not exist")
+        try:
+            _loaded_handle = ctypes.CDLL(str(target), mode=getattr(os, "RTLD_NOW", 2))
+        except OSError as exc:
+            raise LuthamBuildError(f"cannot load LUTHAM kernel library {target}: {exc}") from exc
+        _loaded = target
+        return target
+
+
+if __name__ == "__main__":  # python -m sharekan.lutham [--runner] [--sanitize]
+    san = "--sanitize" in sys.argv
+    print(build_runner(sanitize=san) if "--runner" in sys.argv else build_library(sanitize=san))

@@ -1,0 +1,647 @@
+// LUTHAM: the ExecuTorch kernel for `sharekan::lutham.out`.
+//
+// Evaluates one compressed KAN layer (ARCHITECTURE.md §4) by codebook lookup:
+//
+//   y[b,o] = gain_scale[o]      * sum_i gains[i,o]       * P_bi[codes[i,o]]
+//          + edge_bias_scale[o] * sum_i edge_bias[i,o]   * S_bi
+//          + base_scale[o]      * sum_i base_weight[i,o] * SiLU(x[b,i])
+//          + out_bias[o]
+//
+// with P_bi[q] = sum_t B_{j-k+t}(x[b,i]) * codebook[q, j-k+t] (j = knot span of x[b,i]) and
+// S_bi = sum_t B_{j-k+t}(x[b,i]) over the valid basis indices. Outside the grid (or NaN) all
+// basis values are zero.
+//
+// Operator schema (defined in python/sharekan/torch/ops.py):
+//   sharekan::lutham.out(Tensor x, Tensor grid, Tensor codebook, Tensor codes, Tensor gains,
+//       Tensor gain_scale, Tensor edge_bias, Tensor edge_bias_scale, Tensor out_bias,
+//       Tensor base_weight, Tensor base_scale, int k, *, Tensor(a!) out) -> Tensor(a!)
+//
+// Optional-tensor convention: an optional input is ABSENT when it is a 1-D tensor of shape
+// (0,) (any dtype). Absent gain_scale / edge_bias_scale / base_scale mean "all ones";
+// absent edge_bias / out_bias / base_weight mean "no such term". A scale given without its
+// per-edge tensor is an error.
+//
+// Dtypes: x, grid, codebook, scales, out_bias, out: float32; codes: uint8, int16 or int32;
+// gains, edge_bias, base_weight: int8 or float32. Every tensor must be contiguous.
+//
+// Every check fails through ET_KERNEL_CHECK_MSG: the kernel returns with an InvalidArgument
+// (or MemoryAllocationFailed) status, the runtime reports it and stays usable. No input can
+// make the kernel read or write out of bounds: shapes, code ranges and the spline order are
+// validated before any data is touched.
+//
+// Two strategies, one result:
+// - per-row projection (small batches): per input i, build the K-entry table P_i once and
+//   walk the contiguous row i of codes / gains (about 2 bytes per edge read);
+// - decoded tiles (batch >= kDecodeMinBatch): per input i, decode the rows of the dense
+//   weight block W_i (M x n_out, scales folded in) that the batch touches into a scratch
+//   buffer that stays in cache, then add (k+1) spline rows plus the bias and base rows for
+//   each batch row. This uses only the k+1 non-zero basis values per input, so it does
+//   about (k+3)/(M+1) of a dense layer's multiply-adds.
+// Hot loops are plain C++ written to auto-vectorise; on x86-64 with GCC/Clang they are
+// cloned for x86-64-v3 (AVX2/FMA) and picked at load time (ifunc), the build stays portable.
+
+#include <executorch/extension/kernel_util/make_boxed_from_unboxed_functor.h>
+#include <executorch/runtime/core/exec_aten/util/tensor_util.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <new>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(LUTHAM_NO_MULTIVERSION) && \
+    !defined(__clang__)
+#define LUTHAM_HOT __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define LUTHAM_HOT
+#endif
+
+namespace sharekan {
+namespace lutham {
+
+using executorch::aten::ScalarType;
+using executorch::aten::Tensor;
+using executorch::runtime::Error;
+using executorch::runtime::KernelRuntimeContext;
+
+/// Largest supported spline order k (basis values live in fixed-size stack arrays).
+constexpr int64_t kMaxSplineOrder = 15;
+/// Batches at least this large use the decoded-tile strategy.
+constexpr int64_t kDecodeMinBatch = 4;
+
+// ---------------------------------------------------------------------------------------
+// Math core: plain pointers, no ExecuTorch types. Everything here assumes validated input.
+
+enum class CodeType { kU8, kI16, kI32 };
+
+/// A per-edge (n_in, n_out) tensor stored as int8 or float32; data == nullptr when absent.
+struct EdgeTensor {
+  const void* data = nullptr;
+  bool is_i8 = false;
+};
+
+/// One validated layer. All arrays are C-contiguous.
+struct Layer {
+  int64_t n_in = 0, n_out = 0, K = 0, M = 0, k = 0;
+  const float* grid = nullptr;      // (n_in, M + k + 1), strictly increasing rows
+  const float* codebook = nullptr;  // (K, M)
+  const void* codes = nullptr;      // (n_in, n_out), all in [0, K)
+  CodeType code_type = CodeType::kU8;
+  EdgeTensor gains;                 // (n_in, n_out), present
+  const float* gain_scale = nullptr;       // (n_out,) or nullptr (= ones)
+  EdgeTensor edge_bias;                    // (n_in, n_out) or absent
+  const float* edge_bias_scale = nullptr;  // (n_out,) or nullptr (= ones)
+  const float* out_bias = nullptr;         // (n_out,) or nullptr
+  EdgeTensor base_weight;                  // (n_in, n_out) or absent
+  const float* base_scale = nullptr;       // (n_out,) or nullptr (= ones)
+};
+
+/// The k+1 basis values B_{first..first+k}(x) of one input (first = span - k, may be < 0).
+/// Returns false (all zero) outside [grid[0], grid[NG-1]) or for NaN.
+/// Same recursion as efficient-kan's `b_splines`, restricted to the non-zero triangle.
+static inline bool basis_at(const float* g, int64_t n_knots, int64_t k, float x,
+                            int64_t* first, float* b) {
+  if (!(x >= g[0] && x < g[n_knots - 1])) return false;
+  int64_t lo = 0, hi = n_knots - 1;  // invariant: g[lo] <= x < g[hi]
+  while (hi - lo > 1) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (g[mid] <= x) {
+      lo = mid;
+    } else {
+      hi = mid;
+    }
+  }
+  const int64_t j = lo;
+  float cur[kMaxSplineOrder + 1];
+  float nxt[kMaxSplineOrder + 1];
+  cur[0] = 1.0f;  // B_j^0
+  for (int64_t r = 1; r <= k; ++r) {
+    // nxt[t] = B_m^r with m = j - r + t; cur[t'] = B_{j-(r-1)+t'}^{r-1}.
+    for (int64_t t = 0; t <= r; ++t) {
+      const int64_t m = j - r + t;
+      if (m < 0 || m > n_knots - 2 - r) {  // does not exist in efficient-kan's recursion
+        nxt[t] = 0.0f;
+        continue;
+      }
+      float v = 0.0f;
+      if (t >= 1) v += (x - g[m]) / (g[m + r] - g[m]) * cur[t - 1];
+      if (t <= r - 1) v += (g[m + r + 1] - x) / (g[m + r + 1] - g[m + 1]) * cur[t];
+      nxt[t] = v;
+    }
+    for (int64_t t = 0; t <= r; ++t) cur[t] = nxt[t];
+  }
+  for (int64_t t = 0; t <= k; ++t) b[t] = cur[t];
+  *first = j - k;
+  return true;
+}
+
+static inline float silu(float x) { return x / (1.0f + std::exp(-x)); }
+
+template <typename T>
+static inline float as_float(T v) {
+  return static_cast<float>(v);
+}
+
+// ---- projection strategy -------------------------------------------------------------
+
+/// P[q] = sum over valid t of b[t] * Ct[(first + t) * K + q]; returns S = sum of those b[t].
+LUTHAM_HOT static float build_projection(const float* __restrict ct, int64_t K, int64_t M,
+                                         int64_t k, int64_t first, const float* b,
+                                         float* __restrict p) {
+  for (int64_t q = 0; q < K; ++q) p[q] = 0.0f;
+  float s = 0.0f;
+  for (int64_t t = 0; t <= k; ++t) {
+    const int64_t m = first + t;
+    if (m < 0 || m >= M) continue;
+    const float bt = b[t];
+    s += bt;
+    const float* __restrict row = ct + m * K;
+    for (int64_t q = 0; q < K; ++q) p[q] += bt * row[q];
+  }
+  return s;
+}
+
+template <typename CodeT, typename GainT>
+LUTHAM_HOT static void gather_accumulate(const CodeT* __restrict codes,
+                                         const GainT* __restrict gains,
+                                         const float* __restrict p, float* __restrict acc,
+                                         int64_t n) {
+  for (int64_t o = 0; o < n; ++o) {
+    acc[o] += as_float(gains[o]) * p[static_cast<int32_t>(codes[o])];
+  }
+}
+
+template <typename T>
+LUTHAM_HOT static void axpy_row(const T* __restrict w, float a, float* __restrict acc,
+                                int64_t n) {
+  for (int64_t o = 0; o < n; ++o) acc[o] += as_float(w[o]) * a;
+}
+
+template <typename CodeT, typename GainT>
+static void gather_row(const Layer& L, int64_t i, const float* p, float* acc) {
+  const int64_t off = i * L.n_out;
+  gather_accumulate(static_cast<const CodeT*>(L.codes) + off,
+                    static_cast<const GainT*>(L.gains.data) + off, p, acc, L.n_out);
+}
+
+static void gather_dispatch(const Layer& L, int64_t i, const float* p, float* acc) {
+  switch (L.code_type) {
+    case CodeType::kU8:
+      return L.gains.is_i8 ? gather_row<uint8_t, int8_t>(L, i, p, acc)
+                           : gather_row<uint8_t, float>(L, i, p, acc);
+    case CodeType::kI16:
+      return L.gains.is_i8 ? gather_row<int16_t, int8_t>(L, i, p, acc)
+                           : gather_row<int16_t, float>(L, i, p, acc);
+    case CodeType::kI32:
+      return L.gains.is_i8 ? gather_row<int32_t, int8_t>(L, i, p, acc)
+                           : gather_row<int32_t, float>(L, i, p, acc);
+  }
+}
+
+static void edge_axpy(const EdgeTensor& e, int64_t i, int64_t n_out, float a, float* acc) {
+  const int64_t off = i * n_out;
+  if (e.is_i8) {
+    axpy_row(static_cast<const int8_t*>(e.data) + off, a, acc, n_out);
+  } else {
+    axpy_row(static_cast<const float*>(e.data) + off, a, acc, n_out);
+  }
+}
+
+static inline float scale_or_one(const float* s, int64_t o) { return s ? s[o] : 1.0f; }
+
+/// One batch row by the projection-table strategy. scratch: K + 3 * n_out floats.
+static void forward_row_projection(const Layer& L, const float* ct, const float* x,
+                                   float* y, float* scratch) {
+  const int64_t n_knots = L.M + L.k + 1;
+  float* p = scratch;
+  float* acc_g = p + L.K;
+  float* acc_b = acc_g + L.n_out;
+  float* acc_w = acc_b + L.n_out;
+  std::memset(acc_g, 0, sizeof(float) * 3 * L.n_out);
+  float b[kMaxSplineOrder + 1];
+  for (int64_t i = 0; i < L.n_in; ++i) {
+    const float xi = x[i];
+    int64_t first = 0;
+    if (basis_at(L.grid + i * n_knots, n_knots, L.k, xi, &first, b)) {
+      const float s = build_projection(ct, L.K, L.M, L.k, first, b, p);
+      gather_dispatch(L, i, p, acc_g);
+      if (L.edge_bias.data && s != 0.0f) edge_axpy(L.edge_bias, i, L.n_out, s, acc_b);
+    }
+    if (L.base_weight.data) edge_axpy(L.base_weight, i, L.n_out, silu(xi), acc_w);
+  }
+  for (int64_t o = 0; o < L.n_out; ++o) {
+    y[o] = scale_or_one(L.gain_scale, o) * acc_g[o] +
+           scale_or_one(L.edge_bias_scale, o) * acc_b[o] +
+           scale_or_one(L.base_scale, o) * acc_w[o] + (L.out_bias ? L.out_bias[o] : 0.0f);
+  }
+}
+
+// ---- decoded-tile strategy -------------------------------------------------------------
+
+/// w[m][o] = gg[o] * Ct[m][q[o]] for rows m in [m_lo, m_hi].
+LUTHAM_HOT static void decode_rows(const float* __restrict ct, int64_t K, const int32_t* q,
+                                   const float* gg, int64_t m_lo, int64_t m_hi,
+                                   float* __restrict w, int64_t n_out) {
+  for (int64_t m = m_lo; m <= m_hi; ++m) {
+    const float* __restrict crow = ct + m * K;
+    float* __restrict wrow = w + m * n_out;
+    for (int64_t o = 0; o < n_out; ++o) wrow[o] = gg[o] * crow[q[o]];
+  }
+}
+
+/// y[o] += sum_t c[t] * w[t][o] for N terms (N fixed: the loop over o keeps y in a register).
+template <int N>
+LUTHAM_HOT static void axpy_terms(float* __restrict y, const float* const* w, const float* c,
+                                  int64_t n) {
+  const float* __restrict w0 = w[0];
+  const float* __restrict w1 = N > 1 ? w[1] : w[0];
+  const float* __restrict w2 = N > 2 ? w[2] : w[0];
+  const float* __restrict w3 = N > 3 ? w[3] : w[0];
+  const float c0 = c[0], c1 = N > 1 ? c[1] : 0.0f, c2 = N > 2 ? c[2] : 0.0f,
+              c3 = N > 3 ? c[3] : 0.0f;
+  for (int64_t o = 0; o < n; ++o) {
+    float acc = y[o] + c0 * w0[o];
+    if (N > 1) acc += c1 * w1[o];
+    if (N > 2) acc += c2 * w2[o];
+    if (N > 3) acc += c3 * w3[o];
+    y[o] = acc;
+  }
+}
+
+static void axpy_many(float* y, const float* const* w, const float* c, int64_t n_terms,
+                      int64_t n) {
+  int64_t t = 0;
+  for (; t + 4 <= n_terms; t += 4) axpy_terms<4>(y, w + t, c + t, n);
+  switch (n_terms - t) {
+    case 3: axpy_terms<3>(y, w + t, c + t, n); break;
+    case 2: axpy_terms<2>(y, w + t, c + t, n); break;
+    case 1: axpy_terms<1>(y, w + t, c + t, n); break;
+    default: break;
+  }
+}
+
+template <typename CodeT, typename GainT>
+static void load_codes_gains(const Layer& L, int64_t i, int32_t* q, float* gg) {
+  const CodeT* codes = static_cast<const CodeT*>(L.codes) + i * L.n_out;
+  const GainT* gains = static_cast<const GainT*>(L.gains.data) + i * L.n_out;
+  for (int64_t o = 0; o < L.n_out; ++o) {
+    q[o] = static_cast<int32_t>(codes[o]);
+    gg[o] = as_float(gains[o]) * scale_or_one(L.gain_scale, o);
+  }
+}
+
+static void load_codes_gains_dispatch(const Layer& L, int64_t i, int32_t* q, float* gg) {
+  switch (L.code_type) {
+    case CodeType::kU8:
+      return L.gains.is_i8 ? load_codes_gains<uint8_t, int8_t>(L, i, q, gg)
+                           : load_codes_gains<uint8_t, float>(L, i, q, gg);
+    case CodeType::kI16:
+      return L.gains.is_i8 ? load_codes_gains<int16_t, int8_t>(L, i, q, gg)
+                           : load_codes_gains<int16_t, float>(L, i, q, gg);
+    case CodeType::kI32:
+      return L.gains.is_i8 ? load_codes_gains<int32_t, int8_t>(L, i, q, gg)
+                           : load_codes_gains<int32_t, float>(L, i, q, gg);
+  }
+}
+
+/// Scaled per-edge row: out[o] = scale[o] * e[i, o].
+static void load_scaled_row(const EdgeTensor& e, const float* scale, int64_t i, int64_t n_out,
+                            float* out) {
+  const int64_t off = i * n_out;
+  if (e.is_i8) {
+    const int8_t* v = static_cast<const int8_t*>(e.data) + off;
+    for (int64_t o = 0; o < n_out; ++o) out[o] = scale_or_one(scale, o) * v[o];
+  } else {
+    const float* v = static_cast<const float*>(e.data) + off;
+    for (int64_t o = 0; o < n_out; ++o) out[o] = scale_or_one(scale, o) * v[o];
+  }
+}
+
+/// Scratch floats needed by forward_decoded.
+static size_t decoded_scratch_floats(const Layer& L, int64_t B) {
+  const size_t n_out = static_cast<size_t>(L.n_out);
+  return (static_cast<size_t>(L.M) + 3) * n_out   // W_i rows + bias row + base row + gg
+         + n_out                                  // q (int32, same size as float)
+         + static_cast<size_t>(B) * (static_cast<size_t>(L.k) + 4);  // coef, first, S, silu
+}
+
+/// Whole batch by the decoded-tile strategy; y (B, n_out) is overwritten.
+static void forward_decoded(const Layer& L, const float* ct, const float* x, int64_t B,
+                            float* y, float* scratch) {
+  const int64_t n_out = L.n_out, M = L.M, k = L.k, n_knots = M + k + 1;
+  float* w = scratch;                        // (M, n_out)
+  float* w_bias = w + M * n_out;             // (n_out,)
+  float* w_base = w_bias + n_out;            // (n_out,)
+  float* gg = w_base + n_out;                // (n_out,)
+  int32_t* q = reinterpret_cast<int32_t*>(gg + n_out);  // (n_out,)
+  float* coef = reinterpret_cast<float*>(q + n_out);    // (B, k+1)
+  int32_t* first_of = reinterpret_cast<int32_t*>(coef + B * (k + 1));  // (B,) span - k
+  float* s_sum = reinterpret_cast<float*>(first_of + B);                 // (B,)
+  float* s_silu = s_sum + B;                            // (B,)
+
+  for (int64_t bi = 0; bi < B; ++bi) {
+    float* yb = y + bi * n_out;
+    for (int64_t o = 0; o < n_out; ++o) yb[o] = L.out_bias ? L.out_bias[o] : 0.0f;
+  }
+  const float* terms_w[kMaxSplineOrder + 3];
+  float terms_c[kMaxSplineOrder + 3];
+  for (int64_t i = 0; i < L.n_in; ++i) {
+    const float* g = L.grid + i * n_knots;
+    int64_t m_lo = M, m_hi = -1;
+    for (int64_t bi = 0; bi < B; ++bi) {
+      float* cb = coef + bi * (k + 1);
+      const float xi = x[bi * L.n_in + i];
+      int64_t first = 0;
+      float s = 0.0f;
+      if (basis_at(g, n_knots, k, xi, &first, cb)) {
+        for (int64_t t = 0; t <= k; ++t) {
+          const int64_t m = first + t;
+          if (m < 0 || m >= M) {
+            cb[t] = 0.0f;
+            continue;
+          }
+          s += cb[t];
+          if (m < m_lo) m_lo = m;
+          if (m > m_hi) m_hi = m;
+        }
+      } else {
+        for (int64_t t = 0; t <= k; ++t) cb[t] = 0.0f;
+        first = -(k + 1);  // marks "no spline term"
+      }
+      first_of[bi] = static_cast<int32_t>(first);
+      s_sum[bi] = s;
+      s_silu[bi] = L.base_weight.data ? silu(xi) : 0.0f;
+    }
+    if (m_hi >= m_lo) {
+      load_codes_gains_dispatch(L, i, q, gg);
+      decode_rows(ct, L.K, q, gg, m_lo, m_hi, w, n_out);
+    }
+    if (L.edge_bias.data) load_scaled_row(L.edge_bias, L.edge_bias_scale, i, n_out, w_bias);
+    if (L.base_weight.data) load_scaled_row(L.base_weight, L.base_scale, i, n_out, w_base);
+    for (int64_t bi = 0; bi < B; ++bi) {
+      const float* cb = coef + bi * (k + 1);
+      const int64_t first = first_of[bi];
+      int64_t n_terms = 0;
+      for (int64_t t = 0; t <= k; ++t) {
+        const int64_t m = first + t;
+        if (m < 0 || m >= M || cb[t] == 0.0f) continue;
+        terms_w[n_terms] = w + m * n_out;
+        terms_c[n_terms++] = cb[t];
+      }
+      if (L.edge_bias.data && s_sum[bi] != 0.0f) {
+        terms_w[n_terms] = w_bias;
+        terms_c[n_terms++] = s_sum[bi];
+      }
+      if (L.base_weight.data) {
+        terms_w[n_terms] = w_base;
+        terms_c[n_terms++] = s_silu[bi];
+      }
+      axpy_many(y + bi * n_out, terms_w, terms_c, n_terms, n_out);
+    }
+  }
+}
+
+/// Evaluates the layer for B rows of x (B, n_in) into y (B, n_out).
+/// Returns false only when scratch memory cannot be allocated.
+static bool forward(const Layer& L, const float* x, int64_t B, float* y) {
+  if (B == 0 || L.n_out == 0) return true;
+  const size_t ct_floats = static_cast<size_t>(L.K) * static_cast<size_t>(L.M);
+  const bool decoded = B >= kDecodeMinBatch;
+  const size_t work_floats = decoded ? decoded_scratch_floats(L, B)
+                                     : static_cast<size_t>(L.K) + 3 * static_cast<size_t>(L.n_out);
+  std::unique_ptr<float[]> scratch(new (std::nothrow) float[ct_floats + work_floats]);
+  if (!scratch) return false;
+  float* ct = scratch.get();  // codebook transposed to (M, K): rows used by the hot loops
+  for (int64_t q = 0; q < L.K; ++q)
+    for (int64_t m = 0; m < L.M; ++m) ct[m * L.K + q] = L.codebook[q * L.M + m];
+  float* work = ct + ct_floats;
+  if (decoded) {
+    forward_decoded(L, ct, x, B, y, work);
+  } else {
+    for (int64_t bi = 0; bi < B; ++bi)
+      forward_row_projection(L, ct, x + bi * L.n_in, y + bi * L.n_out, work);
+  }
+  return true;
+}
+
+// ---------------------------------------------------------------------------------------
+// Validation + the ExecuTorch entry point.
+
+static bool is_absent(const Tensor& t) { return t.dim() == 1 && t.size(0) == 0; }
+
+static bool is_contiguous(const Tensor& t) {
+  const auto strides = t.strides();
+  const auto sizes = t.sizes();
+  int64_t expected = 1;
+  for (ssize_t d = t.dim() - 1; d >= 0; --d) {
+    if (sizes[d] != 1 && strides[d] != expected) return false;
+    expected *= sizes[d];
+  }
+  for (ssize_t d = 0; d < t.dim(); ++d) {
+    if (t.dim_order()[d] != static_cast<uint8_t>(d)) return false;
+  }
+  return true;
+}
+
+static const char* dtype_name(ScalarType s) {
+  switch (s) {
+    case ScalarType::Byte: return "uint8";
+    case ScalarType::Char: return "int8";
+    case ScalarType::Short: return "int16";
+    case ScalarType::Int: return "int32";
+    case ScalarType::Long: return "int64";
+    case ScalarType::Float: return "float32";
+    case ScalarType::Double: return "float64";
+    case ScalarType::Half: return "float16";
+    case ScalarType::BFloat16: return "bfloat16";
+    case ScalarType::Bool: return "bool";
+    default: return "unsupported";
+  }
+}
+
+/// Checks a (n_out,) float32 scale-like tensor that may be absent. Sets *ptr (nullptr when absent).
+static bool check_vector(KernelRuntimeContext& ctx, const Tensor& t, const char* name,
+                         int64_t n_out, const float** ptr) {
+  *ptr = nullptr;
+  if (is_absent(t)) return true;
+  ET_KERNEL_CHECK_MSG(ctx, t.scalar_type() == ScalarType::Float, InvalidArgument, false,
+                      "lutham: %s must be float32, got %s", name, dtype_name(t.scalar_type()));
+  ET_KERNEL_CHECK_MSG(ctx, t.dim() == 1 && t.size(0) == n_out, InvalidArgument, false,
+                      "lutham: %s must have shape (n_out=%lld,) or (0,) when absent", name,
+                      static_cast<long long>(n_out));
+  ET_KERNEL_CHECK_MSG(ctx, is_contiguous(t), InvalidArgument, false,
+                      "lutham: %s must be contiguous", name);
+  *ptr = t.const_data_ptr<float>();
+  return true;
+}
+
+/// Checks an (n_in, n_out) int8/float32 per-edge tensor; absent allowed when `optional`.
+static bool check_edge(KernelRuntimeContext& ctx, const Tensor& t, const char* name,
+                       int64_t n_in, int64_t n_out, bool optional, EdgeTensor* e) {
+  *e = EdgeTensor{};
+  if (optional && is_absent(t)) return true;
+  const ScalarType st = t.scalar_type();
+  ET_KERNEL_CHECK_MSG(ctx, st == ScalarType::Char || st == ScalarType::Float, InvalidArgument,
+                      false, "lutham: %s must be int8 or float32, got %s", name,
+                      dtype_name(st));
+  ET_KERNEL_CHECK_MSG(ctx, t.dim() == 2 && t.size(0) == n_in && t.size(1) == n_out,
+                      InvalidArgument, false,
+                      "lutham: %s must have shape (n_in=%lld, n_out=%lld)%s", name,
+                      static_cast<long long>(n_in), static_cast<long long>(n_out),
+                      optional ? " or (0,) when absent" : "");
+  ET_KERNEL_CHECK_MSG(ctx, is_contiguous(t), InvalidArgument, false,
+                      "lutham: %s must be contiguous", name);
+  e->data = t.const_data_ptr();
+  e->is_i8 = st == ScalarType::Char;
+  return true;
+}
+
+template <typename CodeT>
+static bool codes_in_range(const CodeT* c, int64_t n, int64_t K, int64_t* bad_index,
+                           int64_t* bad_value) {
+  // Vectorisable min/max scan first; locate the offender only on failure.
+  int64_t lo = 0, hi = 0;
+  if (n > 0) {
+    CodeT mn = c[0], mx = c[0];
+    for (int64_t e = 1; e < n; ++e) {
+      mn = c[e] < mn ? c[e] : mn;
+      mx = c[e] > mx ? c[e] : mx;
+    }
+    lo = mn;
+    hi = mx;
+  }
+  if (lo >= 0 && hi < K) return true;
+  for (int64_t e = 0; e < n; ++e) {
+    if (c[e] < 0 || static_cast<int64_t>(c[e]) >= K) {
+      *bad_index = e;
+      *bad_value = static_cast<int64_t>(c[e]);
+      return false;
+    }
+  }
+  return true;
+}
+
+Tensor& lutham_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& grid,
+                   const Tensor& codebook, const Tensor& codes, const Tensor& gains,
+                   const Tensor& gain_scale, const Tensor& edge_bias,
+                   const Tensor& edge_bias_scale, const Tensor& out_bias,
+                   const Tensor& base_weight, const Tensor& base_scale, int64_t k,
+                   Tensor& out) {
+  // --- x, codebook, k, grid
+  ET_KERNEL_CHECK_MSG(ctx, x.scalar_type() == ScalarType::Float, InvalidArgument, out,
+                      "lutham: x must be float32, got %s", dtype_name(x.scalar_type()));
+  ET_KERNEL_CHECK_MSG(ctx, x.dim() == 2, InvalidArgument, out,
+                      "lutham: x must be 2-D (batch, n_in), got %zd dims", x.dim());
+  ET_KERNEL_CHECK_MSG(ctx, is_contiguous(x), InvalidArgument, out,
+                      "lutham: x must be contiguous");
+  ET_KERNEL_CHECK_MSG(ctx, out.scalar_type() == ScalarType::Float, InvalidArgument, out,
+                      "lutham: out must be float32, got %s", dtype_name(out.scalar_type()));
+  ET_KERNEL_CHECK_MSG(ctx, k >= 0 && k <= kMaxSplineOrder, InvalidArgument, out,
+                      "lutham: spline order k=%lld outside [0, %lld]",
+                      static_cast<long long>(k), static_cast<long long>(kMaxSplineOrder));
+  ET_KERNEL_CHECK_MSG(ctx, codebook.scalar_type() == ScalarType::Float, InvalidArgument, out,
+                      "lutham: codebook must be float32, got %s",
+                      dtype_name(codebook.scalar_type()));
+  ET_KERNEL_CHECK_MSG(ctx, codebook.dim() == 2 && codebook.size(0) >= 1, InvalidArgument, out,
+                      "lutham: codebook must be 2-D (K >= 1, M)");
+  ET_KERNEL_CHECK_MSG(ctx, is_contiguous(codebook), InvalidArgument, out,
+                      "lutham: codebook must be contiguous");
+  Layer L;
+  const int64_t B = x.size(0);
+  L.n_in = x.size(1);
+  L.K = codebook.size(0);
+  L.M = codebook.size(1);
+  L.k = k;
+  ET_KERNEL_CHECK_MSG(ctx, L.M >= k + 1, InvalidArgument, out,
+                      "lutham: codebook width M=%lld must be G + k with G >= 1 (k=%lld)",
+                      static_cast<long long>(L.M), static_cast<long long>(k));
+  const int64_t n_knots = L.M + k + 1;
+  ET_KERNEL_CHECK_MSG(ctx, grid.scalar_type() == ScalarType::Float, InvalidArgument, out,
+                      "lutham: grid must be float32, got %s", dtype_name(grid.scalar_type()));
+  ET_KERNEL_CHECK_MSG(ctx, grid.dim() == 2 && grid.size(0) == L.n_in && grid.size(1) == n_knots,
+                      InvalidArgument, out,
+                      "lutham: grid must have shape (n_in=%lld, M+k+1=%lld) for M=%lld, k=%lld",
+                      static_cast<long long>(L.n_in), static_cast<long long>(n_knots),
+                      static_cast<long long>(L.M), static_cast<long long>(k));
+  ET_KERNEL_CHECK_MSG(ctx, is_contiguous(grid), InvalidArgument, out,
+                      "lutham: grid must be contiguous");
+  L.grid = grid.const_data_ptr<float>();
+  L.codebook = codebook.const_data_ptr<float>();
+  for (int64_t i = 0; i < L.n_in; ++i) {
+    const float* g = L.grid + i * n_knots;
+    bool ok = std::isfinite(g[0]);
+    for (int64_t t = 1; t < n_knots; ++t) ok = ok && std::isfinite(g[t]) && g[t] > g[t - 1];
+    ET_KERNEL_CHECK_MSG(ctx, ok, InvalidArgument, out,
+                        "lutham: grid row %lld must be finite and strictly increasing",
+                        static_cast<long long>(i));
+  }
+  // --- codes
+  const ScalarType ct = codes.scalar_type();
+  ET_KERNEL_CHECK_MSG(ctx, ct == ScalarType::Byte || ct == ScalarType::Short ||
+                               ct == ScalarType::Int,
+                      InvalidArgument, out, "lutham: codes must be uint8, int16 or int32, got %s",
+                      dtype_name(ct));
+  ET_KERNEL_CHECK_MSG(ctx, codes.dim() == 2 && codes.size(0) == L.n_in, InvalidArgument, out,
+                      "lutham: codes must have shape (n_in=%lld, n_out)",
+                      static_cast<long long>(L.n_in));
+  ET_KERNEL_CHECK_MSG(ctx, is_contiguous(codes), InvalidArgument, out,
+                      "lutham: codes must be contiguous");
+  L.n_out = codes.size(1);
+  L.codes = codes.const_data_ptr();
+  int64_t bad_index = -1, bad_value = 0;
+  bool codes_ok = true;
+  const int64_t n_edges = L.n_in * L.n_out;
+  if (ct == ScalarType::Byte) {
+    L.code_type = CodeType::kU8;
+    if (L.K < 256)
+      codes_ok = codes_in_range(codes.const_data_ptr<uint8_t>(), n_edges, L.K, &bad_index,
+                                &bad_value);
+  } else if (ct == ScalarType::Short) {
+    L.code_type = CodeType::kI16;
+    codes_ok = codes_in_range(codes.const_data_ptr<int16_t>(), n_edges, L.K, &bad_index,
+                              &bad_value);
+  } else {
+    L.code_type = CodeType::kI32;
+    codes_ok = codes_in_range(codes.const_data_ptr<int32_t>(), n_edges, L.K, &bad_index,
+                              &bad_value);
+  }
+  ET_KERNEL_CHECK_MSG(ctx, codes_ok, InvalidArgument, out,
+                      "lutham: codes[%lld, %lld] = %lld outside [0, K=%lld)",
+                      static_cast<long long>(L.n_out ? bad_index / L.n_out : 0),
+                      static_cast<long long>(L.n_out ? bad_index % L.n_out : 0),
+                      static_cast<long long>(bad_value), static_cast<long long>(L.K));
+  // --- per-edge tensors and their scales
+  if (!check_edge(ctx, gains, "gains", L.n_in, L.n_out, false, &L.gains)) return out;
+  if (!check_vector(ctx, gain_scale, "gain_scale", L.n_out, &L.gain_scale)) return out;
+  if (!check_edge(ctx, edge_bias, "edge_bias", L.n_in, L.n_out, true, &L.edge_bias)) return out;
+  if (!check_vector(ctx, edge_bias_scale, "edge_bias_scale", L.n_out, &L.edge_bias_scale))
+    return out;
+  ET_KERNEL_CHECK_MSG(ctx, L.edge_bias.data || !L.edge_bias_scale || L.n_out == 0,
+                      InvalidArgument, out, "lutham: edge_bias_scale given without edge_bias");
+  if (!check_vector(ctx, out_bias, "out_bias", L.n_out, &L.out_bias)) return out;
+  if (!check_edge(ctx, base_weight, "base_weight", L.n_in, L.n_out, true, &L.base_weight))
+    return out;
+  if (!check_vector(ctx, base_scale, "base_scale", L.n_out, &L.base_scale)) return out;
+  ET_KERNEL_CHECK_MSG(ctx, L.base_weight.data || !L.base_scale || L.n_out == 0,
+                      InvalidArgument, out, "lutham: base_scale given without base_weight");
+  // --- out
+  executorch::aten::SizesType out_sizes[2] = {
+      static_cast<executorch::aten::SizesType>(B),
+      static_cast<executorch::aten::SizesType>(L.n_out)};
+  ET_KERNEL_CHECK_MSG(ctx,
+                      executorch::runtime::resize_tensor(out, {out_sizes, 2}) == Error::Ok,
+                      InvalidArgument, out, "lutham: cannot resize out to (%lld, %lld)",
+                      static_cast<long long>(B), static_cast<long long>(L.n_out));
+  ET_KERNEL_CHECK_MSG(ctx, is_contiguous(out), InvalidArgument, out,
+                      "lutham: out must be contiguous");
+  const bool ok = forward(L, x.const_data_ptr<float>(), B, out.mutable_data_ptr<float>());
+  ET_KERNEL_CHECK_MSG(ctx, ok, MemoryAllocationFailed, out,
+                      "lutham: cannot allocate scratch memory");
+  return out;
+}
+
+}  // namespace lutham
+}  // namespace sharekan
+
+EXECUTORCH_LIBRARY(sharekan, "lutham.out", sharekan::lutham::lutham_out);

@@ -47,7 +47,7 @@ def save(model: CompressedModel, path: str | os.PathLike[str]) -> None:
         "layers": json.dumps([layer.metadata() for layer in model.layers.values()]),
         "passthrough": json.dumps(sorted(model.passthrough)),
         "key_order": json.dumps(model.key_order),
-        "report": model.report.to_json(indent=None),
+        "report": model.report.to_json(indent=None, timings=False),
         "checksum": checksum(tensors),
     }
     path = os.fspath(path)

@@ -95,11 +95,16 @@ class Report:
     def ratio(self) -> float:
         return self.bytes_dense_fp32 / max(self.bytes_compressed, 1)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, timings: bool = True) -> dict[str, Any]:
+        """JSON-ready dict; `timings=False` drops wall times (artifacts stay reproducible)."""
+        layers = [r.to_dict() for r in self.layers]
+        if not timings:
+            for layer in layers:
+                layer["seconds"] = None
         return {
             "layout": self.layout,
             "config": self.config,
-            "seconds": self.seconds,
+            "seconds": self.seconds if timings else None,
             "totals": {
                 "bytes_dense_fp32": self.bytes_dense_fp32,
                 "bytes_source": self.bytes_source,
@@ -108,24 +113,30 @@ class Report:
                 "ratio_vs_fp32": self.ratio,
                 "ratio_vs_source": self.bytes_source / max(self.bytes_compressed, 1),
             },
-            "layers": [r.to_dict() for r in self.layers],
+            "layers": layers,
             "tensors": [asdict(t) for t in self.tensors],
         }
 
-    def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(_finite(self.to_dict()), indent=indent)
+    def to_json(self, indent: int | None = 2, timings: bool = True) -> str:
+        return json.dumps(_finite(self.to_dict(timings)), indent=indent)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Report:
         derived = {"ratio", "coeff_sqnr_db", "func_sqnr_db"}
-        layers = [
-            LayerReport(**{k: v for k, v in r.items() if k not in derived}) for r in d["layers"]
-        ]
+        layers = []
+        for r in d["layers"]:
+            fields = {k: v for k, v in r.items() if k not in derived}
+            fields["seconds"] = fields.get("seconds") or 0.0
+            for key in ("coeff_rel_err", "func_rel_err", "max_abs_dphi"):
+                fields[key] = fields[key] if fields[key] is not None else 0.0
+            if fields.get("output_sqnr_db", 0) is None and r.get("frac_inputs_outside_grid") is not None:
+                fields["output_sqnr_db"] = float("inf")  # exact output: JSON null
+            layers.append(LayerReport(**fields))
         return cls(
             layout=d["layout"], layers=layers,
             tensors=[TensorEntry(**t) for t in d["tensors"]],
             bytes_passthrough=int(d["totals"]["bytes_passthrough"]),
-            seconds=float(d["seconds"]), config=dict(d.get("config", {})),
+            seconds=float(d["seconds"] or 0.0), config=dict(d.get("config", {})),
         )
 
     def table(self) -> str:

@@ -1,0 +1,50 @@
+"""The `sharekan` command line: compress (default and given checkpoint), inspect, decompress."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from kan_fixtures import efficient_kan_state_dict
+from sharekan import _core
+from sharekan.cli import main
+
+
+def test_compress_default_prints_report_and_accuracy(capsys, tmp_path):
+    out = tmp_path / "default.sharekan"
+    assert main(["compress", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "embedded default" in text and "layers.0" in text and "total" in text
+    assert "top-1 agreement" in text
+    assert out.exists()
+
+
+def test_compress_inspect_decompress(capsys, tmp_path, rng):
+    sd = efficient_kan_state_dict(rng, [6, 5, 2], grid_size=4, k=3)
+    ckpt = tmp_path / "kan.safetensors"
+    _core.save_safetensors(str(ckpt), sd, {"format": "pt"})
+    art = tmp_path / "kan.sharekan"
+    assert main(["compress", str(ckpt), "-o", str(art), "-k", "8", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.split("\nsaved")[0])
+    assert report["layers"][0]["codebook_size"] == 8
+    assert main(["inspect", str(art)]) == 0
+    assert "checksum" in capsys.readouterr().out
+    for suffix in (".safetensors", ".npz"):
+        dec = tmp_path / f"dec{suffix}"
+        assert main(["decompress", str(art), "-o", str(dec)]) == 0
+        if suffix == ".npz":
+            with np.load(dec) as data:
+                assert sorted(data.files) == sorted(sd)
+        else:
+            tensors, _ = _core.load_safetensors(str(dec))
+            assert {k: v.shape for k, v in tensors.items()} == {k: v.shape for k, v in sd.items()}
+
+
+def test_errors_exit_2_with_message(capsys, tmp_path):
+    assert main(["inspect", str(tmp_path / "nope.sharekan")]) == 2
+    assert "no such artifact" in capsys.readouterr().err
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, w=np.zeros(3))
+    assert main(["compress", str(bad)]) == 2
+    assert "no KAN layout" in capsys.readouterr().err

@@ -191,11 +191,10 @@ def refit_gain_bias(coeffs, metric, codebook, codes):
 
 
 def kmeans_objective(residuals: np.ndarray, centroids: np.ndarray, codes) -> float:
-    """J = sum_e ||r_e||^2 - <r_e, c_{q_e}>^2."""
+    """J = sum_e ||r_e||^2 - <r_e, c_{q_e}>^2 (each term clamped at 0 against rounding)."""
     residuals = np.asarray(residuals, dtype=np.float64)
     centroids = np.asarray(centroids, dtype=np.float64)
-    proj = np.einsum("em,em->e", residuals, centroids[np.asarray(codes, dtype=np.int64)])
-    return float(np.sum(np.einsum("em,em->e", residuals, residuals) - proj**2))
+    return float(np.sum(np.maximum(edge_errors(residuals, centroids, codes), 0.0)))
 
 
 def edge_errors(residuals, centroids, codes) -> np.ndarray:
@@ -354,7 +353,8 @@ def unpack_codes(packed, bits: int, n: int) -> np.ndarray:
 
 
 def silu(x: np.ndarray) -> np.ndarray:
-    return x / (1.0 + np.exp(-x))
+    # x * sigmoid(x) written with tanh: no overflow for large |x|
+    return 0.5 * x * (1.0 + np.tanh(0.5 * x))
 
 
 def _per_out(scale, n_out):

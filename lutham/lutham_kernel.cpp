@@ -68,7 +68,7 @@ using executorch::runtime::KernelRuntimeContext;
 /// Largest supported spline order k (basis values live in fixed-size stack arrays).
 constexpr int64_t kMaxSplineOrder = 15;
 /// Batches at least this large use the decoded-tile strategy.
-constexpr int64_t kDecodeMinBatch = 4;
+constexpr int64_t kDecodeMinBatch = 8;
 
 // ---------------------------------------------------------------------------------------
 // Math core: plain pointers, no ExecuTorch types. Everything here assumes validated input.
@@ -97,43 +97,72 @@ struct Layer {
   const float* base_scale = nullptr;       // (n_out,) or nullptr (= ones)
 };
 
-/// The k+1 basis values B_{first..first+k}(x) of one input (first = span - k, may be < 0).
-/// Returns false (all zero) outside [grid[0], grid[NG-1]) or for NaN.
-/// Same recursion as efficient-kan's `b_splines`, restricted to the non-zero triangle.
-static inline bool basis_at(const float* g, int64_t n_knots, int64_t k, float x,
-                            int64_t* first, float* b) {
-  if (!(x >= g[0] && x < g[n_knots - 1])) return false;
-  int64_t lo = 0, hi = n_knots - 1;  // invariant: g[lo] <= x < g[hi]
-  while (hi - lo > 1) {
-    const int64_t mid = lo + (hi - lo) / 2;
-    if (g[mid] <= x) {
-      lo = mid;
-    } else {
-      hi = mid;
-    }
+/// Span j of x: g[j] <= x < g[j+1], 0 <= j <= n_knots - 2 (x inside, checked by caller).
+static inline int64_t find_span(const float* g, int64_t n_knots, float x) {
+  // Branch-free: invariant g[j] <= x < g[j + n].
+  int64_t j = 0;
+  for (int64_t n = n_knots - 1; n > 1;) {
+    const int64_t half = n / 2;
+    j = g[j + half] <= x ? j + half : j;
+    n -= half;
   }
-  const int64_t j = lo;
-  float cur[kMaxSplineOrder + 1];
-  float nxt[kMaxSplineOrder + 1];
-  cur[0] = 1.0f;  // B_j^0
-  for (int64_t r = 1; r <= k; ++r) {
-    // nxt[t] = B_m^r with m = j - r + t; cur[t'] = B_{j-(r-1)+t'}^{r-1}.
-    for (int64_t t = 0; t <= r; ++t) {
+  return j;
+}
+
+/// Cox-de Boor on the non-zero triangle, in place: after round r, b[t] = B_{j-r+t}^r.
+/// Descending t reads b[t-1] and b[t] of round r-1 before they are overwritten. Basis
+/// functions efficient-kan's recursion does not have (index < 0 or beyond the grid) are 0.
+/// KO > 0: compile-time order (loops unroll, b stays in registers); KO = 0: runtime k.
+template <int KO>
+static inline void span_basis(const float* __restrict g, int64_t n_knots, int64_t k, int64_t j,
+                              float x, float* __restrict b, const float* __restrict inv) {
+  const int64_t kk = KO > 0 ? KO : k;
+  b[0] = 1.0f;  // B_j^0
+  for (int64_t r = 1; r <= kk; ++r) {
+    for (int64_t t = r; t >= 0; --t) {
       const int64_t m = j - r + t;
-      if (m < 0 || m > n_knots - 2 - r) {  // does not exist in efficient-kan's recursion
-        nxt[t] = 0.0f;
+      if (m < 0 || m > n_knots - 2 - r) {
+        b[t] = 0.0f;
         continue;
       }
       float v = 0.0f;
-      if (t >= 1) v += (x - g[m]) / (g[m + r] - g[m]) * cur[t - 1];
-      if (t <= r - 1) v += (g[m + r + 1] - x) / (g[m + r + 1] - g[m + 1]) * cur[t];
-      nxt[t] = v;
+      if (inv) {  // inv[(r - 1) * n_knots + m] = 1 / (g[m + r] - g[m])
+        const float* ir = inv + (r - 1) * n_knots;
+        if (t >= 1) v += (x - g[m]) * ir[m] * b[t - 1];
+        if (t <= r - 1) v += (g[m + r + 1] - x) * ir[m + 1] * b[t];
+      } else {
+        if (t >= 1) v += (x - g[m]) / (g[m + r] - g[m]) * b[t - 1];
+        if (t <= r - 1) v += (g[m + r + 1] - x) / (g[m + r + 1] - g[m + 1]) * b[t];
+      }
+      b[t] = v;
     }
-    for (int64_t t = 0; t <= r; ++t) cur[t] = nxt[t];
   }
-  for (int64_t t = 0; t <= k; ++t) b[t] = cur[t];
+}
+
+/// The k+1 basis values B_{first..first+k}(x) of one input (first = span - k, may be < 0).
+/// Returns false (all zero) outside [grid[0], grid[NG-1]) or for NaN.
+/// Same recursion as efficient-kan's `b_splines`, restricted to the non-zero triangle.
+/// inv: optional knot reciprocals (see knot_reciprocals) replacing the divisions.
+static inline bool basis_at(const float* g, int64_t n_knots, int64_t k, float x,
+                            int64_t* first, float* b, const float* inv = nullptr) {
+  if (!(x >= g[0] && x < g[n_knots - 1])) return false;
+  const int64_t j = find_span(g, n_knots, x);
+  switch (k) {
+    case 1: span_basis<1>(g, n_knots, 1, j, x, b, inv); break;
+    case 2: span_basis<2>(g, n_knots, 2, j, x, b, inv); break;
+    case 3: span_basis<3>(g, n_knots, 3, j, x, b, inv); break;
+    default: span_basis<0>(g, n_knots, k, j, x, b, inv); break;
+  }
   *first = j - k;
   return true;
+}
+
+/// inv[(r - 1) * n_knots + m] = 1 / (g[m + r] - g[m]) for r = 1..k, m + r < n_knots.
+static void knot_reciprocals(const float* g, int64_t n_knots, int64_t k, float* inv) {
+  for (int64_t r = 1; r <= k; ++r) {
+    float* ir = inv + (r - 1) * n_knots;
+    for (int64_t m = 0; m < n_knots; ++m) ir[m] = m + r < n_knots ? 1.0f / (g[m + r] - g[m]) : 0.0f;
+  }
 }
 
 static inline float silu(float x) { return x / (1.0f + std::exp(-x)); }
@@ -250,21 +279,25 @@ LUTHAM_HOT static void decode_rows(const float* __restrict ct, int64_t K, const 
   }
 }
 
-/// y[o] += sum_t c[t] * w[t][o] for N terms (N fixed: the loop over o keeps y in a register).
+/// y[o] += sum_t c[t] * w[t][o] for N terms (N fixed: y[o] stays in a register).
 template <int N>
 LUTHAM_HOT static void axpy_terms(float* __restrict y, const float* const* w, const float* c,
                                   int64_t n) {
   const float* __restrict w0 = w[0];
-  const float* __restrict w1 = N > 1 ? w[1] : w[0];
-  const float* __restrict w2 = N > 2 ? w[2] : w[0];
-  const float* __restrict w3 = N > 3 ? w[3] : w[0];
-  const float c0 = c[0], c1 = N > 1 ? c[1] : 0.0f, c2 = N > 2 ? c[2] : 0.0f,
-              c3 = N > 3 ? c[3] : 0.0f;
+  const float* __restrict w1 = w[N > 1 ? 1 : 0];
+  const float* __restrict w2 = w[N > 2 ? 2 : 0];
+  const float* __restrict w3 = w[N > 3 ? 3 : 0];
+  const float* __restrict w4 = w[N > 4 ? 4 : 0];
+  const float* __restrict w5 = w[N > 5 ? 5 : 0];
+  const float c0 = c[0], c1 = c[N > 1 ? 1 : 0], c2 = c[N > 2 ? 2 : 0], c3 = c[N > 3 ? 3 : 0],
+              c4 = c[N > 4 ? 4 : 0], c5 = c[N > 5 ? 5 : 0];
   for (int64_t o = 0; o < n; ++o) {
     float acc = y[o] + c0 * w0[o];
     if (N > 1) acc += c1 * w1[o];
     if (N > 2) acc += c2 * w2[o];
     if (N > 3) acc += c3 * w3[o];
+    if (N > 4) acc += c4 * w4[o];
+    if (N > 5) acc += c5 * w5[o];
     y[o] = acc;
   }
 }
@@ -272,8 +305,10 @@ LUTHAM_HOT static void axpy_terms(float* __restrict y, const float* const* w, co
 static void axpy_many(float* y, const float* const* w, const float* c, int64_t n_terms,
                       int64_t n) {
   int64_t t = 0;
-  for (; t + 4 <= n_terms; t += 4) axpy_terms<4>(y, w + t, c + t, n);
+  for (; t + 6 <= n_terms; t += 6) axpy_terms<6>(y, w + t, c + t, n);
   switch (n_terms - t) {
+    case 5: axpy_terms<5>(y, w + t, c + t, n); break;
+    case 4: axpy_terms<4>(y, w + t, c + t, n); break;
     case 3: axpy_terms<3>(y, w + t, c + t, n); break;
     case 2: axpy_terms<2>(y, w + t, c + t, n); break;
     case 1: axpy_terms<1>(y, w + t, c + t, n); break;
@@ -323,7 +358,9 @@ static size_t decoded_scratch_floats(const Layer& L, int64_t B) {
   const size_t n_out = static_cast<size_t>(L.n_out);
   return (static_cast<size_t>(L.M) + 3) * n_out   // W_i rows + bias row + base row + gg
          + n_out                                  // q (int32, same size as float)
-         + static_cast<size_t>(B) * (static_cast<size_t>(L.k) + 4);  // coef, first, S, silu
+         + static_cast<size_t>(B) * (static_cast<size_t>(L.k) + 4)  // coef, first, S, silu
+         + static_cast<size_t>(L.k) * static_cast<size_t>(L.M + L.k + 1)  // knot reciprocals
+         + static_cast<size_t>(B) * static_cast<size_t>(L.n_in);  // x transposed
 }
 
 /// Whole batch by the decoded-tile strategy; y (B, n_out) is overwritten.
@@ -339,6 +376,11 @@ static void forward_decoded(const Layer& L, const float* ct, const float* x, int
   int32_t* first_of = reinterpret_cast<int32_t*>(coef + B * (k + 1));  // (B,) span - k
   float* s_sum = reinterpret_cast<float*>(first_of + B);                 // (B,)
   float* s_silu = s_sum + B;                            // (B,)
+  float* inv = s_silu + B;                              // (k, n_knots)
+  float* xt = inv + k * n_knots;                        // (n_in, B): x transposed
+  // Column reads of x (stride n_in) would thrash a few L1 sets; transpose once.
+  for (int64_t bi = 0; bi < B; ++bi)
+    for (int64_t i = 0; i < L.n_in; ++i) xt[i * B + bi] = x[bi * L.n_in + i];
 
   for (int64_t bi = 0; bi < B; ++bi) {
     float* yb = y + bi * n_out;
@@ -349,12 +391,13 @@ static void forward_decoded(const Layer& L, const float* ct, const float* x, int
   for (int64_t i = 0; i < L.n_in; ++i) {
     const float* g = L.grid + i * n_knots;
     int64_t m_lo = M, m_hi = -1;
+    knot_reciprocals(g, n_knots, k, inv);
     for (int64_t bi = 0; bi < B; ++bi) {
       float* cb = coef + bi * (k + 1);
-      const float xi = x[bi * L.n_in + i];
+      const float xi = xt[i * B + bi];
       int64_t first = 0;
       float s = 0.0f;
-      if (basis_at(g, n_knots, k, xi, &first, cb)) {
+      if (basis_at(g, n_knots, k, xi, &first, cb, inv)) {
         for (int64_t t = 0; t <= k; ++t) {
           const int64_t m = first + t;
           if (m < 0 || m >= M) {

@@ -1,0 +1,20 @@
+"""PyTorch integration: reference KAN modules, the `sharekan::lutham` operator, compressed
+modules and in-place compression.
+
+>>> import sharekan.torch as skt
+>>> model = skt.KAN([64, 32, 10], grid_size=10)     # doctest: +SKIP
+>>> skt.compress_(model, codebook_size=64)         # doctest: +SKIP
+
+Importing this package registers the operator `torch.ops.sharekan.lutham` (+ `.out`).
+"""
+
+from __future__ import annotations
+
+from .kan import KAN, KANLinear, bspline_basis
+from .modules import LuthamLinear, compress_, is_kan_linear, load_compressed_, lutham_layers
+from .ops import lutham
+
+__all__ = [
+    "KAN", "KANLinear", "LuthamLinear", "bspline_basis", "compress_", "is_kan_linear",
+    "load_compressed_", "lutham", "lutham_layers",
+]

@@ -1,0 +1,269 @@
+"""Compressed KAN modules for PyTorch: `LuthamLinear`, `compress_`, save / reload.
+
+`LuthamLinear` is the compressed stand-in of one efficient-kan `KANLinear`: it holds the
+compressed layer (ARCHITECTURE.md §7) as buffers and computes its forward pass with the
+`sharekan::lutham` operator (eager: the Rust evaluator; exported: the C++ ExecuTorch
+kernel). The full quantizer round trip:
+
+>>> import torch, sharekan.torch as skt
+>>> model = skt.KAN([64, 32, 10], grid_size=10)               # a trained KAN  # doctest: +SKIP
+>>> skt.compress_(model, codebook_size=64)                       # in place      # doctest: +SKIP
+>>> y = model(x)                                                  # runs LUTHAM   # doctest: +SKIP
+>>> torch.save(model.state_dict(), "kan.pt")                     # still compressed
+>>> fresh = skt.KAN([64, 32, 10], grid_size=10)                              # doctest: +SKIP
+>>> skt.load_compressed_(fresh, torch.load("kan.pt"))            # swaps + loads # doctest: +SKIP
+>>> sharekan.export_pte(fresh, (x,), "kan.pte")                  # ExecuTorch    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import InvalidInputError, LayoutError, ShapeError
+from . import ops
+from .kan import KANLinear
+
+__all__ = ["LuthamLinear", "compress_", "is_kan_linear", "load_compressed_",
+           "lutham_layers"]
+
+# Buffer names, in the operator's argument order.
+BUFFERS = ("grid", "codebook", "codes", "gains", "gain_scale", "edge_bias",
+           "edge_bias_scale", "out_bias", "base_weight", "base_scale")
+_OPTIONAL = ("gain_scale", "edge_bias", "edge_bias_scale", "out_bias", "base_weight",
+             "base_scale")
+
+
+def _tensor(value: Any) -> torch.Tensor:
+    if value is None:
+        return ops.absent()
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().contiguous().clone()
+    arr = np.ascontiguousarray(value)
+    if arr.dtype == np.uint32:  # torch has no uint32 arithmetic; codes are < 2^31
+        arr = arr.astype(np.int64)
+    return torch.from_numpy(arr.copy())
+
+
+def _code_dtype(codebook_size: int) -> torch.dtype:
+    if codebook_size <= 256:
+        return torch.uint8
+    if codebook_size <= 32768:
+        return torch.int16
+    return torch.int32
+
+
+class LuthamLinear(nn.Module):
+    """One compressed KAN layer evaluated by codebook lookup (`sharekan::lutham`).
+
+    Buffers (input-major, ARCHITECTURE.md §4): `grid` f32 (n_in, G+2k+1), `codebook` f32
+    (K, M) (dequantised), `codes` u8/i16/i32 (n_in, n_out), `gains` i8/f32 (n_in, n_out),
+    `gain_scale` f32 (n_out,), `edge_bias` i8/f32 (n_in, n_out), `edge_bias_scale`,
+    `out_bias`, `base_weight` i8/f32 (n_in, n_out), `base_scale`. An absent optional buffer
+    is an empty (0,) float32 tensor, so the state_dict always has the same keys and loads
+    into any LuthamLinear (buffers take the shapes and dtypes of the loaded tensors).
+
+    forward: x (..., n_in) -> (..., n_out) float32.
+    """
+
+    def __init__(self, tensors: Mapping[str, Any]) -> None:
+        super().__init__()
+        for name in BUFFERS:
+            self.register_buffer(name, _tensor(tensors.get(name)))
+        self._refresh()
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    def from_compressed(cls, layer: Any) -> LuthamLinear:
+        """Build from a `sharekan.CompressedLayer` (uses `layer.lutham_inputs()`)."""
+        inputs = dict(layer.lutham_inputs())
+        k = int(inputs.pop("k"))
+        codes = np.asarray(inputs["codes"])
+        if codes.dtype not in (np.uint8, np.int16, np.int32):  # e.g. u32 from the core
+            narrow = {torch.uint8: np.uint8, torch.int16: np.int16, torch.int32: np.int32}
+            inputs["codes"] = codes.astype(narrow[_code_dtype(int(layer.codebook_size))])
+        mod = cls(inputs)
+        if mod.spline_order != k:
+            raise ShapeError(
+                f"layer {getattr(layer, 'name', '?')!r}: grid width {mod.grid.shape[1]} and "
+                f"codebook width {mod.codebook.shape[1]} imply k={mod.spline_order}, "
+                f"the layer says k={k}"
+            )
+        mod.layer_name = str(getattr(layer, "name", ""))
+        return mod
+
+    @classmethod
+    def from_state_dict(cls, state_dict: Mapping[str, torch.Tensor], prefix: str = ""
+                        ) -> LuthamLinear:
+        """Build from the buffers `{prefix}{name}` of a saved state_dict."""
+        missing = [prefix + n for n in BUFFERS if prefix + n not in state_dict]
+        if missing:
+            raise LayoutError(f"state_dict lacks LuthamLinear buffers: {missing}")
+        return cls({n: state_dict[prefix + n] for n in BUFFERS})
+
+    # ---- properties -------------------------------------------------------------------------
+    def _refresh(self) -> None:
+        for name in ("grid", "codebook", "codes", "gains"):
+            if getattr(self, name).dim() != 2:
+                raise ShapeError(
+                    f"LuthamLinear.{name}: expected a 2-D tensor, got shape "
+                    f"{tuple(getattr(self, name).shape)}"
+                )
+        self.in_features = int(self.codes.shape[0])
+        self.out_features = int(self.codes.shape[1])
+        self.codebook_size = int(self.codebook.shape[0])
+        n_coeffs = int(self.codebook.shape[1])
+        self.spline_order = int(self.grid.shape[1]) - n_coeffs - 1
+        self.grid_size = n_coeffs - self.spline_order
+        if self.spline_order < 0 or self.grid_size < 1:
+            raise ShapeError(
+                f"LuthamLinear: grid width {self.grid.shape[1]} does not fit codebook width "
+                f"{n_coeffs} (need grid width = M + k + 1 with G = M - k >= 1)"
+            )
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"grid_size={self.grid_size}, spline_order={self.spline_order}, "
+                f"codebook_size={self.codebook_size}, codes={self.codes.dtype}, "
+                f"gains={self.gains.dtype}")
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all buffers (codes at their in-memory width, not bit-packed)."""
+        return sum(b.numel() * b.element_size() for b in self.buffers())
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # Buffers take the shape and dtype of what is loaded (a layer of another size, an
+        # absent optional tensor becoming present, int8 vs float gains).
+        for name in BUFFERS:
+            key = prefix + name
+            if key in state_dict:
+                src = state_dict[key]
+                cur = getattr(self, name)
+                if src.shape != cur.shape or src.dtype != cur.dtype:
+                    setattr(self, name, torch.empty(src.shape, dtype=src.dtype))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+                                      missing_keys, unexpected_keys, error_msgs)
+        self._refresh()
+
+    # ---- forward ----------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features).to(torch.float32).contiguous()
+        y = torch.ops.sharekan.lutham(
+            x2, self.grid, self.codebook, self.codes, self.gains, self.gain_scale,
+            self.edge_bias, self.edge_bias_scale, self.out_bias, self.base_weight,
+            self.base_scale, self.spline_order,
+        )
+        return y.reshape(*lead, self.out_features)
+
+
+def is_kan_linear(module: nn.Module) -> bool:
+    """True for efficient-kan-layout layers: `KANLinear` or any module with
+    `spline_weight`, `base_weight`, `grid` and `spline_order` attributes."""
+    if isinstance(module, LuthamLinear):
+        return False
+    if isinstance(module, KANLinear):
+        return True
+    return all(hasattr(module, a) for a in ("spline_weight", "base_weight", "grid",
+                                             "spline_order"))
+
+
+def lutham_layers(model: nn.Module) -> dict[str, LuthamLinear]:
+    """Name -> LuthamLinear for every compressed layer in `model`."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, LuthamLinear)}
+
+
+def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, new)
+
+
+def _kan_modules(model: nn.Module, filter_fn: Callable[[str, nn.Module], bool] | None
+                 ) -> list[tuple[str, nn.Module]]:
+    found = []
+    for name, mod in model.named_modules():
+        if is_kan_linear(mod) and (filter_fn is None or filter_fn(name, mod)):
+            # nested KAN layers inside an already selected one are not separate layers
+            if any(name.startswith(p + ".") for p, _ in found if p):
+                continue
+            found.append((name, mod))
+    return found
+
+
+def compress_(model: nn.Module, config: Any = None, *,
+              filter_fn: Callable[[str, nn.Module], bool] | None = None,
+              **overrides: Any) -> nn.Module:
+    """Compress every efficient-kan-layout KAN layer of `model` in place.
+
+    Collects the layers' tensors into one state_dict (keys `{module name}.{tensor}`), runs
+    `sharekan.compress(state_dict, config, **overrides)` (so a `share="model"` codebook
+    spans all of them) and swaps each layer for a `LuthamLinear`.
+
+    Args:
+        model: a module containing KANLinear-like layers (or one such layer).
+        config: a `sharekan.Config` (default: the defaults).
+        filter_fn: optional `(name, module) -> bool` choosing which layers to compress.
+        **overrides: Config fields, e.g. `codebook_size=64`.
+
+    Returns:
+        `model` (with layers swapped), or the new LuthamLinear when `model` itself is a
+        KAN layer. The `sharekan.CompressedModel` is kept as `returned._sharekan_compressed`
+        (its `.report` lists errors and sizes).
+
+    Raises:
+        InvalidInputError: the model has no KAN layer. Errors of `sharekan.compress`.
+    """
+    from ..compiler import compress  # noqa: PLC0415 - needs the Rust extension
+
+    targets = _kan_modules(model, filter_fn)
+    if not targets:
+        raise InvalidInputError(
+            f"compress_: no efficient-kan-layout KAN layer (KANLinear, or a module with "
+            f"spline_weight/base_weight/grid/spline_order) found in {type(model).__name__}"
+        )
+    state: dict[str, np.ndarray] = {}
+    for name, mod in targets:
+        for key, value in mod.state_dict().items():
+            state[f"{name}.{key}" if name else key] = value.detach().cpu().numpy()
+    compressed = compress(state, config, **overrides)
+    result: nn.Module = model
+    for name, _mod in targets:
+        layer = compressed.layers[name or "layer"]
+        new = LuthamLinear.from_compressed(layer)
+        if name:
+            _set_submodule(model, name, new)
+        else:
+            result = new
+    object.__setattr__(result, "_sharekan_compressed", compressed)
+    return result
+
+
+def load_compressed_(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
+                     strict: bool = True) -> nn.Module:
+    """Load a state_dict saved from a compressed model into `model`, in place.
+
+    Every submodule whose prefix has LuthamLinear buffers in `state_dict` (a KAN layer of
+    the uncompressed architecture, or an existing LuthamLinear) becomes a LuthamLinear
+    built from them; then `model.load_state_dict(state_dict, strict)` loads the rest.
+
+    Returns:
+        `model`, or the new LuthamLinear when `model` itself is the layer.
+    """
+    result: nn.Module = model
+    for name, mod in list(model.named_modules()):
+        prefix = f"{name}." if name else ""
+        if (is_kan_linear(mod) or isinstance(mod, LuthamLinear)) and prefix + "codes" in state_dict:
+            new = LuthamLinear.from_state_dict(state_dict, prefix)
+            if name:
+                _set_submodule(model, name, new)
+            else:
+                result = new
+    result.load_state_dict(dict(state_dict), strict=strict)
+    return result

@@ -26,7 +26,7 @@ pub fn validate_grid(grid: ArrayView2<'_, f64>, k: usize) -> Result<usize> {
     check_finite("grid", grid.iter())?;
     for (i, row) in grid.axis_iter(Axis(0)).enumerate() {
         for j in 1..ng {
-            if !(row[j] > row[j - 1]) {
+            if row[j].partial_cmp(&row[j - 1]) != Some(std::cmp::Ordering::Greater) {
                 return Err(Error::invalid(
                     "grid",
                     format!(
@@ -382,9 +382,9 @@ mod tests {
             for (r, &xv) in xs.iter().enumerate() {
                 let mut from_span = vec![0.0; m];
                 if let Some(j) = basis_span(&row, k, xv, &mut out) {
-                    for t in 0..=k {
+                    for (t, &bt) in out.iter().enumerate() {
                         let p = j as isize - k as isize + t as isize;
-                        if p >= 0 && (p as usize) < m { from_span[p as usize] = out[t]; }
+                        if p >= 0 && (p as usize) < m { from_span[p as usize] = bt; }
                     }
                 }
                 for p in 0..m {

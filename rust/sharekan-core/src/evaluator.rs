@@ -340,10 +340,14 @@ pub fn lutham_forward<C: Code>(inp: &LuthamInputs<'_, C>) -> Result<Array2<f32>>
     let (cn_in, n_out) = inp.codes.dim();
     check_edge_shape("codes", (cn_in, n_out), n_in, n_out)?;
     let codes = contiguous(inp.codes);
-    if let Some((index, c)) = codes
+    let code_slice = codes
+        .as_slice()
+        .ok_or_else(|| Error::invalid("codes", "could not be made contiguous"))?;
+    let kc64 = kc as i64;
+    if let Some((index, c)) = code_slice
         .iter()
         .enumerate()
-        .find(|(_, c)| c.to_i64() < 0 || c.to_i64() >= kc as i64)
+        .find(|(_, c)| !(0..kc64).contains(&c.to_i64()))
     {
         return Err(Error::CodeOutOfRange {
             arg: "codes".into(),

@@ -65,7 +65,7 @@ pub fn whitening(metric: ArrayView2<'_, f64>) -> Result<Whitening> {
     let mut u = vec![0.0; m];
     mul_lower_transpose(ls, m, &vec![1.0; m], &mut u);
     let ones_norm = dot(&u, &u).sqrt();
-    if !(ones_norm > 0.0) || !ones_norm.is_finite() {
+    if ones_norm.is_nan() || ones_norm <= 0.0 || !ones_norm.is_finite() {
         return Err(Error::invalid(
             "metric",
             format!(

@@ -13,7 +13,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 /// Rows per f32 score block of the assignment step (independent of the thread count).
-const ASSIGN_CHUNK: usize = 256;
+const ASSIGN_CHUNK: usize = 512;
 /// Edges per block of the k-means++ distance update and prefix sums.
 const INIT_CHUNK: usize = 4096;
 /// Relative gain below which an edge counts as flat (weight 0).
@@ -114,7 +114,7 @@ pub fn spherical_kmeans(
             format!("K = {k} does not fit in u32 codes"),
         ));
     }
-    if !(params.tol >= 0.0) {
+    if params.tol.is_nan() || params.tol < 0.0 {
         return Err(Error::invalid(
             "tol",
             format!("tolerance must be >= 0, got {}", params.tol),
@@ -250,6 +250,14 @@ impl<'a> State<'a> {
         let mut d: Vec<f64> = (0..e)
             .map(|i| if self.flat[i] { 0.0 } else { self.norm2[i] })
             .collect();
+        // f32 residuals transposed to (M, E): the distance update streams half the bytes
+        // and vectorises across edges.
+        let mut rt = vec![0.0f32; m * e];
+        for (i, row) in self.r32.chunks_exact(m).enumerate() {
+            for (jj, &v) in row.iter().enumerate() {
+                rt[jj * e + i] = v;
+            }
+        }
         let mut chosen = vec![false; e];
         let mut next_unchosen = 0usize;
         let mut chunk_sums: Vec<f64> = d.chunks(INIT_CHUNK).map(|c| c.iter().sum()).collect();
@@ -257,26 +265,40 @@ impl<'a> State<'a> {
             if q > 0 {
                 let c = &self.cent[(q - 1) * m..q * m];
                 if c.iter().any(|&v| v != 0.0) {
-                    let (r, norm2) = (self.r, &self.norm2);
+                    let c32: Vec<f32> = c.iter().map(|&v| v as f32).collect();
+                    let c32 = &c32;
+                    let norm2 = &self.norm2;
+                    let rt = &rt;
                     chunk_sums = d
                         .par_chunks_mut(INIT_CHUNK)
                         .enumerate()
-                        .map(|(ci, dc)| {
-                            let base = ci * INIT_CHUNK;
-                            let mut s = 0.0;
-                            for (t, dv) in dc.iter_mut().enumerate() {
-                                if *dv > 0.0 {
-                                    let i = base + t;
-                                    let p = dot(&r[i * m..(i + 1) * m], c);
-                                    let dist = (norm2[i] - p * p).max(0.0);
+                        .map_init(
+                            || vec![0.0f32; INIT_CHUNK],
+                            |proj, (ci, dc)| {
+                                let base = ci * INIT_CHUNK;
+                                let n = dc.len();
+                                let proj = &mut proj[..n];
+                                // <r_e, c> for the whole chunk, vectorised across edges
+                                // (per edge still summed in component order).
+                                proj.fill(0.0);
+                                for (jj, &cj) in c32.iter().enumerate() {
+                                    let col = &rt[jj * e + base..jj * e + base + n];
+                                    for (pv, &rv) in proj.iter_mut().zip(col) {
+                                        *pv += rv * cj;
+                                    }
+                                }
+                                let mut s = 0.0;
+                                for (t, (dv, &p)) in dc.iter_mut().zip(proj.iter()).enumerate() {
+                                    let p = p as f64;
+                                    let dist = (norm2[base + t] - p * p).max(0.0);
                                     if dist < *dv {
                                         *dv = dist;
                                     }
+                                    s += *dv;
                                 }
-                                s += *dv;
-                            }
-                            s
-                        })
+                                s
+                            },
+                        )
                         .collect();
                 }
             }
@@ -358,13 +380,13 @@ impl<'a> State<'a> {
                         let row = self.row(i);
                         let mut best_q = usize::MAX;
                         let mut best_sc = -1.0f64;
-                        for (b, block) in s.chunks(8).enumerate() {
+                        for (b, block) in s.chunks(16).enumerate() {
                             if !any_at_least(block, thr) {
                                 continue;
                             }
                             for (o, v) in block.iter().enumerate() {
                                 if v.abs() >= thr {
-                                    let q = b * 8 + o;
+                                    let q = b * 16 + o;
                                     let p = dot(row, &self.cent[q * m..(q + 1) * m]);
                                     let sc = p * p;
                                     if sc > best_sc {
@@ -441,73 +463,60 @@ impl<'a> State<'a> {
     /// warm-started from the old centroid, kept only if its Rayleigh quotient is not lower.
     fn update(&mut self, codes: &[u32]) {
         let (m, k) = (self.m, self.k);
-        // Counting sort by code, stable in edge index.
-        let mut offsets = vec![0usize; k + 1];
-        for &c in codes {
-            offsets[c as usize + 1] += 1;
-        }
-        for q in 0..k {
-            offsets[q + 1] += offsets[q];
-        }
-        let mut fill = offsets.clone();
-        let mut order = vec![0usize; codes.len()];
-        for (i, &c) in codes.iter().enumerate() {
-            order[fill[c as usize]] = i;
-            fill[c as usize] += 1;
+        let mm = m * m;
+        // One sequential streaming pass in edge-index order: the scatter matrices of all
+        // clusters (K * M * M f64) stay in cache while the residuals are read in order.
+        let mut s_all = vec![0.0f64; k * mm];
+        let mut biggest = vec![usize::MAX; k];
+        for (i, (ri, &c)) in self.r.chunks_exact(m).zip(codes).enumerate() {
+            let q = c as usize;
+            let s = &mut s_all[q * mm..(q + 1) * mm];
+            // Full square (exactly symmetric: same products, same order).
+            for (srow, &ra) in s.chunks_exact_mut(m).zip(ri) {
+                for (sv, &rb) in srow.iter_mut().zip(ri) {
+                    *sv += ra * rb;
+                }
+            }
+            let b = biggest[q];
+            if b == usize::MAX || self.norm2[i] > self.norm2[b] {
+                biggest[q] = i;
+            }
         }
         let r = self.r;
-        let norm2 = &self.norm2;
-        self.cent.par_chunks_mut(m).enumerate().for_each_init(
-            || (vec![0.0f64; m * m], vec![0.0f64; m], vec![0.0f64; m]),
-            |(s, v, scratch), (q, c)| {
-                let members = &order[offsets[q]..offsets[q + 1]];
-                if members.is_empty() {
-                    return;
-                }
-                s.fill(0.0);
-                let mut biggest = members[0];
-                for &i in members {
-                    let ri = &r[i * m..(i + 1) * m];
-                    for a in 0..m {
-                        let ra = ri[a];
-                        let srow = &mut s[a * m..(a + 1) * m];
-                        for b in a..m {
-                            srow[b] += ra * ri[b];
-                        }
+        self.cent
+            .par_chunks_mut(m)
+            .zip(s_all.par_chunks(mm))
+            .zip(biggest.par_iter())
+            .for_each_init(
+                || (vec![0.0f64; m], vec![0.0f64; m]),
+                |(v, scratch), ((c, s), &big)| {
+                    if big == usize::MAX {
+                        return; // empty cluster
                     }
-                    if norm2[i] > norm2[biggest] {
-                        biggest = i;
+                    let c_is_zero = c.iter().all(|&x| x == 0.0);
+                    let rq_old = if c_is_zero {
+                        0.0
+                    } else {
+                        rayleigh(s, m, c, scratch)
+                    };
+                    v.copy_from_slice(c);
+                    let mut ok = !c_is_zero && power_iteration(s, m, v, scratch, POWER_MAX_ITER);
+                    if !ok {
+                        v.copy_from_slice(&r[big * m..(big + 1) * m]);
+                        ok = power_iteration(s, m, v, scratch, POWER_MAX_ITER);
                     }
-                }
-                for a in 0..m {
-                    for b in 0..a {
-                        s[a * m + b] = s[b * m + a];
+                    if !ok {
+                        return;
                     }
-                }
-                let c_is_zero = c.iter().all(|&x| x == 0.0);
-                let rq_old = if c_is_zero {
-                    0.0
-                } else {
-                    rayleigh(s, m, c, scratch)
-                };
-                v.copy_from_slice(c);
-                let mut ok = !c_is_zero && power_iteration(s, m, v, scratch, POWER_MAX_ITER);
-                if !ok {
-                    v.copy_from_slice(&r[biggest * m..(biggest + 1) * m]);
-                    ok = power_iteration(s, m, v, scratch, POWER_MAX_ITER);
-                }
-                if !ok {
-                    return;
-                }
-                let nv = norm(v);
-                v.iter_mut().for_each(|x| *x /= nv);
-                let rq_new = rayleigh(s, m, v, scratch);
-                if rq_new >= rq_old {
-                    fix_sign(v);
-                    c.copy_from_slice(v);
-                }
-            },
-        );
+                    let nv = norm(v);
+                    v.iter_mut().for_each(|x| *x /= nv);
+                    let rq_new = rayleigh(s, m, v, scratch);
+                    if rq_new >= rq_old {
+                        fix_sign(v);
+                        c.copy_from_slice(v);
+                    }
+                },
+            );
         self.refresh_cent32();
     }
 }
@@ -564,7 +573,7 @@ fn max_abs(s: &[f32]) -> f32 {
 /// Whether any `|v| >= thr` in a block.
 #[inline]
 fn any_at_least(block: &[f32], thr: f32) -> bool {
-    block.iter().fold(false, |acc, v| acc | (v.abs() >= thr))
+    block.iter().map(|v| (v.abs() >= thr) as u32).sum::<u32>() > 0
 }
 
 #[cfg(test)]

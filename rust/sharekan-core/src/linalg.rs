@@ -10,7 +10,23 @@ use ndarray::{Array2, ArrayView2};
 /// Dot product of two equally long slices, summed in index order.
 #[inline]
 pub fn dot(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+    // Four fixed partial sums (shorter dependency chains); the order is fixed, so the
+    // result is deterministic.
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0.0f64; 4];
+    let mut ca = a.chunks_exact(4);
+    let mut cb = b.chunks_exact(4);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for l in 0..4 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut tail = 0.0;
+    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+        tail += x * y;
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
 }
 
 /// Euclidean norm of a slice.
@@ -61,7 +77,7 @@ pub fn cholesky(a: ArrayView2<'_, f64>, arg: &str) -> Result<Array2<f64>> {
         for p in 0..j {
             d -= l[j * n + p] * l[j * n + p];
         }
-        if !(d > 1e-14 * max_diag) || max_diag <= 0.0 {
+        if d.is_nan() || d <= 1e-14 * max_diag || max_diag <= 0.0 {
             return Err(Error::invalid(
                 arg,
                 format!("matrix is not positive definite (pivot {j} is {d:e})"),
@@ -147,14 +163,14 @@ pub fn power_iteration(
     max_iter: usize,
 ) -> bool {
     let nv = norm(v);
-    if !(nv > 0.0) || !nv.is_finite() {
+    if nv.is_nan() || nv <= 0.0 || !nv.is_finite() {
         return false;
     }
     v.iter_mut().for_each(|x| *x /= nv);
     for _ in 0..max_iter {
         sym_mul(s, n, v, scratch);
         let nw = norm(scratch);
-        if !(nw > 0.0) || !nw.is_finite() {
+        if nw.is_nan() || nw <= 0.0 || !nw.is_finite() {
             return false;
         }
         let mut change = 0.0_f64;

@@ -206,7 +206,8 @@ def build_library(out_dir: str | os.PathLike[str] | None = None, *, sanitize: bo
     Args:
         out_dir: where to put `libsharekan_lutham.so`; default: the keyed cache directory.
         sanitize: build with AddressSanitizer + UndefinedBehaviorSanitizer (for tests; the
-            process that loads it needs libasan preloaded).
+            process that loads it needs libasan preloaded). `load_library()` loads this
+            build when SHAREKAN_LUTHAM_SANITIZE=1.
         force: rebuild even if the file exists.
 
     Returns:
@@ -240,8 +241,8 @@ def build_library(out_dir: str | os.PathLike[str] | None = None, *, sanitize: bo
     return target
 
 
-def build_runner(out_dir: str | os.PathLike[str] | None = None, *, sanitize: bool = False,
-                 force: bool = False) -> Path:
+def build_runner(out_dir: str | os.PathLike[str] | None = None, *,
+                 sanitize: bool | None = None, force: bool = False) -> Path:
     """Compile the standalone runner `lutham_runner` (no Python at run time).
 
     It links the kernel library (built by `build_library` with the same `sanitize`) and
@@ -254,6 +255,8 @@ def build_runner(out_dir: str | os.PathLike[str] | None = None, *, sanitize: boo
     Raises:
         LuthamBuildError: as `build_library`.
     """
+    if sanitize is None:
+        sanitize = _sanitize_from_env()
     src_dir = kernel_source()
     source = src_dir / "runner.cpp"
     if not source.is_file():
@@ -262,7 +265,8 @@ def build_runner(out_dir: str | os.PathLike[str] | None = None, *, sanitize: boo
     info = executorch_info()
     cxx = _compiler()
     flags = [*_common_flags(info), *(("-O1", "-g", "-fno-omit-frame-pointer",
-                                      "-fsanitize=address,undefined") if sanitize else ("-O2",))]
+                                      "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined")
+                                     if sanitize else ("-O2",))]
     lib_dir = str(info["lib_dir"])
     kdir = str(kernel_lib.parent)
     link = [f"-L{lib_dir}", f"-L{kdir}", "-Wl,--no-as-needed", "-lsharekan_lutham",
@@ -284,6 +288,12 @@ def build_runner(out_dir: str | os.PathLike[str] | None = None, *, sanitize: boo
         finally:
             tmp_path.unlink(missing_ok=True)
     return target
+
+
+def _sanitize_from_env() -> bool:
+    # SHAREKAN_LUTHAM_SANITIZE=1: load / run the ASan+UBSan builds (the Python process
+    # then needs libasan preloaded; see lutham/SANITIZERS.md).
+    return os.environ.get("SHAREKAN_LUTHAM_SANITIZE", "") == "1"
 
 
 def loaded_library() -> Path | None:
@@ -309,7 +319,8 @@ def load_library(path: str | os.PathLike[str] | None = None) -> Path:
     """
     global _loaded, _loaded_handle
     with _lock:
-        target = Path(path).resolve() if path is not None else build_library().resolve()
+        target = (Path(path).resolve() if path is not None
+                  else build_library(sanitize=_sanitize_from_env()).resolve())
         if _loaded is not None:
             if _loaded != target:
                 raise LuthamBuildError(

@@ -429,6 +429,27 @@ mod tests {
         }
     }
 
+    #[test]
+    fn k_equal_e_with_duplicate_and_flat_edges_is_exact() {
+        let base = random(4, 6, 21);
+        let mut w = Array2::<f64>::zeros((12, 6));
+        for i in 0..12 {
+            let src = base.row(i % 4);
+            let scale = if i % 5 == 0 { -2.0 } else { 1.0 };
+            w.row_mut(i).assign(&(&src * scale));
+        }
+        w.row_mut(11).fill(0.7); // flat (constant) edge
+        let p = KMeansParams {
+            k: 12,
+            ..KMeansParams::default()
+        };
+        let f = fit(w.view(), Array2::<f64>::eye(6).view(), &p).unwrap();
+        let wh = reconstruct(f.codebook.view(), &f.codes, f.gains.view(), f.biases.view()).unwrap();
+        for (a, b) in w.iter().zip(wh.iter()) {
+            assert!((a - b).abs() < 1e-10, "{a} vs {b}");
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(32))]
         #[test]

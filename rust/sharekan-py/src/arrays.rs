@@ -5,8 +5,7 @@ use numpy::{
     PyUntypedArray, PyUntypedArrayMethods,
 };
 use pyo3::prelude::*;
-use safetensors::Dtype;
-use sharekan_core::artifact::Tensor;
+use sharekan_core::artifact::{DType, Tensor};
 
 use crate::errors::py_error;
 
@@ -80,38 +79,38 @@ pub fn is_dtype<T: Element>(obj: &Bound<'_, PyAny>) -> bool {
     }
 }
 
-fn safetensors_dtype(name: &str, numpy_name: &str) -> Result<Dtype, String> {
+fn safetensors_dtype(name: &str, numpy_name: &str) -> Result<DType, String> {
     Ok(match numpy_name {
-        "bool" => Dtype::BOOL,
-        "uint8" => Dtype::U8,
-        "int8" => Dtype::I8,
-        "int16" => Dtype::I16,
-        "uint16" => Dtype::U16,
-        "int32" => Dtype::I32,
-        "uint32" => Dtype::U32,
-        "int64" => Dtype::I64,
-        "uint64" => Dtype::U64,
-        "float16" => Dtype::F16,
-        "float32" => Dtype::F32,
-        "float64" => Dtype::F64,
+        "bool" => DType::Bool,
+        "uint8" => DType::U8,
+        "int8" => DType::I8,
+        "int16" => DType::I16,
+        "uint16" => DType::U16,
+        "int32" => DType::I32,
+        "uint32" => DType::U32,
+        "int64" => DType::I64,
+        "uint64" => DType::U64,
+        "float16" => DType::F16,
+        "float32" => DType::F32,
+        "float64" => DType::F64,
         other => return Err(format!("tensor {name:?}: dtype {other} cannot be stored")),
     })
 }
 
-fn numpy_name(dtype: Dtype) -> Option<&'static str> {
+fn numpy_name(dtype: DType) -> Option<&'static str> {
     Some(match dtype {
-        Dtype::BOOL => "bool",
-        Dtype::U8 => "uint8",
-        Dtype::I8 => "int8",
-        Dtype::I16 => "int16",
-        Dtype::U16 => "uint16",
-        Dtype::I32 => "int32",
-        Dtype::U32 => "uint32",
-        Dtype::I64 => "int64",
-        Dtype::U64 => "uint64",
-        Dtype::F16 => "float16",
-        Dtype::F32 => "float32",
-        Dtype::F64 => "float64",
+        DType::Bool => "bool",
+        DType::U8 => "uint8",
+        DType::I8 => "int8",
+        DType::I16 => "int16",
+        DType::U16 => "uint16",
+        DType::I32 => "int32",
+        DType::U32 => "uint32",
+        DType::I64 => "int64",
+        DType::U64 => "uint64",
+        DType::F16 => "float16",
+        DType::F32 => "float32",
+        DType::F64 => "float64",
         _ => return None,
     })
 }
@@ -135,13 +134,13 @@ pub fn tensor_bytes(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Tensor> {
     let dtype_name: String = a.dtype().getattr("name")?.extract()?;
     let dtype = safetensors_dtype(name, &dtype_name).map_err(|m| py_error(py, "DTypeError", m))?;
     let data: Vec<u8> = obj.call_method0("tobytes")?.extract()?;
-    Ok(Tensor { name: name.to_owned(), dtype, shape: a.shape().to_vec(), data })
+    Tensor::new(dtype, a.shape().to_vec(), data).map_err(|e| crate::errors::core_err(py, e))
 }
 
 /// A new numpy array holding a copy of the tensor's bytes.
-pub fn tensor_to_numpy<'py>(py: Python<'py>, t: &Tensor) -> PyResult<Bound<'py, PyAny>> {
+pub fn tensor_to_numpy<'py>(py: Python<'py>, name: &str, t: &Tensor) -> PyResult<Bound<'py, PyAny>> {
     let dtype = numpy_name(t.dtype).ok_or_else(|| {
-        py_error(py, "ArtifactError", format!("tensor {:?}: unsupported dtype {:?}", t.name, t.dtype))
+        py_error(py, "ArtifactError", format!("tensor {name:?}: unsupported dtype {:?}", t.dtype))
     })?;
     let np = py.import("numpy")?;
     let bytes = pyo3::types::PyBytes::new(py, &t.data);

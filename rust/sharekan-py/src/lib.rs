@@ -8,7 +8,7 @@ mod arrays;
 mod errors;
 mod evaluator;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use ndarray::Array1;
 use numpy::{IntoPyArray, PyArray1, PyArray2, PyArray3};
@@ -203,9 +203,10 @@ fn save_safetensors(
     tensors: HashMap<String, Bound<'_, PyAny>>,
     metadata: HashMap<String, String>,
 ) -> PyResult<()> {
-    let mut owned = Vec::with_capacity(tensors.len());
+    let mut owned = BTreeMap::new();
     for (name, obj) in tensors {
-        owned.push(arrays::tensor_bytes(&name, &obj)?);
+        let tensor = arrays::tensor_bytes(&name, &obj)?;
+        owned.insert(name, tensor);
     }
     let path = path.to_owned();
     py.detach(|| artifact::save(&path, &owned, &metadata))
@@ -224,8 +225,9 @@ fn load_safetensors<'py>(
         .detach(|| artifact::load(&path))
         .map_err(|e| core_err(py, e))?;
     let mut out = HashMap::with_capacity(tensors.len());
-    for t in tensors {
-        out.insert(t.name.clone(), arrays::tensor_to_numpy(py, &t)?);
+    for (name, t) in tensors {
+        let array = arrays::tensor_to_numpy(py, &name, &t)?;
+        out.insert(name, array);
     }
     Ok((out, metadata))
 }

@@ -43,6 +43,7 @@
 #include <executorch/extension/kernel_util/make_boxed_from_unboxed_functor.h>
 #include <executorch/runtime/core/exec_aten/util/tensor_util.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -69,6 +70,9 @@ using executorch::runtime::KernelRuntimeContext;
 constexpr int64_t kMaxSplineOrder = 15;
 /// Batches at least this large use the decoded-tile strategy.
 constexpr int64_t kDecodeMinBatch = 8;
+/// The decoded-tile strategy processes the batch in tiles of this many rows (bounds the
+/// scratch memory and keeps a tile's outputs in L2).
+constexpr int64_t kBatchTile = 64;
 
 // ---------------------------------------------------------------------------------------
 // Math core: plain pointers, no ExecuTorch types. Everything here assumes validated input.
@@ -174,19 +178,52 @@ static inline float as_float(T v) {
 
 // ---- projection strategy -------------------------------------------------------------
 
+/// p[q] = sum_t c[t] * w[t][q] for N rows in one pass (N fixed: unrolled, p written once).
+template <int N>
+LUTHAM_HOT static void proj_terms(float* __restrict p, const float* const* w, const float* c,
+                                  int64_t n) {
+  const float* __restrict w0 = w[0];
+  const float* __restrict w1 = w[N > 1 ? 1 : 0];
+  const float* __restrict w2 = w[N > 2 ? 2 : 0];
+  const float* __restrict w3 = w[N > 3 ? 3 : 0];
+  const float c0 = c[0], c1 = c[N > 1 ? 1 : 0], c2 = c[N > 2 ? 2 : 0], c3 = c[N > 3 ? 3 : 0];
+  for (int64_t q = 0; q < n; ++q) {
+    float acc = c0 * w0[q];
+    if (N > 1) acc += c1 * w1[q];
+    if (N > 2) acc += c2 * w2[q];
+    if (N > 3) acc += c3 * w3[q];
+    p[q] = acc;
+  }
+}
+
+LUTHAM_HOT static void axpy_plain(float* __restrict p, const float* __restrict w, float c,
+                                  int64_t n) {
+  for (int64_t q = 0; q < n; ++q) p[q] += c * w[q];
+}
+
 /// P[q] = sum over valid t of b[t] * Ct[(first + t) * K + q]; returns S = sum of those b[t].
-LUTHAM_HOT static float build_projection(const float* __restrict ct, int64_t K, int64_t M,
-                                         int64_t k, int64_t first, const float* b,
-                                         float* __restrict p) {
-  for (int64_t q = 0; q < K; ++q) p[q] = 0.0f;
+/// ct has M + 1 rows of K floats; row M is all zeros (stands in for invalid indices).
+static float build_projection(const float* ct, int64_t K, int64_t M, int64_t k,
+                              int64_t first, const float* b, float* p) {
+  const float* rows[kMaxSplineOrder + 1];
+  float c[kMaxSplineOrder + 1];
   float s = 0.0f;
   for (int64_t t = 0; t <= k; ++t) {
     const int64_t m = first + t;
-    if (m < 0 || m >= M) continue;
-    const float bt = b[t];
-    s += bt;
-    const float* __restrict row = ct + m * K;
-    for (int64_t q = 0; q < K; ++q) p[q] += bt * row[q];
+    const bool valid = m >= 0 && m < M;
+    rows[t] = ct + (valid ? m : M) * K;
+    c[t] = valid ? b[t] : 0.0f;
+    s += c[t];
+  }
+  switch (k) {
+    case 0: proj_terms<1>(p, rows, c, K); break;
+    case 1: proj_terms<2>(p, rows, c, K); break;
+    case 2: proj_terms<3>(p, rows, c, K); break;
+    case 3: proj_terms<4>(p, rows, c, K); break;
+    default:
+      proj_terms<4>(p, rows, c, K);
+      for (int64_t t = 4; t <= k; ++t) axpy_plain(p, rows[t], c[t], K);
+      break;
   }
   return s;
 }
@@ -205,6 +242,17 @@ template <typename T>
 LUTHAM_HOT static void axpy_row(const T* __restrict w, float a, float* __restrict acc,
                                 int64_t n) {
   for (int64_t o = 0; o < n; ++o) acc[o] += as_float(w[o]) * a;
+}
+
+/// acc_a[o] += a[o] * sa; acc_b[o] += b[o] * sb (edge bias and base branch in one pass).
+template <typename T>
+LUTHAM_HOT static void axpy2_row(const T* __restrict a, float sa, const T* __restrict b,
+                                 float sb, float* __restrict acc_a, float* __restrict acc_b,
+                                 int64_t n) {
+  for (int64_t o = 0; o < n; ++o) {
+    acc_a[o] += as_float(a[o]) * sa;
+    acc_b[o] += as_float(b[o]) * sb;
+  }
 }
 
 template <typename CodeT, typename GainT>
@@ -255,7 +303,22 @@ static void forward_row_projection(const Layer& L, const float* ct, const float*
     if (basis_at(L.grid + i * n_knots, n_knots, L.k, xi, &first, b)) {
       const float s = build_projection(ct, L.K, L.M, L.k, first, b, p);
       gather_dispatch(L, i, p, acc_g);
-      if (L.edge_bias.data && s != 0.0f) edge_axpy(L.edge_bias, i, L.n_out, s, acc_b);
+      if (L.edge_bias.data && s != 0.0f) {
+        if (L.base_weight.data && L.base_weight.is_i8 == L.edge_bias.is_i8) {
+          const int64_t off = i * L.n_out;
+          if (L.edge_bias.is_i8) {
+            axpy2_row(static_cast<const int8_t*>(L.edge_bias.data) + off, s,
+                      static_cast<const int8_t*>(L.base_weight.data) + off, silu(xi), acc_b,
+                      acc_w, L.n_out);
+          } else {
+            axpy2_row(static_cast<const float*>(L.edge_bias.data) + off, s,
+                      static_cast<const float*>(L.base_weight.data) + off, silu(xi), acc_b,
+                      acc_w, L.n_out);
+          }
+          continue;
+        }
+        edge_axpy(L.edge_bias, i, L.n_out, s, acc_b);
+      }
     }
     if (L.base_weight.data) edge_axpy(L.base_weight, i, L.n_out, silu(xi), acc_w);
   }
@@ -449,18 +512,23 @@ static void forward_decoded(const Layer& L, const float* ct, const float* x, int
 /// Returns false only when scratch memory cannot be allocated.
 static bool forward(const Layer& L, const float* x, int64_t B, float* y) {
   if (B == 0 || L.n_out == 0) return true;
-  const size_t ct_floats = static_cast<size_t>(L.K) * static_cast<size_t>(L.M);
+  // codebook transposed to (M, K) plus a zero row: the rows the hot loops read
+  const size_t ct_floats = static_cast<size_t>(L.K) * static_cast<size_t>(L.M + 1);
   const bool decoded = B >= kDecodeMinBatch;
-  const size_t work_floats = decoded ? decoded_scratch_floats(L, B)
+  const size_t work_floats = decoded ? decoded_scratch_floats(L, std::min(B, kBatchTile))
                                      : static_cast<size_t>(L.K) + 3 * static_cast<size_t>(L.n_out);
   std::unique_ptr<float[]> scratch(new (std::nothrow) float[ct_floats + work_floats]);
   if (!scratch) return false;
-  float* ct = scratch.get();  // codebook transposed to (M, K): rows used by the hot loops
+  float* ct = scratch.get();
   for (int64_t q = 0; q < L.K; ++q)
     for (int64_t m = 0; m < L.M; ++m) ct[m * L.K + q] = L.codebook[q * L.M + m];
+  for (int64_t q = 0; q < L.K; ++q) ct[L.M * L.K + q] = 0.0f;
   float* work = ct + ct_floats;
   if (decoded) {
-    forward_decoded(L, ct, x, B, y, work);
+    for (int64_t b0 = 0; b0 < B; b0 += kBatchTile) {
+      const int64_t nb = std::min(kBatchTile, B - b0);
+      forward_decoded(L, ct, x + b0 * L.n_in, nb, y + b0 * L.n_out, work);
+    }
   } else {
     for (int64_t bi = 0; bi < B; ++bi)
       forward_row_projection(L, ct, x + bi * L.n_in, y + bi * L.n_out, work);

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..errors import LayoutError
+from ..errors import LayoutError, ShapeError
 from ..validation import float_array
 from .base import Extraction, LayerSource, TensorEntry, TensorInfo
 
@@ -68,6 +68,8 @@ class EfficientKanLayout:
             raise LayoutError(
                 f"tensor {key('spline_weight')!r}: expected (n_out, n_in, M), got shape {spline.shape}"
             )
+        if spline.size == 0:
+            raise ShapeError(f"tensor {key('spline_weight')!r}: empty array of shape {spline.shape}")
         n_out, n_in, m = (int(d) for d in spline.shape)
         grid_raw = sd[key("grid")]
         if grid_raw.ndim != 2 or grid_raw.shape[0] != n_in:

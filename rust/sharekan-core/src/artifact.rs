@@ -254,8 +254,35 @@ pub fn to_bytes(
     } else {
         Some(metadata.clone())
     };
-    safetensors::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), meta)
-        .map_err(|e| Error::Format(format!("cannot serialise tensors: {e}")))
+    let bytes = safetensors::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), meta)
+        .map_err(|e| Error::Format(format!("cannot serialise tensors: {e}")))?;
+    canonical_header(bytes)
+}
+
+/// Rewrites the JSON header with sorted keys: the safetensors crate writes metadata in
+/// hash-map order, which would make identical artifacts differ byte-wise between runs.
+fn canonical_header(bytes: Vec<u8>) -> Result<Vec<u8>> {
+    let bad = |what: &str| Error::Format(format!("cannot canonicalise header: {what}"));
+    let len_bytes: [u8; 8] = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| bad("short buffer"))?;
+    let header_len = usize::try_from(u64::from_le_bytes(len_bytes)).map_err(|_| bad("length"))?;
+    let end = 8usize.checked_add(header_len).ok_or_else(|| bad("length"))?;
+    let header = bytes.get(8..end).ok_or_else(|| bad("short buffer"))?;
+    // serde_json's default map is a BTreeMap: parsing and writing back sorts every object.
+    let value: serde_json::Value =
+        serde_json::from_slice(header).map_err(|e| bad(&e.to_string()))?;
+    let mut text = serde_json::to_vec(&value).map_err(|e| bad(&e.to_string()))?;
+    // keep the data section 8-byte aligned, padding with spaces as safetensors does
+    while text.len() % 8 != 0 {
+        text.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + text.len() + bytes.len() - end);
+    out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&bytes[end..]);
+    Ok(out)
 }
 
 /// Parses safetensors bytes into tensors and metadata.

@@ -271,6 +271,14 @@ impl<C: Code> Ctx<'_, C> {
     }
 }
 
+/// Float weights must be finite (int8 weights always are).
+fn check_weights_finite(arg: &str, w: &Weights<'_>) -> Result<()> {
+    match w {
+        Weights::F32(v) => check_finite_f32(arg, v.as_standard_layout().iter()),
+        Weights::I8(_) => Ok(()),
+    }
+}
+
 fn check_edge_shape(arg: &str, got: (usize, usize), n_in: usize, n_out: usize) -> Result<()> {
     if got != (n_in, n_out) {
         return Err(Error::shape(
@@ -297,7 +305,9 @@ fn check_out_vec<'a>(
                     fmt_shape(&[v.len()]),
                 ));
             }
-            Ok(Some(contiguous(v)))
+            let v = contiguous(v);
+            check_finite_f32(arg, v.iter())?;
+            Ok(Some(v))
         }
     }
 }
@@ -357,13 +367,16 @@ pub fn lutham_forward<C: Code>(inp: &LuthamInputs<'_, C>) -> Result<Array2<f32>>
         });
     }
     check_edge_shape("gains", inp.gains.dim(), n_in, n_out)?;
+    check_weights_finite("gains", &inp.gains)?;
     if let Some(w) = &inp.edge_bias {
         check_edge_shape("edge_bias", w.dim(), n_in, n_out)?;
+        check_weights_finite("edge_bias", w)?;
     } else if inp.edge_bias_scale.is_some() {
         return Err(Error::invalid("edge_bias_scale", "given without edge_bias"));
     }
     if let Some(w) = &inp.base_weight {
         check_edge_shape("base_weight", w.dim(), n_in, n_out)?;
+        check_weights_finite("base_weight", w)?;
     } else if inp.base_scale.is_some() {
         return Err(Error::invalid("base_scale", "given without base_weight"));
     }

@@ -20,6 +20,9 @@ pub fn quantize_i8(x: ArrayView2<'_, f64>, axis: usize) -> Result<(Array2<i8>, A
             format!("must be 0 (per-row scale) or 1 (per-column scale), got {axis}"),
         ));
     }
+    if x.is_empty() {
+        return Err(Error::shape("x", "a non-empty (rows, cols) array", fmt_shape(x.shape())));
+    }
     let xs = x.as_standard_layout();
     check_finite("x", xs.iter())?;
     // Scales live along `axis`; each is the max over the other axis.

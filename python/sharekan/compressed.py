@@ -128,9 +128,11 @@ class CompressedLayer:
 
     def stored_tensors(self) -> dict[str, np.ndarray]:
         """Tensors this layer stores (field name -> array), codes packed; codebook excluded."""
+        # efficient-kan's default grid is the same for every input: store that row once.
+        shared = self.n_in > 1 and bool((self.grid == self.grid[:1]).all())
         out: dict[str, np.ndarray] = {
             "codes": _core.pack_codes(np.ascontiguousarray(self.codes.reshape(-1), dtype=np.uint32), self.bits),
-            "grid": self.grid,
+            "grid": np.ascontiguousarray(self.grid[:1]) if shared else self.grid,
         }
         _put_weight(out, "gains", self.gains, self.gains_scale)
         if self.edge_bias is not None:
@@ -186,7 +188,8 @@ class CompressedLayer:
             name=str(meta["name"]), n_in=n_in, n_out=n_out,
             grid_size=int(meta["grid_size"]), spline_order=int(meta["spline_order"]),
             codebook_size=int(meta["codebook_size"]), bits=int(meta["bits"]),
-            codebook_group=str(meta["codebook_group"]), grid=tensors["grid"],
+            codebook_group=str(meta["codebook_group"]),
+            grid=np.ascontiguousarray(np.broadcast_to(tensors["grid"], (n_in, tensors["grid"].shape[-1]))),
             codebook=book, codebook_q=cq, codebook_scale=cs,
             codes=codes.reshape(n_in, n_out), gains=gains, gains_scale=gains_scale,
             edge_bias=edge_bias, edge_bias_scale=edge_bias_scale,

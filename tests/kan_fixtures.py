@@ -27,13 +27,17 @@ def efficient_kan_state_dict(
         else:
             protos = rng.normal(size=(n_shapes, m))
             which = rng.integers(0, n_shapes, size=(n_out, n_in))
-            gains = rng.uniform(0.2, 1.0, size=(n_out, n_in, 1)) * rng.choice([-1, 1], size=(n_out, n_in, 1))
+            gains = rng.uniform(0.2, 1.0, size=(n_out, n_in, 1)) * rng.choice(
+                [-1, 1], size=(n_out, n_in, 1)
+            )
             spline = gains * protos[which] + rng.normal(scale=0.1, size=(n_out, n_in, 1))
         sd[f"layers.{layer}.base_weight"] = rng.normal(scale=0.3, size=(n_out, n_in)).astype(dtype)
         sd[f"layers.{layer}.spline_weight"] = spline.astype(dtype)
         if scaler:
             sd[f"layers.{layer}.spline_scaler"] = (
-                np.ones((n_out, n_in)) if n_shapes is not None else rng.uniform(0.5, 1.5, size=(n_out, n_in))
+                np.ones((n_out, n_in))
+                if n_shapes is not None
+                else rng.uniform(0.5, 1.5, size=(n_out, n_in))
             ).astype(dtype)
         sd[f"layers.{layer}.grid"] = np.tile(knots, (n_in, 1)).astype(dtype)
     return sd

@@ -19,7 +19,9 @@ def model(rng):
     return sharekan.compress(sd, codebook_size=16, bias="edge")
 
 
-@pytest.mark.parametrize("options", [{}, {"int8": False, "base": "float"}, {"bias": "fold"}, {"share": "model"}])
+@pytest.mark.parametrize(
+    "options", [{}, {"int8": False, "base": "float"}, {"bias": "fold"}, {"share": "model"}]
+)
 def test_save_load_decompress_round_trip(tmp_path, rng, options):
     sd = efficient_kan_state_dict(rng, [7, 9, 4], grid_size=5, k=3)
     sd["norm.weight"] = np.arange(4, dtype=np.float32)
@@ -73,7 +75,10 @@ def test_bit_flips_are_detected(tmp_path, model):
     data = bytearray(path.read_bytes())
     header_len = int.from_bytes(data[:8], "little")
     rng = np.random.default_rng(0)
-    positions = list(rng.integers(8 + header_len, len(data), size=20)) + [8 + header_len, len(data) - 1]
+    positions = list(rng.integers(8 + header_len, len(data), size=20)) + [
+        8 + header_len,
+        len(data) - 1,
+    ]
     for pos in positions:
         flipped = bytearray(data)
         flipped[pos] ^= 0x10
@@ -92,7 +97,9 @@ def test_bit_flips_are_detected(tmp_path, model):
         except ArtifactError:
             continue
         # a flip in a free-text field (e.g. the report) may leave a valid artifact
-        np.testing.assert_array_equal(loaded.decompress()["layers.0.grid"], model.decompress()["layers.0.grid"])
+        np.testing.assert_array_equal(
+            loaded.decompress()["layers.0.grid"], model.decompress()["layers.0.grid"]
+        )
 
 
 def test_not_an_artifact(tmp_path):

@@ -50,7 +50,11 @@ def test_empty_and_mismatched_shapes(sd):
 
 
 def test_unknown_layout():
-    _expect({"fc.weight": np.zeros((3, 4), np.float32)}, errors.LayoutError, r"no KAN layout.*fc\.weight")
+    _expect(
+        {"fc.weight": np.zeros((3, 4), np.float32)},
+        errors.LayoutError,
+        r"no KAN layout.*fc\.weight",
+    )
     with pytest.raises(errors.LayoutError, match="unknown layout"):
         sharekan.compress({"a": np.zeros(2)}, layout="keras")
 
@@ -71,10 +75,20 @@ def test_wrong_dtypes(sd):
 
 def test_bad_calibration(sd):
     _expect(sd, errors.ShapeError, "calibration", codebook_size=4, calibration=np.zeros((3, 7)))
-    _expect(sd, errors.NonFiniteError, "calibration", codebook_size=4,
-            calibration=np.full((3, 4), np.nan))
-    _expect(sd, errors.InvalidInputError, "no KAN layer named", codebook_size=4,
-            calibration={"layers.9": np.zeros((3, 4))})
+    _expect(
+        sd,
+        errors.NonFiniteError,
+        "calibration",
+        codebook_size=4,
+        calibration=np.full((3, 4), np.nan),
+    )
+    _expect(
+        sd,
+        errors.InvalidInputError,
+        "no KAN layer named",
+        codebook_size=4,
+        calibration={"layers.9": np.zeros((3, 4))},
+    )
 
 
 def test_forward_rejects_wrong_width(sd):

@@ -24,7 +24,9 @@ def test_k_equal_edges_float_reconstructs_the_model(small_sd, rng):
     # K = E per layer, float storage: every edge gets its own codeword, so the decoded
     # model is the dense model up to float32 rounding of the stored tensors.
     cfg = sharekan.Config(
-        int8=False, base="float", bias="edge",
+        int8=False,
+        base="float",
+        bias="edge",
         overrides={"layers.0": {"codebook_size": 48}, "layers.1": {"codebook_size": 24}},
     )
     model = sharekan.compress(small_sd, cfg)
@@ -51,7 +53,10 @@ def test_forward_equals_decompressed_dense_forward(small_sd, rng):
     model = sharekan.compress(small_sd, codebook_size=8)
     x = rng.uniform(-2.5, 2.5, size=(33, 6))  # includes inputs outside the grid range
     np.testing.assert_allclose(
-        model.forward(x.astype(np.float32)), dense_forward(model.decompress(), x), rtol=1e-4, atol=1e-4
+        model.forward(x.astype(np.float32)),
+        dense_forward(model.decompress(), x),
+        rtol=1e-4,
+        atol=1e-4,
     )
 
 
@@ -65,9 +70,16 @@ def test_report_accounts_every_tensor_and_byte(small_sd):
     assert all(s == "compressed" for k, s in statuses.items() if k.startswith("layers."))
     assert report.bytes_compressed == model.nbytes
     assert sum(r.bytes_dense_fp32 for r in report.layers) == 4 * sum(
-        v.size for k, v in small_sd.items() if k.startswith("layers."))
+        v.size for k, v in small_sd.items() if k.startswith("layers.")
+    )
     first = report.layers[0]
-    assert (first.n_in, first.n_out, first.n_coeffs, first.codebook_size, first.bits) == (6, 8, 8, 8, 3)
+    assert (first.n_in, first.n_out, first.n_coeffs, first.codebook_size, first.bits) == (
+        6,
+        8,
+        8,
+        8,
+        3,
+    )
     assert first.tensor_bytes["codes"] == (48 * 3 + 7) // 8
     assert first.ratio > 1
     objective = first.objective
@@ -108,7 +120,9 @@ def test_bias_auto_folds_only_where_inputs_stay_inside(small_sd, rng):
 def test_metrics_trade_function_error(rng):
     sd = efficient_kan_state_dict(rng, [16, 16], grid_size=8, k=3)
     by_metric = {
-        m: sharekan.compress(sd, codebook_size=8, metric=m, int8=False, bias="edge").report.layers[0]
+        m: sharekan.compress(sd, codebook_size=8, metric=m, int8=False, bias="edge").report.layers[
+            0
+        ]
         for m in ("coefficient", "function")
     }
     # each metric wins on the error it minimises (small slack for k-means local optima)
@@ -181,8 +195,9 @@ def test_same_seed_same_bytes_for_any_thread_count(tmp_path):
         path = str(tmp_path / f"model{threads}.sharekan")
         env = dict(os.environ, RAYON_NUM_THREADS=threads)
         script = _HASH_SCRIPT.format(tests=os.path.dirname(__file__), path=path)
-        out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                             text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+        )
         digests.add(out.stdout.strip())
     assert len(digests) == 1, digests
 

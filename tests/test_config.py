@@ -11,7 +11,13 @@ from sharekan.errors import InvalidInputError
 def test_defaults_match_the_spec():
     cfg = Config()
     assert (cfg.codebook_size, cfg.share, cfg.metric, cfg.int8, cfg.bias, cfg.base) == (
-        256, "layer", "function", True, "auto", "int8")
+        256,
+        "layer",
+        "function",
+        True,
+        "auto",
+        "int8",
+    )
     assert (cfg.n_iter, cfg.tol, cfg.init, cfg.seed) == (25, 1e-4, "kmeans++", 0)
 
 

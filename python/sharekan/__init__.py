@@ -27,6 +27,13 @@ from .config import Config
 from .report import LayerReport, Report
 
 __all__ = [
-    "CompressedLayer", "CompressedModel", "Config", "LayerReport", "Report",
-    "__version__", "compress", "errors", "load",
+    "CompressedLayer",
+    "CompressedModel",
+    "Config",
+    "LayerReport",
+    "Report",
+    "__version__",
+    "compress",
+    "errors",
+    "load",
 ]

@@ -117,8 +117,14 @@ def load(path: str | os.PathLike[str]) -> CompressedModel:
     except ArtifactError:
         raise
     except (KeyError, ValueError, TypeError) as exc:
-        raise ArtifactError(f"{os.fspath(path)!r}: inconsistent artifact contents: {exc!r}") from None
+        raise ArtifactError(
+            f"{os.fspath(path)!r}: inconsistent artifact contents: {exc!r}"
+        ) from None
 
 
 def _fields(tensors: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix) and "." not in k[len(prefix):]}
+    return {
+        k[len(prefix) :]: v
+        for k, v in tensors.items()
+        if k.startswith(prefix) and "." not in k[len(prefix) :]
+    }

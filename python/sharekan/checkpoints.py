@@ -32,7 +32,11 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
                 f"{path!r}: reading PyTorch checkpoints needs torch (pip install sharekan[torch])"
             ) from None
         obj = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        if (
+            isinstance(obj, Mapping)
+            and "state_dict" in obj
+            and isinstance(obj["state_dict"], Mapping)
+        ):
             obj = obj["state_dict"]
         if not isinstance(obj, Mapping):
             raise InvalidInputError(f"{path!r}: expected a state_dict, got {type(obj).__name__}")

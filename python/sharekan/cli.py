@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -14,10 +13,18 @@ from .errors import ShareKanError
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-k", "--codebook-size", type=int, default=None, help="codewords K (default 256; the embedded model uses 64)")
+    p.add_argument(
+        "-k",
+        "--codebook-size",
+        type=int,
+        default=None,
+        help="codewords K (default 256; the embedded model uses 64)",
+    )
     p.add_argument("--metric", choices=["coefficient", "function"], default="function")
     p.add_argument("--share", choices=["layer", "model"], default="layer")
-    p.add_argument("--float", dest="int8", action="store_false", help="keep codebook/gains/biases in float32")
+    p.add_argument(
+        "--float", dest="int8", action="store_false", help="keep codebook/gains/biases in float32"
+    )
     p.add_argument("--bias", choices=["auto", "fold", "edge"], default="auto")
     p.add_argument("--base", choices=["int8", "float"], default="int8")
     p.add_argument("--n-iter", type=int, default=25)
@@ -30,9 +37,16 @@ def _config(args: argparse.Namespace, default_k: int):
     from .config import Config
 
     return Config(
-        codebook_size=args.codebook_size or default_k, metric=args.metric, share=args.share,
-        int8=args.int8, bias=args.bias, base=args.base, n_iter=args.n_iter, tol=args.tol,
-        seed=args.seed, input_range=tuple(args.input_range) if args.input_range else None,
+        codebook_size=args.codebook_size or default_k,
+        metric=args.metric,
+        share=args.share,
+        int8=args.int8,
+        bias=args.bias,
+        base=args.base,
+        n_iter=args.n_iter,
+        tol=args.tol,
+        seed=args.seed,
+        input_range=tuple(args.input_range) if args.input_range else None,
     )
 
 
@@ -47,8 +61,10 @@ def cmd_compress(args: argparse.Namespace) -> int:
         state_dict, test_x, test_y = load_default()
         cfg = _config(args, default_k=64)
         calibration = test_x[:256] if test_x is not None else None
-        print("No checkpoint given: compressing the embedded default KAN "
-              "(efficient-kan layout, trained on scikit-learn's digits).")
+        print(
+            "No checkpoint given: compressing the embedded default KAN "
+            "(efficient-kan layout, trained on scikit-learn's digits)."
+        )
         test = (test_x, test_y)
     else:
         state_dict = read_checkpoint(args.checkpoint)
@@ -93,10 +109,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.json:
         print(model.report.to_json())
         return 0
-    print(f"{args.artifact}: sharekan format {metadata['format_version']}, written by "
-          f"sharekan {metadata['sharekan_version']}, source layout {metadata['source_layout']}")
+    print(
+        f"{args.artifact}: sharekan format {metadata['format_version']}, written by "
+        f"sharekan {metadata['sharekan_version']}, source layout {metadata['source_layout']}"
+    )
     print(f"config: {metadata['config']}")
-    print(f"{len(tensors)} tensors, {model.nbytes / 1024:.1f} KiB, checksum {metadata['checksum'][:16]}... OK")
+    print(
+        f"{len(tensors)} tensors, {model.nbytes / 1024:.1f} KiB, checksum {metadata['checksum'][:16]}... OK"
+    )
     print(model.report.table())
     return 0
 
@@ -117,7 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compress Kolmogorov-Arnold Networks by gain-shape-bias vector quantization.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("compress", help="compress a KAN checkpoint (no argument: the embedded default)")
+    p = sub.add_parser(
+        "compress", help="compress a KAN checkpoint (no argument: the embedded default)"
+    )
     p.add_argument("checkpoint", nargs="?", help=".safetensors, .npz, .pt or .pth state_dict")
     p.add_argument("-o", "--output", help="artifact to write (.sharekan / .safetensors)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")

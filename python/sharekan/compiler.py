@@ -196,8 +196,14 @@ def _compile_group(
     group_metric = np.einsum("l,lij->ij", weights / weights.sum(), np.stack(metrics))
     coeffs = np.concatenate([s.coeffs.reshape(-1, s.n_coeffs) for s in members])  # (E, M)
     raw = _core.gsb_fit(coeffs, group_metric, k, gcfg.n_iter, gcfg.tol, gcfg.seed)
-    fit = _Fit(raw["codebook"], raw["codes"], raw["gains"], int(raw["iterations"]),
-               bool(raw["converged"]), [float(v) for v in raw["objective"]])
+    fit = _Fit(
+        raw["codebook"],
+        raw["codes"],
+        raw["gains"],
+        int(raw["iterations"]),
+        bool(raw["converged"]),
+        [float(v) for v in raw["objective"]],
+    )
     if gcfg.int8:
         book_q, book_scale = _core.quantize_i8(fit.codebook, 0)
         book = (book_q.astype(np.float32) * book_scale[:, None]).astype(np.float32)
@@ -214,11 +220,25 @@ def _compile_group(
         flat_gain = fit.gains[offset : offset + e]
         offset += e
         layer, extra = _compile_layer(
-            source, cfg.for_layer(source.name), group, book, book_q, book_scale, codes, metric, calib
+            source,
+            cfg.for_layer(source.name),
+            group,
+            book,
+            book_q,
+            book_scale,
+            codes,
+            metric,
+            calib,
         )
         report = _layer_report(
-            source, layer, cfg.for_layer(source.name), fit, flat_gain, extra,
-            with_codebook=index == 0, calib=calib,
+            source,
+            layer,
+            cfg.for_layer(source.name),
+            fit,
+            flat_gain,
+            extra,
+            with_codebook=index == 0,
+            calib=calib,
             seconds=fit_seconds + time.perf_counter() - started,
         )
         yield layer, report
@@ -262,14 +282,27 @@ def _compile_layer(
         else:
             base = source.base_weight.astype(np.float32)
     layer = CompressedLayer(
-        name=source.name, n_in=n_in, n_out=n_out, grid_size=source.grid_size,
-        spline_order=source.spline_order, codebook_size=int(book.shape[0]),
-        bits=int(_core.bits_for(int(book.shape[0]))), codebook_group=group,
+        name=source.name,
+        n_in=n_in,
+        n_out=n_out,
+        grid_size=source.grid_size,
+        spline_order=source.spline_order,
+        codebook_size=int(book.shape[0]),
+        bits=int(_core.bits_for(int(book.shape[0]))),
+        codebook_group=group,
         grid=np.array(source.grid.astype(source.tensors["grid"].dtype), copy=True),
-        codebook=book, codebook_q=book_q, codebook_scale=book_scale,
-        codes=codes.reshape(n_in, n_out), gains=gains_stored, gains_scale=gains_scale,
-        edge_bias=edge_bias, edge_bias_scale=edge_bias_scale, out_bias=out_bias,
-        base_weight=base, base_scale=base_scale, source=dict(source.tensors),
+        codebook=book,
+        codebook_q=book_q,
+        codebook_scale=book_scale,
+        codes=codes.reshape(n_in, n_out),
+        gains=gains_stored,
+        gains_scale=gains_scale,
+        edge_bias=edge_bias,
+        edge_bias_scale=edge_bias_scale,
+        out_bias=out_bias,
+        base_weight=base,
+        base_scale=base_scale,
+        source=dict(source.tensors),
     )
     return layer, {"bias_mode": bias_mode, "prefold_biases": biases}
 
@@ -310,20 +343,32 @@ def _layer_report(
         output_sqnr = -20.0 * np.log10(err) if err > 0 else float("inf")
         outside = fraction_outside_grid(source, x)
     return LayerReport(
-        name=source.name, n_in=source.n_in, n_out=source.n_out, edges=source.n_in * source.n_out,
-        n_coeffs=source.n_coeffs, grid_size=source.grid_size, spline_order=source.spline_order,
-        codebook_size=layer.codebook_size, bits=layer.bits, metric=cfg.metric, int8=cfg.int8,
-        bias=extra["bias_mode"], base=cfg.base if source.base_weight is not None else "none",
+        name=source.name,
+        n_in=source.n_in,
+        n_out=source.n_out,
+        edges=source.n_in * source.n_out,
+        n_coeffs=source.n_coeffs,
+        grid_size=source.grid_size,
+        spline_order=source.spline_order,
+        codebook_size=layer.codebook_size,
+        bits=layer.bits,
+        metric=cfg.metric,
+        int8=cfg.int8,
+        bias=extra["bias_mode"],
+        base=cfg.base if source.base_weight is not None else "none",
         codebook_group=layer.codebook_group,
         bytes_dense_fp32=sum(4 * int(np.prod(i.shape)) for i in infos),
         bytes_source=sum(np.dtype(i.dtype).itemsize * int(np.prod(i.shape)) for i in infos),
-        bytes_compressed=sum(tensor_bytes.values()), tensor_bytes=tensor_bytes,
+        bytes_compressed=sum(tensor_bytes.values()),
+        tensor_bytes=tensor_bytes,
         coeff_rel_err=float(np.linalg.norm(diff) / max(np.linalg.norm(flat_w), 1e-300)),
         func_rel_err=float(np.sqrt(func_num / func_den)) if func_den > 0 else 0.0,
         max_abs_dphi=_max_abs_dphi(source, w - w_hat),
         codebook_utilisation=used / layer.codebook_size,
-        kmeans_iterations=fit.iterations, kmeans_converged=fit.converged,
-        objective=fit.objective, seconds=seconds,
+        kmeans_iterations=fit.iterations,
+        kmeans_converged=fit.converged,
+        objective=fit.objective,
+        seconds=seconds,
         output_sqnr_db=None if output_sqnr is None else float(output_sqnr),
         frac_inputs_outside_grid=outside,
     )
@@ -358,7 +403,9 @@ def _calibration_inputs(sources: list[LayerSource], calibration: Any) -> dict[st
                 raise InvalidInputError(
                     f"calibration: no KAN layer named {name!r}; layers: {sorted(names)}"
                 )
-            x = float_array(to_numpy(value, f"calibration[{name!r}]"), f"calibration[{name!r}]", ndim=2)
+            x = float_array(
+                to_numpy(value, f"calibration[{name!r}]"), f"calibration[{name!r}]", ndim=2
+            )
             if x.shape[1] != names[name].n_in:
                 raise ShapeError(
                     f"calibration[{name!r}]: expected (batch, {names[name].n_in}), got {x.shape}"

@@ -92,7 +92,9 @@ class CompressedLayer:
             assert out is not None
             return out
         assert self.out_bias is not None
-        return np.broadcast_to(self.out_bias.astype(np.float64) / self.n_in, (self.n_in, self.n_out)).copy()
+        return np.broadcast_to(
+            self.out_bias.astype(np.float64) / self.n_in, (self.n_in, self.n_out)
+        ).copy()
 
     def base_weights(self) -> np.ndarray | None:
         """(n_in, n_out) float64 base-branch weights, or None."""
@@ -131,7 +133,9 @@ class CompressedLayer:
         # efficient-kan's default grid is the same for every input: store that row once.
         shared = self.n_in > 1 and bool((self.grid == self.grid[:1]).all())
         out: dict[str, np.ndarray] = {
-            "codes": _core.pack_codes(np.ascontiguousarray(self.codes.reshape(-1), dtype=np.uint32), self.bits),
+            "codes": _core.pack_codes(
+                np.ascontiguousarray(self.codes.reshape(-1), dtype=np.uint32), self.bits
+            ),
             "grid": np.ascontiguousarray(self.grid[:1]) if shared else self.grid,
         }
         _put_weight(out, "gains", self.gains, self.gains_scale)
@@ -153,16 +157,22 @@ class CompressedLayer:
     def metadata(self) -> dict[str, Any]:
         """JSON-serialisable parameters needed to rebuild the layer from stored tensors."""
         return {
-            "name": self.name, "n_in": self.n_in, "n_out": self.n_out,
-            "grid_size": self.grid_size, "spline_order": self.spline_order,
-            "codebook_size": self.codebook_size, "bits": self.bits,
+            "name": self.name,
+            "n_in": self.n_in,
+            "n_out": self.n_out,
+            "grid_size": self.grid_size,
+            "spline_order": self.spline_order,
+            "codebook_size": self.codebook_size,
+            "bits": self.bits,
             "codebook_group": self.codebook_group,
             "source": {role: info.to_dict() for role, info in self.source.items()},
         }
 
     @classmethod
     def from_stored(
-        cls, meta: Mapping[str, Any], tensors: Mapping[str, np.ndarray],
+        cls,
+        meta: Mapping[str, Any],
+        tensors: Mapping[str, np.ndarray],
         codebook: Mapping[str, np.ndarray],
     ) -> CompressedLayer:
         """Inverse of `stored_tensors` + `stored_codebook` + `metadata`."""
@@ -185,20 +195,35 @@ class CompressedLayer:
         if gains_scale is None:
             gains_scale = np.ones(n_out, dtype=np.float32)
         return cls(
-            name=str(meta["name"]), n_in=n_in, n_out=n_out,
-            grid_size=int(meta["grid_size"]), spline_order=int(meta["spline_order"]),
-            codebook_size=int(meta["codebook_size"]), bits=int(meta["bits"]),
+            name=str(meta["name"]),
+            n_in=n_in,
+            n_out=n_out,
+            grid_size=int(meta["grid_size"]),
+            spline_order=int(meta["spline_order"]),
+            codebook_size=int(meta["codebook_size"]),
+            bits=int(meta["bits"]),
             codebook_group=str(meta["codebook_group"]),
-            grid=np.ascontiguousarray(np.broadcast_to(tensors["grid"], (n_in, tensors["grid"].shape[-1]))),
-            codebook=book, codebook_q=cq, codebook_scale=cs,
-            codes=codes.reshape(n_in, n_out), gains=gains, gains_scale=gains_scale,
-            edge_bias=edge_bias, edge_bias_scale=edge_bias_scale,
-            out_bias=tensors.get("out_bias"), base_weight=base, base_scale=base_scale,
+            grid=np.ascontiguousarray(
+                np.broadcast_to(tensors["grid"], (n_in, tensors["grid"].shape[-1]))
+            ),
+            codebook=book,
+            codebook_q=cq,
+            codebook_scale=cs,
+            codes=codes.reshape(n_in, n_out),
+            gains=gains,
+            gains_scale=gains_scale,
+            edge_bias=edge_bias,
+            edge_bias_scale=edge_bias_scale,
+            out_bias=tensors.get("out_bias"),
+            base_weight=base,
+            base_scale=base_scale,
             source={r: TensorInfo.from_dict(i) for r, i in meta["source"].items()},
         )
 
 
-def _put_weight(out: dict[str, np.ndarray], name: str, values: np.ndarray, scale: np.ndarray | None) -> None:
+def _put_weight(
+    out: dict[str, np.ndarray], name: str, values: np.ndarray, scale: np.ndarray | None
+) -> None:
     if values.dtype == np.int8:
         assert scale is not None
         out[f"{name}_q"] = values
@@ -207,7 +232,9 @@ def _put_weight(out: dict[str, np.ndarray], name: str, values: np.ndarray, scale
         out[name] = values
 
 
-def _get_weight(tensors: Mapping[str, np.ndarray], name: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+def _get_weight(
+    tensors: Mapping[str, np.ndarray], name: str
+) -> tuple[np.ndarray | None, np.ndarray | None]:
     if f"{name}_q" in tensors:
         return tensors[f"{name}_q"], tensors[f"{name}_scale"]
     return tensors.get(name), None
@@ -270,7 +297,9 @@ class CompressedModel:
         tensors: dict[str, np.ndarray] = dict(self.passthrough)
         for layer in self.layers.values():
             tensors.update(
-                layout.rebuild(layer.source, layer.decoded_coeffs(), layer.base_weights(), layer.grid)
+                layout.rebuild(
+                    layer.source, layer.decoded_coeffs(), layer.base_weights(), layer.grid
+                )
             )
         return {key: tensors[key] for key in self.key_order}
 

@@ -63,7 +63,9 @@ class LayerReport:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out.update(ratio=self.ratio, coeff_sqnr_db=self.coeff_sqnr_db, func_sqnr_db=self.func_sqnr_db)
+        out.update(
+            ratio=self.ratio, coeff_sqnr_db=self.coeff_sqnr_db, func_sqnr_db=self.func_sqnr_db
+        )
         return out
 
 
@@ -129,37 +131,85 @@ class Report:
             fields["seconds"] = fields.get("seconds") or 0.0
             for key in ("coeff_rel_err", "func_rel_err", "max_abs_dphi"):
                 fields[key] = fields[key] if fields[key] is not None else 0.0
-            if fields.get("output_sqnr_db", 0) is None and r.get("frac_inputs_outside_grid") is not None:
+            if (
+                fields.get("output_sqnr_db", 0) is None
+                and r.get("frac_inputs_outside_grid") is not None
+            ):
                 fields["output_sqnr_db"] = float("inf")  # exact output: JSON null
             layers.append(LayerReport(**fields))
         return cls(
-            layout=d["layout"], layers=layers,
+            layout=d["layout"],
+            layers=layers,
             tensors=[TensorEntry(**t) for t in d["tensors"]],
             bytes_passthrough=int(d["totals"]["bytes_passthrough"]),
-            seconds=float(d["seconds"] or 0.0), config=dict(d.get("config", {})),
+            seconds=float(d["seconds"] or 0.0),
+            config=dict(d.get("config", {})),
         )
 
     def table(self) -> str:
         """A fixed-width table: one row per layer, then totals and the tensor list."""
-        head = ["layer", "in x out", "M", "K", "bits", "bias", "KB fp32", "KB out", "ratio",
-                "coef dB", "func dB", "max|dphi|", "util", "iters", "s"]
+        head = [
+            "layer",
+            "in x out",
+            "M",
+            "K",
+            "bits",
+            "bias",
+            "KB fp32",
+            "KB out",
+            "ratio",
+            "coef dB",
+            "func dB",
+            "max|dphi|",
+            "util",
+            "iters",
+            "s",
+        ]
         rows = [head]
         for r in self.layers:
-            rows.append([
-                r.name, f"{r.n_in}x{r.n_out}", str(r.n_coeffs), str(r.codebook_size), str(r.bits),
-                r.bias, f"{r.bytes_dense_fp32 / 1024:.1f}", f"{r.bytes_compressed / 1024:.1f}",
-                f"{r.ratio:.1f}x", _db(r.coeff_sqnr_db), _db(r.func_sqnr_db),
-                f"{r.max_abs_dphi:.3g}", f"{r.codebook_utilisation:.0%}", str(r.kmeans_iterations),
-                f"{r.seconds:.2f}",
-            ])
-        rows.append([
-            "total", "", "", "", "", "", f"{self.bytes_dense_fp32 / 1024:.1f}",
-            f"{self.bytes_compressed / 1024:.1f}", f"{self.ratio:.1f}x", "", "", "", "", "",
-            f"{self.seconds:.2f}",
-        ])
+            rows.append(
+                [
+                    r.name,
+                    f"{r.n_in}x{r.n_out}",
+                    str(r.n_coeffs),
+                    str(r.codebook_size),
+                    str(r.bits),
+                    r.bias,
+                    f"{r.bytes_dense_fp32 / 1024:.1f}",
+                    f"{r.bytes_compressed / 1024:.1f}",
+                    f"{r.ratio:.1f}x",
+                    _db(r.coeff_sqnr_db),
+                    _db(r.func_sqnr_db),
+                    f"{r.max_abs_dphi:.3g}",
+                    f"{r.codebook_utilisation:.0%}",
+                    str(r.kmeans_iterations),
+                    f"{r.seconds:.2f}",
+                ]
+            )
+        rows.append(
+            [
+                "total",
+                "",
+                "",
+                "",
+                "",
+                "",
+                f"{self.bytes_dense_fp32 / 1024:.1f}",
+                f"{self.bytes_compressed / 1024:.1f}",
+                f"{self.ratio:.1f}x",
+                "",
+                "",
+                "",
+                "",
+                "",
+                f"{self.seconds:.2f}",
+            ]
+        )
         widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-        lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
-                 for row in rows]
+        lines = [
+            "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
+            for row in rows
+        ]
         lines.insert(1, "-" * len(lines[0]))
         lines.insert(len(lines) - 1, "-" * len(lines[0]))
         calib = [r for r in self.layers if r.output_sqnr_db is not None]

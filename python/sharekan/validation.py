@@ -28,7 +28,9 @@ def to_numpy(value: Any, name: str) -> np.ndarray:
         try:
             return tensor.numpy()
         except TypeError as exc:  # e.g. quantized or complex tensors
-            raise DTypeError(f"tensor {name!r}: cannot convert dtype {tensor.dtype}: {exc}") from None
+            raise DTypeError(
+                f"tensor {name!r}: cannot convert dtype {tensor.dtype}: {exc}"
+            ) from None
     if isinstance(value, (list, tuple)):
         return np.asarray(value)
     raise DTypeError(

@@ -36,6 +36,12 @@ def detect_layout(state_dict: Mapping[str, np.ndarray]) -> Layout:
 
 
 __all__ = [
-    "LAYOUTS", "Extraction", "LayerSource", "Layout", "TensorEntry", "TensorInfo",
-    "detect_layout", "get_layout",
+    "LAYOUTS",
+    "Extraction",
+    "LayerSource",
+    "Layout",
+    "TensorEntry",
+    "TensorInfo",
+    "detect_layout",
+    "get_layout",
 ]

@@ -100,7 +100,10 @@ class Layout(Protocol):
         ...
 
     def rebuild(
-        self, source: Mapping[str, TensorInfo], coeffs: np.ndarray, base_weight: np.ndarray | None,
+        self,
+        source: Mapping[str, TensorInfo],
+        coeffs: np.ndarray,
+        base_weight: np.ndarray | None,
         grid: np.ndarray,
     ) -> dict[str, np.ndarray]:
         """Original tensors of one layer from decoded (n_in, n_out, M) coefficients."""

@@ -69,7 +69,9 @@ class EfficientKanLayout:
                 f"tensor {key('spline_weight')!r}: expected (n_out, n_in, M), got shape {spline.shape}"
             )
         if spline.size == 0:
-            raise ShapeError(f"tensor {key('spline_weight')!r}: empty array of shape {spline.shape}")
+            raise ShapeError(
+                f"tensor {key('spline_weight')!r}: empty array of shape {spline.shape}"
+            )
         n_out, n_in, m = (int(d) for d in spline.shape)
         grid_raw = sd[key("grid")]
         if grid_raw.ndim != 2 or grid_raw.shape[0] != n_in:
@@ -83,8 +85,10 @@ class EfficientKanLayout:
                 f"tensor {key('grid')!r}: {grid_raw.shape[1]} knots do not fit M = {m} "
                 f"coefficients (need G + 2k + 1 knots with M = G + k, G >= 1, k >= 0)"
             )
-        tensors = {"spline_weight": TensorInfo.of(key("spline_weight"), spline),
-                   "grid": TensorInfo.of(key("grid"), grid_raw)}
+        tensors = {
+            "spline_weight": TensorInfo.of(key("spline_weight"), spline),
+            "grid": TensorInfo.of(key("grid"), grid_raw),
+        }
         coeffs = float_array(spline, key("spline_weight"), ndim=3)
         if key("spline_scaler") in sd:
             scaler_raw = sd[key("spline_scaler")]
@@ -117,7 +121,10 @@ class EfficientKanLayout:
         return LayerSource(name if prefix else name, coeffs, grid, k, base, tensors)
 
     def rebuild(
-        self, source: Mapping[str, TensorInfo], coeffs: np.ndarray, base_weight: np.ndarray | None,
+        self,
+        source: Mapping[str, TensorInfo],
+        coeffs: np.ndarray,
+        base_weight: np.ndarray | None,
         grid: np.ndarray,
     ) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, settings
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-import oracle  # noqa: E402
+import oracle
 
 settings.register_profile(
     "sharekan",
@@ -23,7 +23,13 @@ settings.register_profile(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
-settings.load_profile("sharekan")
+settings.register_profile(
+    "sharekan-stress",
+    max_examples=400,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("SHAREKAN_HYPOTHESIS_PROFILE", "sharekan"))
 
 
 def random_grid(
@@ -72,8 +78,9 @@ def grid_inputs(rng: np.random.Generator, grid: np.ndarray, batch: int, outside:
     return x
 
 
-def random_coeffs(rng: np.random.Generator, n_edges: int, m: int, n_shapes: int | None = None,
-                  noise: float = 0.0) -> np.ndarray:
+def random_coeffs(
+    rng: np.random.Generator, n_edges: int, m: int, n_shapes: int | None = None, noise: float = 0.0
+) -> np.ndarray:
     """(E, M) coefficients. With n_shapes: each edge is gain * shape + bias + noise with
     shapes drawn from `n_shapes` random prototypes (well separated for small noise)."""
     if n_shapes is None:
@@ -83,11 +90,7 @@ def random_coeffs(rng: np.random.Generator, n_edges: int, m: int, n_shapes: int 
     which[:n_shapes] = np.arange(min(n_shapes, n_edges))
     gains = rng.uniform(0.5, 2.0, size=n_edges) * rng.choice([-1.0, 1.0], size=n_edges)
     biases = rng.normal(size=n_edges)
-    return (
-        gains[:, None] * protos[which]
-        + biases[:, None]
-        + noise * rng.normal(size=(n_edges, m))
-    )
+    return gains[:, None] * protos[which] + biases[:, None] + noise * rng.normal(size=(n_edges, m))
 
 
 def random_layer(

@@ -266,9 +266,10 @@ def kmeans_from_init(
         # 1. empty clusters
         counts = np.bincount(codes, minlength=kk)
         empty = [q for q in range(kk) if counts[q] == 0]
-        cand = sorted((e for e in range(len(r)) if not flat[e] and err[e] > 0),
-                      key=lambda e: (-err[e], e))
-        for q, e in zip(empty, cand):
+        cand = sorted(
+            (e for e in range(len(r)) if not flat[e] and err[e] > 0), key=lambda e: (-err[e], e)
+        )
+        for q, e in zip(empty, cand, strict=False):  # fewer candidates: the rest stay
             c[q] = fix_sign(r[e] / np.linalg.norm(r[e]))
             reseeds += 1
         # 2. update
@@ -354,7 +355,8 @@ def unpack_codes(packed, bits: int, n: int) -> np.ndarray:
 
 def silu(x: np.ndarray) -> np.ndarray:
     # x * sigmoid(x) written with tanh: no overflow for large |x|
-    return 0.5 * x * (1.0 + np.tanh(0.5 * x))
+    with np.errstate(invalid="ignore"):
+        return 0.5 * x * (1.0 + np.tanh(0.5 * x))
 
 
 def _per_out(scale, n_out):
@@ -407,7 +409,8 @@ def lutham_dense(
     y = basis.reshape(x.shape[0], n_in * m) @ w.transpose(0, 2, 1).reshape(n_in * m, n_out)
     if base_weight is not None:
         bw = np.asarray(base_weight, dtype=np.float64) * _per_out(base_scale, n_out)[None, :]
-        y = y + silu(x) @ bw
+        with np.errstate(invalid="ignore"):  # SiLU(-inf) = NaN, as in float arithmetic
+            y = y + silu(x) @ bw
     if out_bias is not None:
         y = y + np.asarray(out_bias, dtype=np.float64)[None, :]
     return y

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import oracle
 import pytest
+from conftest import grid_inputs, random_grid
 from hypothesis import given
 from hypothesis import strategies as st
-
-import oracle
-from conftest import grid_inputs, random_grid
 
 core = pytest.importorskip("sharekan._core")
 errors = pytest.importorskip("sharekan.errors")
@@ -72,7 +71,7 @@ def _call_unmodified(fn, *arrays, **kw):
     try:
         return fn(*arrays, **kw)
     finally:
-        for a, b in zip(arrays, before):
+        for a, b in zip(arrays, before, strict=True):
             np.testing.assert_array_equal(a, b)
 
 
@@ -116,16 +115,16 @@ def test_basis_shape_mismatch(basis_args):
     with pytest.raises(errors.ShapeError):
         _call_unmodified(core.bspline_basis, np.ascontiguousarray(x[:, :2]), grid, k=3)
     # too few knots for the order: NG = G + 2k + 1 = 12 needs k <= 5 (G >= 1)
-    np.testing.assert_allclose(core.bspline_basis(x, grid, 5), oracle.bspline_basis(x, grid, 5),
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        core.bspline_basis(x, grid, 5), oracle.bspline_basis(x, grid, 5), atol=1e-12
+    )
     with pytest.raises(errors.ShapeError, match="grid"):
         _call_unmodified(core.bspline_basis, x, grid, k=6)
     with pytest.raises(errors.ShapeError, match="grid"):
         _call_unmodified(core.bspline_gram, grid, k=6)
 
 
-def test_basis_empty(basis_args):
-    _, grid = basis_args
+def test_basis_empty():
     with pytest.raises(errors.ShapeError):
         core.bspline_gram(np.zeros((0, 12)), 3)
     with pytest.raises(errors.ShapeError):

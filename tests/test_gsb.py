@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import oracle
 import pytest
+from conftest import random_coeffs, random_grid
 from hypothesis import given
 from hypothesis import strategies as st
-
-import oracle
-from conftest import random_coeffs, random_grid
 
 core = pytest.importorskip("sharekan._core")
 errors = pytest.importorskip("sharekan.errors")
@@ -26,8 +25,12 @@ def metric_for(rng, kind: str, g: int, k: int) -> np.ndarray:
     return b.T @ b / 200 + 1e-3 * np.eye(g + k)
 
 
-@given(seed=st.integers(0, 2**32 - 1), kind=st.sampled_from(["coefficient", "function", "data"]),
-       k_codes=st.integers(1, 8), n_shapes=st.sampled_from([None, 2, 5]))
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    kind=st.sampled_from(["coefficient", "function", "data"]),
+    k_codes=st.integers(1, 8),
+    n_shapes=st.sampled_from([None, 2, 5]),
+)
 def test_fit_consistent_with_oracle_decomposition(seed, kind, k_codes, n_shapes):
     rng = np.random.default_rng(seed)
     g, k = int(rng.integers(2, 7)), int(rng.integers(1, 4))
@@ -43,15 +46,24 @@ def test_fit_consistent_with_oracle_decomposition(seed, kind, k_codes, n_shapes)
     assert np.all((np.abs(norms - 1) < 1e-9) | (norms < 1e-12))
     np.testing.assert_allclose(cw @ d.u, 0.0, atol=1e-9)
     codes = fit["codes"].astype(np.int64)
-    np.testing.assert_allclose(fit["gains"], np.einsum("em,em->e", d.residuals, cw[codes]),
-                               rtol=1e-9, atol=1e-10 * (1 + d.gamma.max()))
-    np.testing.assert_allclose(fit["biases"], d.beta / np.linalg.norm(d.ones_white),
-                               rtol=1e-9, atol=1e-10 * (1 + np.abs(d.beta).max()))
+    np.testing.assert_allclose(
+        fit["gains"],
+        np.einsum("em,em->e", d.residuals, cw[codes]),
+        rtol=1e-9,
+        atol=1e-10 * (1 + d.gamma.max()),
+    )
+    np.testing.assert_allclose(
+        fit["biases"],
+        d.beta / np.linalg.norm(d.ones_white),
+        rtol=1e-9,
+        atol=1e-10 * (1 + np.abs(d.beta).max()),
+    )
     # the reported objective is the R-weighted reconstruction error of the fit
     recon = oracle.reconstruct(fit["codebook"], codes, fit["gains"], fit["biases"])
     err = oracle.metric_error(w, recon, metric).sum()
-    np.testing.assert_allclose(fit["objective"][-1], err, rtol=1e-7,
-                               atol=1e-10 * np.sum(d.gamma**2))
+    np.testing.assert_allclose(
+        fit["objective"][-1], err, rtol=1e-7, atol=1e-10 * np.sum(d.gamma**2)
+    )
     assert np.all(np.diff(fit["objective"]) <= 1e-12 * fit["objective"][0])
 
 
@@ -73,8 +85,9 @@ def test_fit_equals_kmeans_on_oracle_residuals(rng):
     res = np.ascontiguousarray(oracle.decompose(w, metric).residuals)
     km = core.spherical_kmeans(res, 4, 10, 1e-9, 21)
     np.testing.assert_array_equal(fit["codes"], km["codes"])
-    np.testing.assert_allclose(oracle.whiten_codebook(fit["codebook"], metric), km["centroids"],
-                               atol=1e-8)
+    np.testing.assert_allclose(
+        oracle.whiten_codebook(fit["codebook"], metric), km["centroids"], atol=1e-8
+    )
 
 
 def test_flat_edges_get_zero_gain(rng):
@@ -109,7 +122,8 @@ def test_refit_after_int8_codebook_never_worse_than_plain_gains(rng):
     g, b = core.refit_gain_bias(w, metric, deq, fit["codes"])
     refit_err = oracle.metric_error(w, oracle.reconstruct(deq, fit["codes"], g, b), metric)
     plain = oracle.metric_error(
-        w, oracle.reconstruct(deq, fit["codes"], fit["gains"], fit["biases"]), metric)
+        w, oracle.reconstruct(deq, fit["codes"], fit["gains"], fit["biases"]), metric
+    )
     assert np.all(refit_err <= plain * (1 + 1e-9) + 1e-15)
 
 
@@ -137,7 +151,7 @@ def _unmodified(fn, *args):
     try:
         return fn(*args)
     finally:
-        for a, b in zip(arrays, before):
+        for a, b in zip(arrays, before, strict=True):
             np.testing.assert_array_equal(a, b)
 
 

@@ -9,12 +9,11 @@ import sys
 import textwrap
 
 import numpy as np
+import oracle
 import pytest
+from conftest import random_coeffs
 from hypothesis import given
 from hypothesis import strategies as st
-
-import oracle
-from conftest import random_coeffs
 
 core = pytest.importorskip("sharekan._core")
 errors = pytest.importorskip("sharekan.errors")
@@ -88,8 +87,12 @@ def test_init_when_distances_vanish(rng):
     assert all_flat["objective"][-1] == 0.0
 
 
-@given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 12), m=st.integers(2, 9),
-       n_shapes=st.sampled_from([None, 3, 8]))
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    k=st.integers(1, 12),
+    m=st.integers(2, 9),
+    n_shapes=st.sampled_from([None, 3, 8]),
+)
 def test_objective_never_increases(seed, k, m, n_shapes):
     rng = np.random.default_rng(seed)
     e = int(rng.integers(k, 80))
@@ -99,29 +102,85 @@ def test_objective_never_increases(seed, k, m, n_shapes):
     energy = np.sum(res**2)
     assert np.all(np.diff(obj) <= 1e-12 * energy)
     np.testing.assert_allclose(
-        obj[-1], oracle.kmeans_objective(res, out["centroids"], out["codes"]),
-        rtol=1e-9, atol=1e-12 * energy,
+        obj[-1],
+        oracle.kmeans_objective(res, out["centroids"], out["codes"]),
+        rtol=1e-9,
+        atol=1e-12 * energy,
     )
     norms = np.linalg.norm(out["centroids"], axis=1)
     assert np.all((np.abs(norms - 1) < 1e-9) | (norms == 0))
 
 
-@given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 5), n_shapes=st.integers(1, 6),
-       noise=st.sampled_from([1e-3, 3e-2]))
-def test_equals_oracle_from_same_init(seed, k, n_shapes, noise):
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    k=st.integers(1, 5),
+    n_shapes=st.integers(1, 6),
+    noise=st.sampled_from([1e-3, 3e-2]),
+    n_flat=st.integers(0, 3),
+)
+def test_equals_oracle_from_same_init(seed, k, n_shapes, noise, n_flat):
     rng = np.random.default_rng(seed)
-    res = residuals_of(random_coeffs(rng, int(rng.integers(max(k, n_shapes), 50)), 7,
-                                     n_shapes, noise))
+    res = residuals_of(
+        random_coeffs(rng, int(rng.integers(max(k, n_shapes), 50)), 7, n_shapes, noise)
+    )
+    res[rng.permutation(len(res))[: min(n_flat, len(res) - k)]] = 0.0  # flat edges
     init = run(res, k, n_iter=0, seed=seed % 997)
-    got = run(res, k, n_iter=12, tol=1e-9, seed=seed % 997)
-    want = oracle.kmeans_from_init(res, init["centroids"], 12, 1e-9)
+    tol = 1e-6
+    got = run(res, k, n_iter=12, tol=tol, seed=seed % 997)
+    # Near convergence the relative improvement is rounding noise (J can be 1e-6 of the
+    # residual energy), so the stopping iteration is compared through the core's own
+    # objective history and the trajectory is replayed for exactly that many iterations.
+    want = oracle.kmeans_from_init(res, init["centroids"], got["iterations"], -np.inf)
+    assert want.iterations == got["iterations"]
     np.testing.assert_array_equal(got["codes"], want.codes)
     np.testing.assert_allclose(got["centroids"], want.centroids, atol=1e-7)
-    np.testing.assert_allclose(got["objective"], want.objective, rtol=1e-8,
-                               atol=1e-12 * np.sum(res**2))
-    assert got["iterations"] == want.iterations
-    assert got["converged"] == want.converged
+    np.testing.assert_allclose(
+        got["objective"], want.objective, rtol=1e-8, atol=1e-12 * np.sum(res**2)
+    )
     assert got["reseeds"] == want.reseeds
+    obj = got["objective"]
+    stops = [obj[t] == 0 or (obj[t - 1] - obj[t]) / obj[t - 1] < tol for t in range(1, len(obj))]
+    assert not any(stops[:-1])
+    assert got["converged"] == (obj[0] == 0 or (len(stops) > 0 and stops[-1]))
+    assert got["converged"] or got["iterations"] == 12
+
+
+@pytest.mark.parametrize("e, k, m", [(700, 9, 5), (5000, 24, 9)])
+def test_equals_oracle_across_chunk_boundaries(rng, e, k, m):
+    # E beyond the core's fixed assignment (256 rows) and init (4096 edges) blocks;
+    # unstructured data, some flat edges
+    res = residuals_of(rng.normal(size=(e, m)) * rng.uniform(0.1, 3.0, size=(e, 1)))
+    res[::37] = 0.0
+    init = run(res, k, n_iter=0, seed=9)
+    got = run(res, k, n_iter=5, tol=0.0, seed=9)
+    want = oracle.kmeans_from_init(res, init["centroids"], got["iterations"], -np.inf)
+    np.testing.assert_array_equal(got["codes"], want.codes)
+    np.testing.assert_allclose(got["centroids"], want.centroids, atol=1e-9)
+    np.testing.assert_allclose(got["objective"], want.objective, rtol=1e-10)
+    flat = oracle.flat_edges(res)
+    unit = res[~flat] / np.linalg.norm(res[~flat], axis=1, keepdims=True)
+    np.testing.assert_allclose(np.abs(init["centroids"] @ unit.T).max(1), 1.0, atol=1e-12)
+
+
+def test_duplicates_and_reseeding_stay_valid(rng):
+    # exact duplicate rows: k-means++ runs out of positive distances, duplicate codewords
+    # and empty clusters follow; everything must stay valid and J must not increase
+    base = residuals_of(rng.normal(size=(4, 6)))
+    res = np.ascontiguousarray(np.repeat(base, 50, axis=0) * (1 + 1e-3 * np.arange(200))[:, None])
+    res[1::7] += 1e-6 * rng.normal(size=res[1::7].shape)
+    for seed in range(4):
+        out = run(res, 10, n_iter=10, tol=0.0, seed=seed)
+        assert np.all(out["codes"] < 10)
+        obj = out["objective"]
+        assert np.all(np.diff(obj) <= 1e-12 * np.sum(res**2))
+        np.testing.assert_allclose(
+            obj[-1],
+            oracle.kmeans_objective(res, out["centroids"], out["codes"]),
+            atol=1e-12 * np.sum(res**2),
+        )
+        assert np.all(np.isfinite(out["centroids"]))
+    exact = run(np.ascontiguousarray(np.repeat(base, 3, axis=0)), 12, n_iter=5, seed=1)
+    assert exact["objective"][-1] <= 1e-12 * 3 * np.sum(base**2)
 
 
 def test_k_equals_e_is_exact(rng):
@@ -175,8 +234,14 @@ def test_bit_identical_for_any_thread_count():
     digests = []
     for threads in ("1", "2", "2"):
         env = dict(os.environ, RAYON_NUM_THREADS=threads)
-        proc = subprocess.run([sys.executable, "-c", DETERMINISM_SCRIPT], env=env,
-                              capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-c", DETERMINISM_SCRIPT],
+            check=False,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode == 0, proc.stderr
         digests.append(proc.stdout.strip())
     assert len(digests[0]) == len(hashlib.sha256().hexdigest())

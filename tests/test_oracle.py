@@ -7,12 +7,11 @@ import importlib.util
 import pathlib
 
 import numpy as np
+import oracle
 import pytest
+from conftest import grid_inputs, random_coeffs, random_grid, random_layer
 from hypothesis import given
 from hypothesis import strategies as st
-
-import oracle
-from conftest import grid_inputs, random_coeffs, random_grid, random_layer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -57,17 +56,16 @@ def test_basis_matches_torch_reference(rng):
     torch, kan = _torch_kan()
     grid = random_grid(rng, 4, 6, 3)
     x = grid_inputs(rng, grid, 50)
-    ref = kan.bspline_basis(
-        torch.from_numpy(x), torch.from_numpy(grid), 3
-    ).numpy()
+    ref = kan.bspline_basis(torch.from_numpy(x), torch.from_numpy(grid), 3).numpy()
     np.testing.assert_allclose(oracle.bspline_basis(x, grid, 3), ref, rtol=1e-12, atol=1e-12)
 
 
 # --- Gram matrix -----------------------------------------------------------------------
 
 
-@given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 4), g=st.integers(1, 7),
-       uniform=st.booleans())
+@given(
+    seed=st.integers(0, 2**32 - 1), k=st.integers(1, 4), g=st.integers(1, 7), uniform=st.booleans()
+)
 def test_gram_symmetric_pd_and_normalised(seed, k, g, uniform):
     rng = np.random.default_rng(seed)
     grid = random_grid(rng, 2, g, k, uniform=uniform)
@@ -83,8 +81,10 @@ def test_gram_matches_midpoint_quadrature(rng):
     for k, g in [(1, 3), (3, 5), (2, 4)]:
         grid = random_grid(rng, 3, g, k)
         np.testing.assert_allclose(
-            oracle.bspline_gram(grid, k), oracle.gram_midpoint(grid, k, 40000),
-            rtol=0, atol=1e-8,
+            oracle.bspline_gram(grid, k),
+            oracle.gram_midpoint(grid, k, 40000),
+            rtol=0,
+            atol=1e-8,
         )
 
 
@@ -230,9 +230,14 @@ def test_lutham_dense_matches_torch_kanlinear(rng, weight_kind):
     x = grid_inputs(rng, layer["grid"], 33)
     y = oracle.lutham_dense(x, **layer)
 
-    w = oracle.decode_layer(layer["codebook"], layer["codes"], layer["gains"],
-                            layer.get("gain_scale"), layer["edge_bias"],
-                            layer.get("edge_bias_scale"))  # (n_in, n_out, M)
+    w = oracle.decode_layer(
+        layer["codebook"],
+        layer["codes"],
+        layer["gains"],
+        layer.get("gain_scale"),
+        layer["edge_bias"],
+        layer.get("edge_bias_scale"),
+    )  # (n_in, n_out, M)
     bw = layer["base_weight"].astype(np.float64) * (
         1.0 if layer.get("base_scale") is None else layer["base_scale"].astype(np.float64)
     )
@@ -257,5 +262,4 @@ def test_lutham_dense_edge_bias_is_constant_outside_spline(rng):
         x, **{kk: v for kk, v in layer.items() if kk not in ("edge_bias", "edge_bias_scale")}
     )
     eb = layer["edge_bias"].astype(np.float64) * layer.get("edge_bias_scale", 1.0)
-    np.testing.assert_allclose(with_bias - no_bias, np.broadcast_to(eb.sum(0), (10, 2)),
-                               atol=1e-10)
+    np.testing.assert_allclose(with_bias - no_bias, np.broadcast_to(eb.sum(0), (10, 2)), atol=1e-10)

@@ -100,7 +100,9 @@ def compress(
 def dense_layer_forward(source: LayerSource, x: np.ndarray) -> np.ndarray:
     """Dense efficient-kan layer on x (batch, n_in) float64 -> (batch, n_out) float64."""
     basis = _core.bspline_basis(x, source.grid, source.spline_order)  # (batch, n_in, M)
-    out = np.einsum("bim,iom->bo", basis, source.coeffs)
+    n_in, n_out, m = source.coeffs.shape
+    # (batch, n_in*M) @ (n_in*M, n_out)
+    out = basis.reshape(len(x), n_in * m) @ source.coeffs.transpose(0, 2, 1).reshape(n_in * m, n_out)
     if source.base_weight is not None:
         out += (x / (1.0 + np.exp(-x))) @ source.base_weight
     return out
@@ -214,7 +216,6 @@ def _compile_group(
     offset = 0
     for index, (source, metric) in enumerate(zip(members, metrics)):
         started = time.perf_counter()
-        notify(source.name)
         e = source.n_in * source.n_out
         codes = np.ascontiguousarray(fit.codes[offset : offset + e])
         flat_gain = fit.gains[offset : offset + e]
@@ -241,6 +242,7 @@ def _compile_group(
             calib=calib,
             seconds=fit_seconds + time.perf_counter() - started,
         )
+        notify(source.name)  # one step per finished layer
         yield layer, report
 
 
@@ -326,8 +328,8 @@ def _layer_report(
     diff = (w - w_hat).reshape(-1, w.shape[-1])
     flat_w = w.reshape(-1, w.shape[-1])
     gram = function_metric(source)
-    func_num = float(np.einsum("ei,ij,ej->", diff, gram, diff))
-    func_den = float(np.einsum("ei,ij,ej->", flat_w, gram, flat_w))
+    func_num = float(np.sum((diff @ gram) * diff))
+    func_den = float(np.sum((flat_w @ gram) * flat_w))
     tensor_bytes = {f: int(a.nbytes) for f, a in layer.stored_tensors().items()}
     if with_codebook:
         tensor_bytes.update({f: int(a.nbytes) for f, a in layer.stored_codebook().items()})
@@ -386,7 +388,8 @@ def _max_abs_dphi(source: LayerSource, diff: np.ndarray) -> float:
     chunk = max(1, 4_000_000 // max(1, pts.shape[0] * source.n_out))
     for start in range(0, source.n_in, chunk):
         sl = slice(start, start + chunk)
-        dphi = np.einsum("pim,iom->pio", basis[:, sl], diff[sl])
+        # per input: (P, M) @ (M, n_out)
+        dphi = np.matmul(basis[:, sl].transpose(1, 0, 2), diff[sl].transpose(0, 2, 1))
         worst = max(worst, float(np.abs(dphi).max()))
     return worst
 
@@ -425,7 +428,7 @@ def _calibration_inputs(sources: list[LayerSource], calibration: Any) -> dict[st
 
 
 def _progress(progress: bool | Callable[[str], None], total: int) -> Callable[[str | None], None]:
-    """A callback taking a layer name (None when done)."""
+    """A callback taking the name of each finished layer (None when all are done)."""
     if callable(progress):
         return lambda name: progress(name) if name is not None else None  # type: ignore[operator]
     if not progress:

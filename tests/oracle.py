@@ -250,7 +250,8 @@ def kmeans_from_init(
          kept only if its Rayleigh quotient is not below the old centroid's;
       3. assigns (the old code is kept unless the best one is strictly better) and
          records J.
-    Stops after `n_iter` iterations or when (J_prev - J) / J_prev < tol (or J = 0).
+    Stops after `n_iter` iterations or when (J_prev - J) / J_prev < tol (or J = 0);
+    tol = -inf runs exactly `n_iter` iterations.
     """
     r = np.asarray(residuals, dtype=np.float64)
     c = np.array(centroids0, dtype=np.float64, copy=True)
@@ -261,7 +262,8 @@ def kmeans_from_init(
     objective = [float(err.sum())]
     reseeds = 0
     iterations = 0
-    converged = objective[0] == 0.0
+    replay = tol == -np.inf  # run exactly n_iter iterations (replaying another trace)
+    converged = objective[0] == 0.0 and not replay
     while not converged and iterations < n_iter:
         # 1. empty clusters
         counts = np.bincount(codes, minlength=kk)
@@ -290,7 +292,7 @@ def kmeans_from_init(
         j_prev, j_now = objective[-1], float(err.sum())
         objective.append(j_now)
         iterations += 1
-        if j_now == 0.0 or (j_prev - j_now) / j_prev < tol:
+        if not replay and (j_now == 0.0 or (j_prev - j_now) / j_prev < tol):
             converged = True
     return KMeansTrace(c, codes, objective, iterations, converged, reseeds)
 
@@ -303,13 +305,16 @@ def kmeans_from_init(
 def quantize_i8(x: np.ndarray, axis: int):
     """Symmetric int8: axis=0 -> one scale per row, axis=1 -> one scale per column.
 
-    scale = max|.| / 127 stored as float32 (0 for an all-zero slice);
+    scale = max|.| / 127 stored as float32 (0 for an all-zero slice; the smallest positive
+    float32 where a non-zero slice would round to 0);
     q = round-half-away-from-zero(x / scale) clamped to [-127, 127].
     """
     x = np.asarray(x, dtype=np.float64)
     reduce_axis = 1 if axis == 0 else 0
     amax = np.max(np.abs(x), axis=reduce_axis) if x.size else np.zeros(x.shape[axis])
     scale = (amax / 127.0).astype(np.float32)
+    tiny = np.nextafter(np.float32(0), np.float32(1))
+    scale = np.where((amax > 0) & (scale == 0), tiny, scale).astype(np.float32)
     s64 = scale.astype(np.float64)
     s_b = s64[:, None] if axis == 0 else s64[None, :]
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -69,7 +69,7 @@ def test_forward_matches_oracle(rng, code_dtype, weight_kind, batch):
     n_in=st.integers(1, 7),
     n_out=st.integers(1, 6),
     g=st.integers(1, 8),
-    k=st.integers(1, 4),
+    k=st.integers(0, 4),
     n_codes=st.integers(1, 40),
     batch=st.sampled_from([1, 2, 5, 31]),
     code_dtype=st.sampled_from(CODE_DTYPES),

@@ -58,6 +58,19 @@ def test_quantize_extremes_hit_127():
     np.testing.assert_array_equal(s, np.float32([0.0, 4.0 / 127]))
 
 
+def test_quantize_tiny_and_huge_values():
+    x = np.array([[1e-300, -2e-300, 0.0], [1e-40, 3e-39, 0.0], [0.0, 0.0, 0.0]])
+    q, s = core.quantize_i8(x, 0)
+    q_o, s_o = oracle.quantize_i8(x, 0)
+    np.testing.assert_array_equal(s, s_o)
+    np.testing.assert_array_equal(q, q_o)
+    assert s[0] > 0 and s[2] == 0
+    sb = s.astype(np.float64)[:, None]
+    assert np.all(np.abs(x - q * sb) <= sb / 2)
+    with pytest.raises(errors.InvalidInputError, match="x"):
+        core.quantize_i8(np.array([[1e300, 1.0]]), 0)
+
+
 def test_quantize_bad_input():
     x = np.ones((3, 4))
     for bad in (np.nan, np.inf):

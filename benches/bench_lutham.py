@@ -7,7 +7,7 @@ second). Measured side by side in one process, calls interleaved round-robin so 
 from other processes hits every variant alike:
 
 - dense PyTorch eager (`sharekan.torch.KAN`)
-- dense .pte (ExecuTorch Python runtime)
+- dense .pte (ExecuTorch Python runtime), and the same lowered to the XNNPACK delegate
 - LUTHAM eager (`LuthamLinear`, the Rust evaluator through `torch.ops.sharekan.lutham`)
 - LUTHAM .pte (ExecuTorch Python runtime + the C++ kernel)
 and, without Python, both .pte files in the standalone `lutham_runner` (linked with
@@ -99,9 +99,11 @@ def main() -> None:
     runtime = Runtime.get()
     work = Path(tempfile.mkdtemp(prefix="bench_lutham_"))
     example = torch.zeros(2, WIDTHS[0])
-    dense_pte = export_pte(dense, (example,), work / "dense.pte")
-    lutham_pte = export_pte(model, (example,), work / "lutham.pte")
+    dense_pte = export_pte(dense, (example,), work / "dense.pte", max_batch=64)
+    lutham_pte = export_pte(model, (example,), work / "lutham.pte", max_batch=64)
+    dense_xnn_pte = _export_xnnpack(dense, example, work / "dense_xnnpack.pte")
     dense_m = runtime.load_program(str(dense_pte)).load_method("forward")
+    dense_xnn_m = runtime.load_program(str(dense_xnn_pte)).load_method("forward")
     lutham_m = runtime.load_program(str(lutham_pte)).load_method("forward")
     runner = lutham.build_runner()
 
@@ -133,6 +135,7 @@ def main() -> None:
         timings = _interleaved({
             "dense_eager": eager_dense,
             "dense_pte": lambda x=x: dense_m.execute([x]),
+            "dense_xnnpack_pte": lambda x=x: dense_xnn_m.execute([x]),
             "lutham_eager": eager_lutham,
             "lutham_pte": lambda x=x: lutham_m.execute([x]),
         }, rounds)
@@ -143,7 +146,13 @@ def main() -> None:
         print(f"batch {batch}: " + ", ".join(f"{k} {v:.0f} us" for k, v in timings.items()),
               flush=True)
 
-    sizes = {"dense_pte": dense_pte.stat().st_size, "lutham_pte": lutham_pte.stat().st_size}
+    # the same head with per-edge int8 biases in both layers (no folding anywhere)
+    edge_model = compress_(copy.deepcopy(dense), config.replace(overrides={})).eval()
+    edge_pte = export_pte(edge_model, (example,), work / "lutham_edge.pte", max_batch=64)
+    sizes = {"dense_pte": dense_pte.stat().st_size,
+             "dense_xnnpack_pte": dense_xnn_pte.stat().st_size,
+             "lutham_pte": lutham_pte.stat().st_size,
+             "lutham_pte_all_edge_bias": edge_pte.stat().st_size}
     layers = {name: {"nbytes_buffers": mod.nbytes, "codes": str(mod.codes.dtype),
                      "gains": str(mod.gains.dtype),
                      "edge_bias": "absent" if mod.edge_bias.numel() == 0 else str(mod.edge_bias.dtype),
@@ -163,6 +172,8 @@ def main() -> None:
         "speedup_lutham_pte_vs_dense_pte": {
             "batch1": b1["dense_pte"] / b1["lutham_pte"],
             "batch64": b64["dense_pte"] / b64["lutham_pte"],
+            "batch1_vs_xnnpack": b1["dense_xnnpack_pte"] / b1["lutham_pte"],
+            "batch64_vs_xnnpack": b64["dense_xnnpack_pte"] / b64["lutham_pte"],
             "batch1_runner": b1["dense_pte_runner"] / b1["lutham_pte_runner"],
             "batch64_runner": b64["dense_pte_runner"] / b64["lutham_pte_runner"],
         },
@@ -181,6 +192,20 @@ def main() -> None:
     (args.out / "lutham.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "lutham.md").write_text(_markdown(result))
     print(_markdown(result))
+
+
+def _export_xnnpack(model, example, path: Path) -> Path:
+    """Dense .pte lowered to ExecuTorch's XNNPACK delegate (its recommended CPU backend)."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import (  # noqa: PLC0415
+        XnnpackPartitioner,
+    )
+    from executorch.exir import to_edge_transform_and_lower  # noqa: PLC0415
+
+    batch = torch.export.Dim("batch", min=1, max=64)
+    ep = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+    prog = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()]).to_executorch()
+    path.write_bytes(prog.buffer)
+    return path
 
 
 def _cpu_model() -> str:
@@ -204,29 +229,41 @@ def _markdown(r: dict) -> str:
         f"({r['environment']['logical_cpus']} logical CPUs, shared; load average at end "
         f"{', '.join(f'{v:.1f}' for v in r['environment']['load_average_at_end'])}).",
         "",
-        "| batch | dense eager | dense .pte | LUTHAM eager | LUTHAM .pte | dense .pte (C++ runner) | LUTHAM .pte (C++ runner) |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| batch | dense eager | dense .pte | dense .pte (XNNPACK) | LUTHAM eager | LUTHAM .pte | dense .pte (C++ runner) | LUTHAM .pte (C++ runner) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in r["latency"]:
         t = row["median_us"]
         lines.append(
             f"| {row['batch']} | {t['dense_eager']:.0f} | {t['dense_pte']:.0f} | "
-            f"{t['lutham_eager']:.0f} | {t['lutham_pte']:.0f} | {t['dense_pte_runner']:.0f} | "
-            f"{t['lutham_pte_runner']:.0f} |"
+            f"{t['dense_xnnpack_pte']:.0f} | {t['lutham_eager']:.0f} | {t['lutham_pte']:.0f} | "
+            f"{t['dense_pte_runner']:.0f} | {t['lutham_pte_runner']:.0f} |"
         )
     s = r["speedup_lutham_pte_vs_dense_pte"]
     lines += [
         "",
         f"LUTHAM .pte vs dense .pte: {s['batch1']:.1f}x faster at batch 1, "
         f"{s['batch64']:.1f}x at batch 64 (Python runtime); in the C++ runner "
-        f"{s['batch1_runner']:.1f}x and {s['batch64_runner']:.1f}x.",
+        f"{s['batch1_runner']:.1f}x and {s['batch64_runner']:.1f}x. Against the dense .pte "
+        f"lowered to XNNPACK: {s['batch1_vs_xnnpack']:.1f}x at batch 1, "
+        f"{s['batch64_vs_xnnpack']:.1f}x at batch 64.",
+        "",
+        "Columns: eager = PyTorch (LUTHAM eager runs the Rust evaluator through "
+        "`torch.ops.sharekan.lutham`); .pte = ExecuTorch Python runtime (portable/optimized "
+        "CPU kernels, or the XNNPACK delegate); C++ runner = `lutham_runner`, no Python, "
+        "linked with ExecuTorch's optimized CPU kernels.",
         "",
         "| file | bytes |",
         "|---|---:|",
         f"| dense .pte | {r['pte_bytes']['dense_pte']:,} |",
+        f"| dense .pte (XNNPACK) | {r['pte_bytes']['dense_xnnpack_pte']:,} |",
         f"| LUTHAM .pte | {r['pte_bytes']['lutham_pte']:,} |",
+        f"| LUTHAM .pte, per-edge biases in both layers | "
+        f"{r['pte_bytes']['lutham_pte_all_edge_bias']:,} |",
         "",
-        f"Size ratio dense / LUTHAM: {r['size_ratio_dense_over_lutham']:.1f}x. "
+        f"Size ratio dense / LUTHAM: {r['size_ratio_dense_over_lutham']:.1f}x "
+        f"({r['pte_bytes']['dense_pte'] / r['pte_bytes']['lutham_pte_all_edge_bias']:.1f}x "
+        "with per-edge biases in both layers). "
         f"Compression took {r['compress_seconds']:.1f} s.",
         "",
         "Agreement (max |difference|, relative L2 of compressed vs dense outputs):",

@@ -69,7 +69,7 @@ using executorch::runtime::KernelRuntimeContext;
 /// Largest supported spline order k (basis values live in fixed-size stack arrays).
 constexpr int64_t kMaxSplineOrder = 15;
 /// Batches at least this large use the decoded-tile strategy.
-constexpr int64_t kDecodeMinBatch = 8;
+constexpr int64_t kDecodeMinBatch = 12;
 /// The decoded-tile strategy processes the batch in tiles of this many rows (bounds the
 /// scratch memory and keeps a tile's outputs in L2).
 constexpr int64_t kBatchTile = 64;

@@ -27,7 +27,7 @@ from sharekan.torch import ops  # noqa: E402
 
 BUFFERS = ("grid", "codebook", "codes", "gains", "gain_scale", "edge_bias",
            "edge_bias_scale", "out_bias", "base_weight", "base_scale")
-BATCHES = (1, 2, 3, 7, 8, 13, 64)  # both strategies (projection < 8 <= decoded tiles)
+BATCHES = (1, 2, 3, 7, 11, 12, 13, 64, 130)  # projection < 12 <= decoded tiles of 64
 
 
 class RawLutham(torch.nn.Module):
@@ -106,7 +106,7 @@ def test_kernel_far_outside_and_nan_inputs(runtime, tmp_path):
                          with_base=False)
     path = _export(layer, tmp_path / "nan.pte", 9)
     method = runtime.load_program(str(path)).load_method("forward")
-    for batch in (1, 9):
+    for batch in (1, 13):
         x = rng.uniform(-1e6, 1e6, size=(batch, 9)).astype(np.float32)
         x[0, :3] = [np.nan, np.inf, -np.inf]
         got = method.execute([torch.from_numpy(x)])[0].numpy()
@@ -231,7 +231,7 @@ def test_bad_inputs_give_error_status_and_runtime_stays_usable(runtime, tmp_path
     for name, layer in variants.items():
         path = _export(layer, tmp_path / f"{name}.pte", 6)
         method = runtime.load_program(str(path)).load_method("forward")
-        for batch in (1, 9):  # both strategies
+        for batch in (1, 13):  # both strategies
             xb = np.resize(x, (batch, 6)).astype(np.float32)
             with pytest.raises(RuntimeError, match="0x12"):
                 method.execute([torch.from_numpy(xb)])
@@ -264,3 +264,27 @@ def test_build_errors_are_clear(monkeypatch, tmp_path):
     monkeypatch.setattr(lutham, "__file__", str(tmp_path / "pkg" / "lutham.py"))
     with pytest.raises(LuthamBuildError, match="not found"):
         lutham.kernel_source()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_kernel_random_small_layers(runtime, tmp_path, seed):
+    """Odd sizes: n_in or n_out of 1, K = 1, order 0..4, every optional term on or off."""
+    rng = np.random.default_rng(1000 + seed)
+    n_in, n_out = int(rng.integers(1, 9)), int(rng.integers(1, 9))
+    k = int(rng.integers(0, 5))
+    g = int(rng.integers(1, 7))
+    n_codes = int(rng.choice([1, 2, 7, 256, 1000]))
+    code_dtype = np.uint8 if n_codes <= 256 else rng.choice([np.int16, np.int32])
+    layer = random_layer(rng, n_in, n_out, g, k, n_codes, code_dtype=code_dtype,
+                         weight_kind=str(rng.choice(["int8", "f32"])),
+                         with_edge_bias=bool(rng.integers(2)),
+                         with_out_bias=bool(rng.integers(2)), with_base=bool(rng.integers(2)),
+                         uniform=bool(rng.integers(2)))
+    method = runtime.load_program(str(_export(layer, tmp_path / "s.pte", n_in))).load_method(
+        "forward")
+    for batch in (1, 5, 12, 67):
+        x = grid_inputs(rng, layer["grid"], batch, outside=0.4).astype(np.float32)
+        got = method.execute([torch.from_numpy(x)])[0].numpy()
+        want = oracle.lutham_dense(x, **layer)
+        np.testing.assert_allclose(got, want, atol=3e-5 * (np.abs(want).max() + 1e-6),
+                                   rtol=1e-4)

@@ -24,7 +24,7 @@ __all__ = ["export_pte"]
 
 
 def export_pte(model: Any, example_inputs: Sequence[Any], path: str | os.PathLike[str], *,
-               dynamic_batch: bool = True, max_batch: int = 65536) -> Path:
+               dynamic_batch: bool = True, max_batch: int = 1024) -> Path:
     """Trace `model` with torch.export and write an ExecuTorch program.
 
     Args:
@@ -35,7 +35,10 @@ def export_pte(model: Any, example_inputs: Sequence[Any], path: str | os.PathLik
             `torch.export.Dim("batch", min=1, max=max_batch)`; else shapes are static.
             An example batch of 1 is traced as batch 2 (torch.export would otherwise
             specialise the size-1 dimension); the program still accepts batch 1.
-        max_batch: upper bound of the dynamic batch.
+        max_batch: upper bound of the dynamic batch. ExecuTorch plans the memory of every
+            intermediate tensor for this size when the program is loaded, so keep it near
+            the largest batch you run (a dense KAN's (batch, n_in, G+2k) basis tensors
+            grow with it; a LUTHAM program's intermediates are only the layer outputs).
 
     Returns:
         The path written.

@@ -304,7 +304,7 @@ def test_wrong_dtype(good, name, dtype):
         x = x.astype(dtype)
     else:
         layer[name] = layer[name].astype(dtype)
-    with pytest.raises((TypeError, errors.InvalidInputError)):
+    with pytest.raises(errors.DTypeError, match=name):
         call_unmodified(x, layer)
 
 
@@ -327,7 +327,7 @@ def test_non_contiguous(good, name):
         x = view
     else:
         layer[name] = view
-    with pytest.raises((TypeError, errors.InvalidInputError)):
+    with pytest.raises(errors.InvalidInputError, match=f"{name}.*contiguous"):
         call_unmodified(x, layer)
 
 

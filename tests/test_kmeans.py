@@ -30,7 +30,9 @@ def run(res, k, n_iter=10, tol=0.0, seed=0):
 
 def test_result_fields(rng):
     res = residuals_of(rng.normal(size=(30, 6)))
+    before = res.copy()
     out = run(res, 4, n_iter=5)
+    np.testing.assert_array_equal(res, before)  # k-means works on a private copy
     assert out["centroids"].dtype == np.float64 and out["centroids"].shape == (4, 6)
     assert out["codes"].dtype == np.uint32 and out["codes"].shape == (30,)
     assert out["objective"].dtype == np.float64
@@ -292,11 +294,11 @@ def test_bad_tol(rng):
 
 def test_wrong_dtype_and_layout(rng):
     res = residuals_of(rng.normal(size=(10, 4)))
-    with pytest.raises((TypeError, errors.InvalidInputError)):
+    with pytest.raises(errors.DTypeError, match="residuals"):
         core.spherical_kmeans(res.astype(np.float32), 2, 5, 0.0, 0)
-    with pytest.raises((TypeError, errors.InvalidInputError)):
+    with pytest.raises(errors.InvalidInputError, match="contiguous"):
         core.spherical_kmeans(np.asfortranarray(res), 2, 5, 0.0, 0)
-    with pytest.raises((TypeError, errors.InvalidInputError)):
+    with pytest.raises(errors.InvalidInputError, match="contiguous"):
         core.spherical_kmeans(res[::2], 2, 5, 0.0, 0)
-    with pytest.raises((TypeError, errors.InvalidInputError)):
+    with pytest.raises(errors.ShapeError, match="residuals"):
         core.spherical_kmeans(res[0], 1, 5, 0.0, 0)

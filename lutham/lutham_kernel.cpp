@@ -287,15 +287,45 @@ static void edge_axpy(const EdgeTensor& e, int64_t i, int64_t n_out, float a, fl
 
 static inline float scale_or_one(const float* s, int64_t o) { return s ? s[o] : 1.0f; }
 
-/// One batch row by the projection-table strategy. scratch: K + 3 * n_out floats.
+/// Scratch arrays, one heap block each (so AddressSanitizer sees every array's bounds),
+/// freed together; allocation failure is reported, never thrown.
+class Scratch {
+ public:
+  template <typename T>
+  T* get(size_t n) {
+    if (used_ == kMaxBlocks) {
+      ok_ = false;
+      return nullptr;
+    }
+    blocks_[used_].reset(new (std::nothrow) unsigned char[(n ? n : 1) * sizeof(T)]);
+    if (!blocks_[used_]) ok_ = false;
+    return reinterpret_cast<T*>(blocks_[used_++].get());
+  }
+  bool ok() const { return ok_; }
+
+ private:
+  static constexpr int kMaxBlocks = 16;
+  std::unique_ptr<unsigned char[]> blocks_[kMaxBlocks];
+  int used_ = 0;
+  bool ok_ = true;
+};
+
+struct ProjectionScratch {
+  float* p;      // (K,) projection table
+  float* acc_g;  // (n_out,) gain-weighted lookups
+  float* acc_b;  // (n_out,) edge-bias terms
+  float* acc_w;  // (n_out,) base-branch terms
+};
+
+/// One batch row by the projection-table strategy.
 static void forward_row_projection(const Layer& L, const float* ct, const float* x,
-                                   float* y, float* scratch) {
+                                   float* y, const ProjectionScratch& sc) {
   const int64_t n_knots = L.M + L.k + 1;
-  float* p = scratch;
-  float* acc_g = p + L.K;
-  float* acc_b = acc_g + L.n_out;
-  float* acc_w = acc_b + L.n_out;
-  std::memset(acc_g, 0, sizeof(float) * 3 * L.n_out);
+  float* p = sc.p;
+  float* acc_g = sc.acc_g;
+  float* acc_b = sc.acc_b;
+  float* acc_w = sc.acc_w;
+  for (int64_t o = 0; o < L.n_out; ++o) acc_g[o] = acc_b[o] = acc_w[o] = 0.0f;
   float b[kMaxSplineOrder + 1];
   for (int64_t i = 0; i < L.n_in; ++i) {
     const float xi = x[i];
@@ -416,31 +446,52 @@ static void load_scaled_row(const EdgeTensor& e, const float* scale, int64_t i, 
   }
 }
 
-/// Scratch floats needed by forward_decoded.
-static size_t decoded_scratch_floats(const Layer& L, int64_t B) {
-  const size_t n_out = static_cast<size_t>(L.n_out);
-  return (static_cast<size_t>(L.M) + 3) * n_out   // W_i rows + bias row + base row + gg
-         + n_out                                  // q (int32, same size as float)
-         + static_cast<size_t>(B) * (static_cast<size_t>(L.k) + 4)  // coef, first, S, silu
-         + static_cast<size_t>(L.k) * static_cast<size_t>(L.M + L.k + 1)  // knot reciprocals
-         + static_cast<size_t>(B) * static_cast<size_t>(L.n_in);  // x transposed
+struct DecodedScratch {
+  float* w;          // (M, n_out) decoded spline rows of one input, gain scales folded in
+  float* w_bias;     // (n_out,) edge_bias_scale * edge_bias row
+  float* w_base;     // (n_out,) base_scale * base_weight row
+  float* gg;         // (n_out,) gain_scale * gains row
+  int32_t* q;        // (n_out,) codes row
+  float* coef;       // (tile, k+1) basis values
+  int32_t* first_of; // (tile,) span - k
+  float* s_sum;      // (tile,) sum of valid basis values
+  float* s_silu;     // (tile,) SiLU(x)
+  float* inv;        // (k, n_knots) knot reciprocals
+  float* xt;         // (n_in, tile) x transposed
+};
+
+static DecodedScratch decoded_scratch(Scratch& mem, const Layer& L, int64_t tile) {
+  const size_t n_out = static_cast<size_t>(L.n_out), t = static_cast<size_t>(tile);
+  DecodedScratch d;
+  d.w = mem.get<float>(static_cast<size_t>(L.M) * n_out);
+  d.w_bias = mem.get<float>(n_out);
+  d.w_base = mem.get<float>(n_out);
+  d.gg = mem.get<float>(n_out);
+  d.q = mem.get<int32_t>(n_out);
+  d.coef = mem.get<float>(t * static_cast<size_t>(L.k + 1));
+  d.first_of = mem.get<int32_t>(t);
+  d.s_sum = mem.get<float>(t);
+  d.s_silu = mem.get<float>(t);
+  d.inv = mem.get<float>(static_cast<size_t>(L.k) * static_cast<size_t>(L.M + L.k + 1));
+  d.xt = mem.get<float>(static_cast<size_t>(L.n_in) * t);
+  return d;
 }
 
-/// Whole batch by the decoded-tile strategy; y (B, n_out) is overwritten.
+/// A tile of B rows by the decoded-tile strategy; y (B, n_out) is overwritten.
 static void forward_decoded(const Layer& L, const float* ct, const float* x, int64_t B,
-                            float* y, float* scratch) {
+                            float* y, const DecodedScratch& d) {
   const int64_t n_out = L.n_out, M = L.M, k = L.k, n_knots = M + k + 1;
-  float* w = scratch;                        // (M, n_out)
-  float* w_bias = w + M * n_out;             // (n_out,)
-  float* w_base = w_bias + n_out;            // (n_out,)
-  float* gg = w_base + n_out;                // (n_out,)
-  int32_t* q = reinterpret_cast<int32_t*>(gg + n_out);  // (n_out,)
-  float* coef = reinterpret_cast<float*>(q + n_out);    // (B, k+1)
-  int32_t* first_of = reinterpret_cast<int32_t*>(coef + B * (k + 1));  // (B,) span - k
-  float* s_sum = reinterpret_cast<float*>(first_of + B);                 // (B,)
-  float* s_silu = s_sum + B;                            // (B,)
-  float* inv = s_silu + B;                              // (k, n_knots)
-  float* xt = inv + k * n_knots;                        // (n_in, B): x transposed
+  float* w = d.w;
+  float* w_bias = d.w_bias;
+  float* w_base = d.w_base;
+  float* gg = d.gg;
+  int32_t* q = d.q;
+  float* coef = d.coef;
+  int32_t* first_of = d.first_of;
+  float* s_sum = d.s_sum;
+  float* s_silu = d.s_silu;
+  float* inv = d.inv;
+  float* xt = d.xt;
   // Column reads of x (stride n_in) would thrash a few L1 sets; transpose once.
   for (int64_t bi = 0; bi < B; ++bi)
     for (int64_t i = 0; i < L.n_in; ++i) xt[i * B + bi] = x[bi * L.n_in + i];
@@ -512,26 +563,30 @@ static void forward_decoded(const Layer& L, const float* ct, const float* x, int
 /// Returns false only when scratch memory cannot be allocated.
 static bool forward(const Layer& L, const float* x, int64_t B, float* y) {
   if (B == 0 || L.n_out == 0) return true;
+  Scratch mem;
   // codebook transposed to (M, K) plus a zero row: the rows the hot loops read
-  const size_t ct_floats = static_cast<size_t>(L.K) * static_cast<size_t>(L.M + 1);
+  float* ct = mem.get<float>(static_cast<size_t>(L.K) * static_cast<size_t>(L.M + 1));
   const bool decoded = B >= kDecodeMinBatch;
-  const size_t work_floats = decoded ? decoded_scratch_floats(L, std::min(B, kBatchTile))
-                                     : static_cast<size_t>(L.K) + 3 * static_cast<size_t>(L.n_out);
-  std::unique_ptr<float[]> scratch(new (std::nothrow) float[ct_floats + work_floats]);
-  if (!scratch) return false;
-  float* ct = scratch.get();
+  ProjectionScratch ps{};
+  DecodedScratch ds{};
+  if (decoded) {
+    ds = decoded_scratch(mem, L, std::min(B, kBatchTile));
+  } else {
+    ps = {mem.get<float>(static_cast<size_t>(L.K)), mem.get<float>(L.n_out),
+          mem.get<float>(L.n_out), mem.get<float>(L.n_out)};
+  }
+  if (!mem.ok()) return false;
   for (int64_t q = 0; q < L.K; ++q)
     for (int64_t m = 0; m < L.M; ++m) ct[m * L.K + q] = L.codebook[q * L.M + m];
   for (int64_t q = 0; q < L.K; ++q) ct[L.M * L.K + q] = 0.0f;
-  float* work = ct + ct_floats;
   if (decoded) {
     for (int64_t b0 = 0; b0 < B; b0 += kBatchTile) {
       const int64_t nb = std::min(kBatchTile, B - b0);
-      forward_decoded(L, ct, x + b0 * L.n_in, nb, y + b0 * L.n_out, work);
+      forward_decoded(L, ct, x + b0 * L.n_in, nb, y + b0 * L.n_out, ds);
     }
   } else {
     for (int64_t bi = 0; bi < B; ++bi)
-      forward_row_projection(L, ct, x + bi * L.n_in, y + bi * L.n_out, work);
+      forward_row_projection(L, ct, x + bi * L.n_in, y + bi * L.n_out, ps);
   }
   return true;
 }

@@ -268,7 +268,9 @@ fn canonical_header(bytes: Vec<u8>) -> Result<Vec<u8>> {
         .and_then(|b| b.try_into().ok())
         .ok_or_else(|| bad("short buffer"))?;
     let header_len = usize::try_from(u64::from_le_bytes(len_bytes)).map_err(|_| bad("length"))?;
-    let end = 8usize.checked_add(header_len).ok_or_else(|| bad("length"))?;
+    let end = 8usize
+        .checked_add(header_len)
+        .ok_or_else(|| bad("length"))?;
     let header = bytes.get(8..end).ok_or_else(|| bad("short buffer"))?;
     // serde_json's default map is a BTreeMap: parsing and writing back sorts every object.
     let value: serde_json::Value =

@@ -21,7 +21,11 @@ pub fn quantize_i8(x: ArrayView2<'_, f64>, axis: usize) -> Result<(Array2<i8>, A
         ));
     }
     if x.is_empty() {
-        return Err(Error::shape("x", "a non-empty (rows, cols) array", fmt_shape(x.shape())));
+        return Err(Error::shape(
+            "x",
+            "a non-empty (rows, cols) array",
+            fmt_shape(x.shape()),
+        ));
     }
     let xs = x.as_standard_layout();
     check_finite("x", xs.iter())?;

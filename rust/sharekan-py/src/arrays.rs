@@ -21,12 +21,20 @@ fn describe(obj: &Bound<'_, PyAny>) -> String {
     }
 }
 
-fn check_layout(py: Python<'_>, a: &Bound<'_, PyUntypedArray>, name: &str, ndim: usize) -> PyResult<()> {
+fn check_layout(
+    py: Python<'_>,
+    a: &Bound<'_, PyUntypedArray>,
+    name: &str,
+    ndim: usize,
+) -> PyResult<()> {
     if a.ndim() != ndim {
         return Err(py_error(
             py,
             "ShapeError",
-            format!("{name}: expected a {ndim}-D array, got shape {:?}", a.shape()),
+            format!(
+                "{name}: expected a {ndim}-D array, got shape {:?}",
+                a.shape()
+            ),
         ));
     }
     if !a.is_c_contiguous() {
@@ -46,28 +54,36 @@ fn typed<'py, T: Element, D: ndarray::Dimension>(
 ) -> PyResult<Bound<'py, numpy::PyArray<T, D>>> {
     let py = obj.py();
     let untyped = obj.cast::<PyUntypedArray>().map_err(|_| {
-        py_error(py, "DTypeError", format!("{name}: expected a numpy array, got {}", describe(obj)))
+        py_error(
+            py,
+            "DTypeError",
+            format!("{name}: expected a numpy array, got {}", describe(obj)),
+        )
     })?;
     check_layout(py, untyped, name, ndim)?;
-    obj.cast::<numpy::PyArray<T, D>>()
-        .map(|a| a.clone())
-        .map_err(|_| {
-            let want = T::get_dtype(py);
-            py_error(
-                py,
-                "DTypeError",
-                format!("{name}: expected dtype {want}, got {}", describe(obj)),
-            )
-        })
+    obj.cast::<numpy::PyArray<T, D>>().cloned().map_err(|_| {
+        let want = T::get_dtype(py);
+        py_error(
+            py,
+            "DTypeError",
+            format!("{name}: expected dtype {want}, got {}", describe(obj)),
+        )
+    })
 }
 
 /// A read-only 1-D view of `obj` with dtype `T`, C-contiguous.
-pub fn array1<'py, T: Element>(obj: &Bound<'py, PyAny>, name: &str) -> PyResult<PyReadonlyArray1<'py, T>> {
+pub fn array1<'py, T: Element>(
+    obj: &Bound<'py, PyAny>,
+    name: &str,
+) -> PyResult<PyReadonlyArray1<'py, T>> {
     Ok(typed::<T, ndarray::Ix1>(obj, name, 1)?.readonly())
 }
 
 /// A read-only 2-D view of `obj` with dtype `T`, C-contiguous.
-pub fn array2<'py, T: Element>(obj: &Bound<'py, PyAny>, name: &str) -> PyResult<PyReadonlyArray2<'py, T>> {
+pub fn array2<'py, T: Element>(
+    obj: &Bound<'py, PyAny>,
+    name: &str,
+) -> PyResult<PyReadonlyArray2<'py, T>> {
     Ok(typed::<T, ndarray::Ix2>(obj, name, 2)?.readonly())
 }
 
@@ -119,7 +135,14 @@ fn numpy_name(dtype: DType) -> Option<&'static str> {
 pub fn tensor_bytes(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Tensor> {
     let py = obj.py();
     let a = obj.cast::<PyUntypedArray>().map_err(|_| {
-        py_error(py, "DTypeError", format!("tensor {name:?}: expected a numpy array, got {}", describe(obj)))
+        py_error(
+            py,
+            "DTypeError",
+            format!(
+                "tensor {name:?}: expected a numpy array, got {}",
+                describe(obj)
+            ),
+        )
     })?;
     if !a.is_c_contiguous() {
         return Err(py_error(
@@ -129,7 +152,11 @@ pub fn tensor_bytes(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Tensor> {
         ));
     }
     if !a.dtype().is_native_byteorder().unwrap_or(true) || cfg!(target_endian = "big") {
-        return Err(py_error(py, "DTypeError", format!("tensor {name:?}: byte order must be little-endian")));
+        return Err(py_error(
+            py,
+            "DTypeError",
+            format!("tensor {name:?}: byte order must be little-endian"),
+        ));
     }
     let dtype_name: String = a.dtype().getattr("name")?.extract()?;
     let dtype = safetensors_dtype(name, &dtype_name).map_err(|m| py_error(py, "DTypeError", m))?;
@@ -138,9 +165,17 @@ pub fn tensor_bytes(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Tensor> {
 }
 
 /// A new numpy array holding a copy of the tensor's bytes.
-pub fn tensor_to_numpy<'py>(py: Python<'py>, name: &str, t: &Tensor) -> PyResult<Bound<'py, PyAny>> {
+pub fn tensor_to_numpy<'py>(
+    py: Python<'py>,
+    name: &str,
+    t: &Tensor,
+) -> PyResult<Bound<'py, PyAny>> {
     let dtype = numpy_name(t.dtype).ok_or_else(|| {
-        py_error(py, "ArtifactError", format!("tensor {name:?}: unsupported dtype {:?}", t.dtype))
+        py_error(
+            py,
+            "ArtifactError",
+            format!("tensor {name:?}: unsupported dtype {:?}", t.dtype),
+        )
     })?;
     let np = py.import("numpy")?;
     let bytes = pyo3::types::PyBytes::new(py, &t.data);

@@ -37,12 +37,22 @@ fn weights<'py>(obj: &Bound<'py, PyAny>, name: &str) -> PyResult<HeldWeights<'py
     }
 }
 
-fn opt_weights<'py>(obj: Option<&Bound<'py, PyAny>>, name: &str) -> PyResult<Option<HeldWeights<'py>>> {
-    obj.filter(|o| !o.is_none()).map(|o| weights(o, name)).transpose()
+fn opt_weights<'py>(
+    obj: Option<&Bound<'py, PyAny>>,
+    name: &str,
+) -> PyResult<Option<HeldWeights<'py>>> {
+    obj.filter(|o| !o.is_none())
+        .map(|o| weights(o, name))
+        .transpose()
 }
 
-fn opt_vec<'py>(obj: Option<&Bound<'py, PyAny>>, name: &str) -> PyResult<Option<PyReadonlyArray1<'py, f32>>> {
-    obj.filter(|o| !o.is_none()).map(|o| array1::<f32>(o, name)).transpose()
+fn opt_vec<'py>(
+    obj: Option<&Bound<'py, PyAny>>,
+    name: &str,
+) -> PyResult<Option<PyReadonlyArray1<'py, f32>>> {
+    obj.filter(|o| !o.is_none())
+        .map(|o| array1::<f32>(o, name))
+        .transpose()
 }
 
 /// Everything but the codes, held for the duration of the call.
@@ -80,7 +90,9 @@ fn run<'py, C: Code + numpy::Element>(
         base_weight: held.base_weight.as_ref().map(|w| w.view()),
         base_scale: held.base_scale.as_ref().map(|a| a.as_array()),
     };
-    let out = py.detach(|| core_forward(&inputs)).map_err(|e| core_err(py, e))?;
+    let out = py
+        .detach(|| core_forward(&inputs))
+        .map_err(|e| core_err(py, e))?;
     Ok(out.into_pyarray(py))
 }
 
@@ -93,7 +105,7 @@ pub fn lutham_forward<'py>(
     py: Python<'py>,
     x: &Bound<'py, PyAny>,
     grid: &Bound<'py, PyAny>,
-    k: usize,
+    k: i64,
     codebook: &Bound<'py, PyAny>,
     codes: &Bound<'py, PyAny>,
     gains: &Bound<'py, PyAny>,
@@ -104,6 +116,7 @@ pub fn lutham_forward<'py>(
     base_weight: Option<&Bound<'py, PyAny>>,
     base_scale: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    let k = crate::count(py, k, "k")?;
     let held = Held {
         x: array2::<f32>(x, "x")?,
         grid: array2::<f32>(grid, "grid")?,

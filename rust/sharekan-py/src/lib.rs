@@ -19,6 +19,20 @@ use sharekan_core::{artifact, bspline, gsb, kmeans, quant};
 use arrays::{array1, array2};
 use errors::{core_err, invalid};
 
+/// A non-negative integer argument as usize, or InvalidInputError naming it.
+pub(crate) fn count(py: Python<'_>, value: i64, name: &str) -> PyResult<usize> {
+    usize::try_from(value).map_err(|_| {
+        invalid(
+            py,
+            &format!("{name}: expected a non-negative integer, got {value}"),
+        )
+    })
+}
+
+fn bits_arg(py: Python<'_>, bits: i64) -> PyResult<u32> {
+    u32::try_from(bits).map_err(|_| invalid(py, &format!("bits: expected 0..=32, got {bits}")))
+}
+
 fn kmeans_params(k: usize, n_iter: usize, tol: f64, seed: u64) -> kmeans::KMeansParams {
     kmeans::KMeansParams {
         k,
@@ -35,8 +49,9 @@ fn bspline_basis<'py>(
     py: Python<'py>,
     x: &Bound<'py, PyAny>,
     grid: &Bound<'py, PyAny>,
-    k: usize,
+    k: i64,
 ) -> PyResult<Bound<'py, PyArray3<f64>>> {
+    let k = count(py, k, "k")?;
     let x = array2::<f64>(x, "x")?;
     let grid = array2::<f64>(grid, "grid")?;
     let (x, grid) = (x.as_array(), grid.as_array());
@@ -51,8 +66,9 @@ fn bspline_basis<'py>(
 fn bspline_gram<'py>(
     py: Python<'py>,
     grid: &Bound<'py, PyAny>,
-    k: usize,
+    k: i64,
 ) -> PyResult<Bound<'py, PyArray2<f64>>> {
+    let k = count(py, k, "k")?;
     let grid = array2::<f64>(grid, "grid")?;
     let grid = grid.as_array();
     let out = py
@@ -66,14 +82,14 @@ fn bspline_gram<'py>(
 fn spherical_kmeans<'py>(
     py: Python<'py>,
     residuals: &Bound<'py, PyAny>,
-    k: usize,
-    n_iter: usize,
+    k: i64,
+    n_iter: i64,
     tol: f64,
     seed: u64,
 ) -> PyResult<Bound<'py, PyDict>> {
     let residuals = array2::<f64>(residuals, "residuals")?;
     let view = residuals.as_array();
-    let params = kmeans_params(k, n_iter, tol, seed);
+    let params = kmeans_params(count(py, k, "k")?, count(py, n_iter, "n_iter")?, tol, seed);
     let res = py
         .detach(|| kmeans::spherical_kmeans(view, &params))
         .map_err(|e| core_err(py, e))?;
@@ -93,15 +109,15 @@ fn gsb_fit<'py>(
     py: Python<'py>,
     coeffs: &Bound<'py, PyAny>,
     metric: &Bound<'py, PyAny>,
-    k: usize,
-    n_iter: usize,
+    k: i64,
+    n_iter: i64,
     tol: f64,
     seed: u64,
 ) -> PyResult<Bound<'py, PyDict>> {
     let coeffs = array2::<f64>(coeffs, "coeffs")?;
     let metric = array2::<f64>(metric, "metric")?;
     let (cv, mv) = (coeffs.as_array(), metric.as_array());
-    let params = kmeans_params(k, n_iter, tol, seed);
+    let params = kmeans_params(count(py, k, "k")?, count(py, n_iter, "n_iter")?, tol, seed);
     let fit = py
         .detach(|| gsb::fit(cv, mv, &params))
         .map_err(|e| core_err(py, e))?;
@@ -110,7 +126,10 @@ fn gsb_fit<'py>(
     out.set_item("codes", Array1::from(fit.codes).into_pyarray(py))?;
     out.set_item("gains", fit.gains.into_pyarray(py))?;
     out.set_item("biases", fit.biases.into_pyarray(py))?;
-    out.set_item("objective", Array1::from(fit.kmeans.objective).into_pyarray(py))?;
+    out.set_item(
+        "objective",
+        Array1::from(fit.kmeans.objective).into_pyarray(py),
+    )?;
     out.set_item("iterations", fit.kmeans.iterations)?;
     out.set_item("converged", fit.kmeans.converged)?;
     out.set_item("reseeds", fit.kmeans.reseeds)?;
@@ -132,7 +151,9 @@ fn refit_gain_bias<'py>(
     let codebook = array2::<f64>(codebook, "codebook")?;
     let codes = array1::<u32>(codes, "codes")?;
     let (cv, mv, bv) = (coeffs.as_array(), metric.as_array(), codebook.as_array());
-    let codes = codes.as_slice().map_err(|_| invalid(py, "codes: must be C-contiguous"))?;
+    let codes = codes
+        .as_slice()
+        .map_err(|_| invalid(py, "codes: must be C-contiguous"))?;
     let (g, b) = py
         .detach(|| gsb::refit_gain_bias(cv, mv, bv, codes))
         .map_err(|e| core_err(py, e))?;
@@ -145,8 +166,9 @@ fn refit_gain_bias<'py>(
 fn quantize_i8<'py>(
     py: Python<'py>,
     x: &Bound<'py, PyAny>,
-    axis: usize,
+    axis: i64,
 ) -> PyResult<(Bound<'py, PyArray2<i8>>, Bound<'py, PyArray1<f32>>)> {
+    let axis = count(py, axis, "axis")?;
     let x = array2::<f64>(x, "x")?;
     let view = x.as_array();
     let (q, s) = py
@@ -157,9 +179,13 @@ fn quantize_i8<'py>(
 
 /// Bits per code for a codebook of `k` words: ceil(log2 k), 0 when k == 1.
 #[pyfunction]
-fn bits_for(py: Python<'_>, k: usize) -> PyResult<u32> {
+fn bits_for(py: Python<'_>, k: i64) -> PyResult<u32> {
+    let k = count(py, k, "k")?;
     if k == 0 {
-        return Err(invalid(py, "k: the codebook size must be at least 1, got 0"));
+        return Err(invalid(
+            py,
+            "k: the codebook size must be at least 1, got 0",
+        ));
     }
     Ok(quant::bits_for(k))
 }
@@ -169,10 +195,13 @@ fn bits_for(py: Python<'_>, k: usize) -> PyResult<u32> {
 fn pack_codes<'py>(
     py: Python<'py>,
     codes: &Bound<'py, PyAny>,
-    bits: u32,
+    bits: i64,
 ) -> PyResult<Bound<'py, PyArray1<u8>>> {
+    let bits = bits_arg(py, bits)?;
     let codes = array1::<u32>(codes, "codes")?;
-    let slice = codes.as_slice().map_err(|_| invalid(py, "codes: must be C-contiguous"))?;
+    let slice = codes
+        .as_slice()
+        .map_err(|_| invalid(py, "codes: must be C-contiguous"))?;
     let packed = py
         .detach(|| quant::pack_codes(slice, bits))
         .map_err(|e| core_err(py, e))?;
@@ -184,11 +213,14 @@ fn pack_codes<'py>(
 fn unpack_codes<'py>(
     py: Python<'py>,
     packed: &Bound<'py, PyAny>,
-    bits: u32,
-    n: usize,
+    bits: i64,
+    n: i64,
 ) -> PyResult<Bound<'py, PyArray1<u32>>> {
+    let (bits, n) = (bits_arg(py, bits)?, count(py, n, "n")?);
     let packed = array1::<u8>(packed, "packed")?;
-    let slice = packed.as_slice().map_err(|_| invalid(py, "packed: must be C-contiguous"))?;
+    let slice = packed
+        .as_slice()
+        .map_err(|_| invalid(py, "packed: must be C-contiguous"))?;
     let codes = py
         .detach(|| quant::unpack_codes(slice, bits, n))
         .map_err(|e| core_err(py, e))?;

@@ -260,6 +260,10 @@ def test_build_errors_are_clear(monkeypatch, tmp_path):
     with pytest.raises(LuthamBuildError, match="compiler"):
         lutham.build_library()
     monkeypatch.delenv("CXX")
+    with monkeypatch.context() as m:  # executorch not importable
+        m.setitem(sys.modules, "executorch", None)
+        with pytest.raises(LuthamBuildError, match="executorch is not installed"):
+            lutham.build_library()
     monkeypatch.setenv("SHAREKAN_LUTHAM_SOURCE", str(tmp_path / "nowhere"))
     monkeypatch.setattr(lutham, "__file__", str(tmp_path / "pkg" / "lutham.py"))
     with pytest.raises(LuthamBuildError, match="not found"):

@@ -163,6 +163,19 @@ def cache_dir() -> Path:
     return base / "sharekan" / "lutham"
 
 
+def _writable(root: Path) -> Path:
+    """`root` if it can be created and written, else a per-user directory under /tmp."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if os.access(root, os.W_OK):
+            return root
+    except OSError:
+        pass
+    fallback = Path(tempfile.gettempdir()) / f"sharekan-lutham-{os.getuid()}"
+    fallback.mkdir(parents=True, exist_ok=True)
+    return fallback
+
+
 def _common_flags(info: dict[str, object]) -> list[str]:
     includes = [f"-I{p}" for p in info["include_dirs"]]  # type: ignore[union-attr]
     return ["-std=c++17", *_DEFINES, *includes]
@@ -225,7 +238,7 @@ def build_library(out_dir: str | os.PathLike[str] | None = None, *, sanitize: bo
     link = ["-shared", f"-L{lib_dir}", "-lexecutorch", f"-Wl,-rpath,{lib_dir}"]
     key = _build_key([source.read_bytes(), str(info["version"]), lib_dir,
                       _compiler_version(cxx), *flags, *link])
-    target_dir = Path(out_dir) if out_dir is not None else cache_dir() / key
+    target_dir = Path(out_dir) if out_dir is not None else _writable(cache_dir()) / key
     target = target_dir / LIBRARY_NAME
     with _file_lock(target_dir / ".lock"):
         if target.is_file() and not force:

@@ -218,7 +218,7 @@ def load_default(
     from sharekan import _core
 
     tensors, _metadata = _core.load_safetensors(str(path or DEFAULT_MODEL_PATH))
-    state_dict = {k: v for k, v in tensors.items() if not k.startswith(DATA_PREFIX)}
+    state_dict = {k: tensors[k] for k in sorted(tensors) if not k.startswith(DATA_PREFIX)}
     try:
         test_x = tensors[DATA_PREFIX + "test_x"]
         test_y = tensors[DATA_PREFIX + "test_y"]

@@ -60,9 +60,14 @@ def _run_runner(runner, pte, x: np.ndarray, tmp_path) -> np.ndarray:
 
 
 def test_quantizer_round_trip(runtime, tmp_path):
-    # compress
-    model = compress_(_kan(0), codebook_size=16)
+    # compress (per-edge biases: the decompressed dense model then matches everywhere,
+    # inputs outside the grid included)
+    model = compress_(_kan(0), codebook_size=16, bias="edge")
     assert len(lutham_layers(model)) == 2
+    dense = KAN(WIDTHS, grid_size=6, spline_order=3)
+    dense.load_state_dict({k: torch.from_numpy(np.asarray(v, dtype=np.float32))
+                           for k, v in model._sharekan_compressed.decompress().items()})
+    dense.eval()
     # run
     x = _x(1, 5)
     with torch.no_grad():
@@ -83,8 +88,10 @@ def test_quantizer_round_trip(runtime, tmp_path):
         xb = _x(batch, batch)
         with torch.no_grad():
             want = reloaded(xb).numpy()
+            want_dense = dense(xb).numpy()
         got = method.execute([xb])[0].numpy()
         np.testing.assert_allclose(got, want, atol=2e-5 * np.abs(want).max(), rtol=1e-4)
+        np.testing.assert_allclose(got, want_dense, atol=2e-5 * np.abs(want).max(), rtol=1e-4)
         from_runner = _run_runner(runner, pte, xb.numpy(), tmp_path)
         np.testing.assert_array_equal(from_runner, got)
 

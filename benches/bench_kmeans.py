@@ -658,7 +658,11 @@ def markdown(result: dict) -> str:
         f"k = {cfg['k']}, M = {cfg['M']}), E = {cfg['E']:,} edges, trained on Fashion-MNIST "
         f"random-projection features ({head['recipe']['n_train']} images, "
         f"{head['recipe']['epochs']} epochs; test accuracy {head['test_accuracy']:.4f}, "
-        f"{head['test_accuracy_spline_path_zeroed']:.4f} with the spline path zeroed)."),
+        f"{head['test_accuracy_spline_path_zeroed']:.4f} with the spline path zeroed). "
+        f"The coefficients are trained, not init noise: spline_weight std "
+        f"{cfg['spline_weight_std']:.4f} against {cfg['spline_weight_std_at_init']:.4f} at "
+        f"initialisation; correlation of adjacent coefficients of an edge "
+        f"{cfg['adjacent_coefficient_correlation']:.2f}."),
         (f"- Clustered data: the whitened residuals of the layer under the `{cfg['metric']}` "
         f"metric; K = {cfg['K']}, {cfg['n_iter']} iterations, tol = 0, seed {cfg['seed']}; "
         f"times are the median of {cfg['repeats']} runs in one process."),
@@ -746,6 +750,15 @@ def main() -> None:
                      f"Gauss-Legendre Gram to {diff:.2e} (max abs); the core's is used.")
         metric = core_metric
     WHITE.update(whiten(layer["coeffs"], metric))
+    sw = state[f"{LAYER}.spline_weight"]
+    m = sw.shape[-1]
+    grid_size = m - spline_k
+    adjacent = np.corrcoef(layer["coeffs"].T)
+    coeff_stats = {
+        "spline_weight_std": float(sw.std()),
+        "spline_weight_std_at_init": 0.1 / grid_size / np.sqrt(3.0),
+        "adjacent_coefficient_correlation": float(np.mean(np.diag(adjacent, 1))),
+    }
     e, m = layer["coeffs"].shape
     print(f"layer {LAYER}: E={e} M={m}, threads={THREADS}", flush=True)
 
@@ -789,7 +802,8 @@ def main() -> None:
                    "K": args.k, "n_iter": args.n_iter, "tol": 0.0, "seed": args.seed,
                    "repeats": args.repeats, "metric": "function",
                    "energy_sum_gamma2": float((WHITE["gamma"] ** 2).sum()),
-                   "flat_edges": int((WHITE["gamma"] <= 1e-12 * WHITE["gamma"].max()).sum())},
+                   "flat_edges": int((WHITE["gamma"] <= 1e-12 * WHITE["gamma"].max()).sum()),
+                   **coeff_stats},
         "methods": methods, "speed": speed, "verdict": verdict, "sweep": sweep_rows,
         "notes": notes + [
             ("scikit-learn and faiss are Euclidean and not sign-invariant: they get the unit "

@@ -48,3 +48,29 @@ def test_errors_exit_2_with_message(capsys, tmp_path):
     np.savez(bad, w=np.zeros(3))
     assert main(["compress", str(bad)]) == 2
     assert "no KAN layout" in capsys.readouterr().err
+
+
+def test_export_lutham_and_dense_pte_agree(capsys, tmp_path):
+    import pytest
+
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("executorch")
+    from executorch.runtime import Runtime
+
+    import sharekan
+    from sharekan import lutham
+
+    art = tmp_path / "default.sharekan"
+    assert main(["compress", "-o", str(art)]) == 0
+    lut, dense = tmp_path / "lut.pte", tmp_path / "dense.pte"
+    assert main(["export", str(art), "-o", str(lut)]) == 0
+    assert main(["export", str(art), "-o", str(dense), "--dense"]) == 0
+    assert "LUTHAM ExecuTorch program" in capsys.readouterr().out
+    assert lut.stat().st_size * 4 < dense.stat().st_size
+    lutham.load_library()
+    x = np.random.default_rng(3).uniform(-1, 1, size=(5, 64)).astype(np.float32)
+    want = sharekan.load(art).forward(x)
+    for path in (lut, dense):
+        method = Runtime.get().load_program(str(path)).load_method("forward")
+        got = method.execute([torch.from_numpy(x)])[0].numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

@@ -24,6 +24,7 @@ from .artifact import load
 from .compiler import compress
 from .compressed import CompressedLayer, CompressedModel
 from .config import Config
+from .export import export_pte
 from .report import LayerReport, Report
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "Report",
     "__version__",
     "compress",
+    "export_pte",
     "errors",
     "load",
 ]

@@ -131,6 +131,37 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .artifact import load
+    from .export import export_pte
+
+    model = load(args.artifact)
+    if model.source_layout != "efficient-kan":
+        print(f"sharekan: error: export supports efficient-kan models, not {model.source_layout}",
+              file=sys.stderr)
+        return 2
+    import torch
+
+    from .torch import KAN, LuthamLinear
+
+    layers = list(model.layers.values())
+    if args.dense:
+        widths = [layers[0].n_in] + [layer.n_out for layer in layers]
+        first = layers[0]
+        net = KAN(widths, grid_size=first.grid_size, spline_order=first.spline_order)
+        decoded = {k: torch.from_numpy(v.astype(np.float32)) for k, v in model.decompress().items()}
+        net.load_state_dict(decoded, strict=True)
+    else:
+        net = torch.nn.Sequential(*(LuthamLinear.from_compressed(layer) for layer in layers))
+    example = torch.zeros(2, layers[0].n_in)
+    path = export_pte(net.eval(), (example,), args.output, max_batch=args.max_batch)
+    kind = "dense (decompressed)" if args.dense else "LUTHAM"
+    print(f"wrote {kind} ExecuTorch program {path} ({path.stat().st_size / 1024:.1f} KiB)")
+    if not args.dense:
+        print("run it with the kernel library: sharekan.lutham.load_library(), or lutham_runner")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sharekan",
@@ -153,6 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("artifact")
     p.add_argument("-o", "--output", required=True, help=".safetensors, .npz, .pt or .pth")
     p.set_defaults(func=cmd_decompress)
+    p = sub.add_parser("export", help="export an artifact to an ExecuTorch .pte (LUTHAM op)")
+    p.add_argument("artifact")
+    p.add_argument("-o", "--output", required=True, help=".pte file to write")
+    p.add_argument("--dense", action="store_true", help="export the decompressed dense model")
+    p.add_argument("--max-batch", type=int, default=1024, help="largest batch the program accepts")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

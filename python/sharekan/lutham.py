@@ -68,8 +68,9 @@ _loaded_handle: ctypes.CDLL | None = None
 def kernel_source() -> Path:
     """Directory holding `lutham_kernel.cpp` and `runner.cpp`.
 
-    Looked up in `$SHAREKAN_LUTHAM_SOURCE`, then next to the package (`sharekan/_lutham`,
-    when a wheel ships it), then in the source tree (`<repo>/lutham`).
+    Looked up in `$SHAREKAN_LUTHAM_SOURCE`, then in the source tree (`<repo>/lutham`, for
+    editable installs), then beside the package in site-packages (`lutham/`, where a wheel
+    puts the sources: pyproject's maturin `include`).
 
     Raises:
         LuthamBuildError: the kernel source cannot be found.
@@ -79,7 +80,7 @@ def kernel_source() -> Path:
     if env:
         candidates.append(Path(env))
     here = Path(__file__).resolve().parent
-    candidates += [here / "_lutham", here.parent.parent / "lutham"]
+    candidates += [here.parent.parent / "lutham", here.parent / "lutham"]
     for cand in candidates:
         if (cand / "lutham_kernel.cpp").is_file():
             return cand

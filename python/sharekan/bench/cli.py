@@ -1,0 +1,125 @@
+"""`python -m sharekan.bench`: run the benchmarks and write results (JSON, Markdown, PNG).
+
+    python -m sharekan.bench all           # classification + regression -> benches/results/vision*
+    python -m sharekan.bench vision        # classification only
+    python -m sharekan.bench regression    # formula regression only
+    python -m sharekan.bench multihead     # N = 1, 5, 10, 50 task heads, shared codebooks
+    python -m sharekan.bench demo          # the end-to-end demo (same as `sharekan demo`)
+
+Options: --cache-dir DIR (default $SHAREKAN_CACHE_DIR or ~/.cache/sharekan/bench),
+--out DIR (default benches/results), --quick (one head, short sweep), --threads N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m sharekan.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", nargs="?", default="all", choices=("all", "vision", "regression", "multihead", "demo"))
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--out", default="benches/results")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--threads", type=int, default=None, help="torch/rayon threads (default: all cores)")
+    return p
+
+
+def _environment(threads: int) -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    import sharekan
+
+    return {"sharekan": sharekan.__version__, "python": platform.python_version(),
+            "numpy": np.__version__, "torch": torch.__version__, "machine": platform.machine(),
+            "cpu_count": os.cpu_count(), "threads": threads, "platform": platform.platform()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    threads = args.threads or len(os.sched_getaffinity(0))
+    os.environ.setdefault("RAYON_NUM_THREADS", str(threads))
+    import torch
+
+    torch.set_num_threads(threads)
+    from .data import cache_dir
+
+    cache = cache_dir(args.cache_dir)
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    if args.what == "demo":
+        from .demo import run_demo
+
+        run_demo(cache_dir=str(cache), quick=args.quick)
+        return 0
+    from . import report
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    command = "python -m sharekan.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    env = _environment(threads)
+    md = [f"# Vision-KAN benchmark (sharekan {env['sharekan']})", "",
+          f"Command: `{command.strip()}` (cache: features and trained heads under the cache dir). "
+          f"Machine: {env['platform']}, {env['cpu_count']} CPUs, {threads} threads, torch {env['torch']}.",
+          "Sizes: `bytes` = stored tensor bytes (sharekan: `CompressedModel.nbytes`; baselines: "
+          "an honest packed count, see `python/sharekan/bench/methods.py`); ratio = dense FP32 "
+          "state_dict bytes / bytes. SQNR and agreement are against the dense head's outputs on "
+          "the test split.", ""]
+    started = time.perf_counter()
+    if args.what in ("all", "vision"):
+        from .vision import VisionConfig, quick_config, run_classification
+
+        cfg = quick_config() if args.quick else VisionConfig()
+        res = run_classification(cache, cfg, log)
+        res["environment"] = env
+        res["command"] = command
+        report.write_json(res, out / "vision_classification.json")
+        md.append(report.classification_markdown(res))
+        report.plot_classification(res, out)
+    if args.what in ("all", "regression"):
+        from .regression import RegressionConfig, run_regression
+
+        rcfg = RegressionConfig()
+        formulas = None
+        if args.quick:
+            from .regression import FORMULAS
+
+            formulas = (next(iter(FORMULAS)),)
+            rcfg = RegressionConfig(ks=(16, 64), metrics=("data",))
+        log("regression:")
+        rres = run_regression(cache, rcfg, log, formulas)
+        rres["environment"] = env
+        rres["command"] = command
+        report.write_json(rres, out / "vision_regression.json")
+        md.append(report.regression_markdown(rres))
+        report.plot_regression(rres, out)
+    if args.what in ("all", "multihead"):
+        from .multihead import MultiHeadConfig, quick, run_multihead
+        from .vision import load_features
+
+        log("multi-head:")
+        mcfg = quick() if args.quick else MultiHeadConfig()
+        mres = run_multihead(cache, load_features(cache, 64, log), mcfg, log)
+        mres["environment"] = env
+        mres["command"] = command
+        report.write_json(mres, out / "vision_multihead.json")
+        md.append(report.multihead_markdown(mres))
+    md.append(f"Total wall time: {time.perf_counter() - started:.0f} s.")
+    name = "vision.md" if args.what == "all" else f"vision_{args.what}.md"
+    (out / name).write_text("\n".join(md) + "\n")
+    log(f"wrote {out / name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Classification heads trained on cached backbone features (seeded, single process).
+
+The KAN heads are efficient-kan-layout `sharekan.torch.KAN` models, so their state_dicts
+go straight into `sharekan.compress`. Every head sees the same normalised features:
+z-scored with the training mean and standard deviation, then squashed by tanh so the
+first layer's inputs lie inside its spline grid [-1, 1].
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class HeadRecipe:
+    """How a head is trained. Changing any field changes its cache key."""
+
+    kind: str = "kan"  # "kan" | "kan_spline_first" (layer 0 without base branch) | "mlp"
+    widths: tuple[int, ...] = (1280, 256, 10)
+    grid_size: int = 10
+    spline_order: int = 3
+    epochs: int = 4
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    seed: int = 0
+    train_rows: int | None = None  # train on the first n rows only (None: all)
+
+    def key(self) -> str:
+        w = "-".join(map(str, self.widths))
+        rows = f"_n{self.train_rows}" if self.train_rows is not None else ""
+        return (f"{self.kind}_{w}_G{self.grid_size}k{self.spline_order}_e{self.epochs}"
+                f"_b{self.batch_size}_lr{self.lr:g}_wd{self.weight_decay:g}_s{self.seed}{rows}")
+
+
+class FeatureNorm:
+    """z-score with training statistics, then tanh: (n, d) float -> (n, d) float32 in (-1, 1)."""
+
+    def __init__(self, train: np.ndarray) -> None:
+        self.mean = train.mean(axis=0, dtype=np.float64).astype(np.float32)
+        self.std = (train.std(axis=0, dtype=np.float64) + 1e-6).astype(np.float32)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return np.tanh((x - self.mean) / self.std).astype(np.float32)
+
+
+def build_head(recipe: HeadRecipe):  # -> torch.nn.Module
+    import torch
+    from torch import nn
+
+    from ..torch import KAN
+
+    torch.manual_seed(recipe.seed)
+    if recipe.kind == "mlp":
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(recipe.widths, recipe.widths[1:])):
+            if i:
+                layers.append(nn.SiLU())
+            layers.append(nn.Linear(a, b))
+        return nn.Sequential(*layers)
+    model = KAN(list(recipe.widths), grid_size=recipe.grid_size, spline_order=recipe.spline_order)
+    if recipe.kind == "kan_spline_first":
+        # the first layer has no base branch: its prediction goes through the splines
+        with torch.no_grad():
+            model.layers[0].base_weight.zero_()
+        model.layers[0].base_weight.requires_grad_(False)
+    elif recipe.kind != "kan":
+        raise ValueError(f"unknown head kind {recipe.kind!r}")
+    return model
+
+
+def train_head(recipe: HeadRecipe, x: np.ndarray, y: np.ndarray,
+               log: Callable[[str], None] = print):  # -> torch.nn.Module
+    """Train a head with Adam and cross-entropy (seeded; shuffles with a fixed generator)."""
+    import torch
+    from torch.nn import functional as F
+
+    if recipe.train_rows is not None:
+        x, y = x[: recipe.train_rows], y[: recipe.train_rows]
+    model = build_head(recipe)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    steps = recipe.epochs * ((len(x) + recipe.batch_size - 1) // recipe.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=steps)
+    gen = torch.Generator().manual_seed(recipe.seed)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    started = time.perf_counter()
+    for epoch in range(recipe.epochs):
+        order = torch.randperm(len(x), generator=gen)
+        total = 0.0
+        model.train()
+        for start in range(0, len(x), recipe.batch_size):
+            idx = order[start : start + recipe.batch_size]
+            loss = F.cross_entropy(model(xt[idx]), yt[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(idx)
+        log(f"  {recipe.kind} epoch {epoch + 1}/{recipe.epochs}: loss {total / len(x):.4f} "
+            f"({time.perf_counter() - started:.0f} s)")
+    return model.eval()
+
+
+def head_state_dict(model, recipe: HeadRecipe) -> dict[str, np.ndarray]:
+    """float32 numpy state_dict; the spline-first head's unused base_weight is left out."""
+    sd = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in model.state_dict().items()}
+    if recipe.kind == "kan_spline_first":
+        sd.pop("layers.0.base_weight")
+    return sd
+
+
+def kan_forward(state_dict: Mapping[str, np.ndarray], x: np.ndarray, *, batch: int = 1024,
+                spline: bool = True) -> np.ndarray:
+    """Dense efficient-kan forward of a state_dict `layers.{l}.*` on x (n, n_in) -> (n, n_out) f32.
+
+    Missing `base_weight` / `spline_scaler` mean no base branch / unit scalers. With
+    `spline=False` the spline path is zeroed (only the base branches remain).
+    """
+    import torch
+    from torch.nn import functional as F
+
+    from ..torch import bspline_basis
+
+    n_layers = 1 + max(int(k.split(".")[1]) for k in state_dict if k.startswith("layers."))
+    layers = []
+    for i in range(n_layers):
+        p = f"layers.{i}."
+        w = torch.from_numpy(np.asarray(state_dict[p + "spline_weight"], dtype=np.float32))
+        if p + "spline_scaler" in state_dict:
+            w = w * torch.from_numpy(np.asarray(state_dict[p + "spline_scaler"], np.float32))[..., None]
+        base = state_dict.get(p + "base_weight")
+        grid = torch.from_numpy(np.asarray(state_dict[p + "grid"], dtype=np.float32))
+        k = grid.shape[1] - w.shape[2] - 1
+        layers.append((w.reshape(w.shape[0], -1), None if base is None else
+                       torch.from_numpy(np.asarray(base, np.float32)), grid, k))
+    outs = []
+    with torch.inference_mode():
+        for start in range(0, len(x), batch):
+            h = torch.from_numpy(np.ascontiguousarray(x[start : start + batch], dtype=np.float32))
+            for w, base, grid, k in layers:
+                out = torch.zeros(h.shape[0], w.shape[0])
+                if spline:
+                    out = out + F.linear(bspline_basis(h, grid, k).reshape(h.shape[0], -1), w)
+                if base is not None:
+                    out = out + F.linear(F.silu(h), base)
+                h = out
+            outs.append(h.numpy())
+    return np.concatenate(outs)
+
+
+def module_forward(model, x: np.ndarray, batch: int = 2048) -> np.ndarray:
+    """Any torch module on x (n, d) -> float32 outputs, in batches, no grad."""
+    import torch
+
+    outs = []
+    with torch.inference_mode():
+        for start in range(0, len(x), batch):
+            outs.append(model(torch.from_numpy(np.ascontiguousarray(x[start : start + batch]))).numpy())
+    return np.concatenate(outs)

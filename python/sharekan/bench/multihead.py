@@ -1,0 +1,151 @@
+"""Multi-head benchmark: N task heads on one frozen backbone, stored with per-layer or
+cross-head shared codebooks.
+
+Tasks are cheap and distinct: the 45 one-vs-one class pairs of Fashion-MNIST plus 5
+one-vs-rest tasks (classes 0-4), 50 in all. Each head is a KAN 1280 -> 8 -> 2 (G = 10,
+k = 3), trained (seeded, cached) on the training images of its task. For N = 1, 5, 10, 50
+the first N heads are merged into one state_dict (`head{n}.layers.{l}.*`) and compressed
+with `share="layer"` (one codebook per layer per head) or `share="model"` (one codebook
+shared by every layer of every head); storage is the size of the saved artifact. Fidelity
+(accuracy, agreement, output SQNR vs the dense head) is measured on each task's test images
+for a sample of heads.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import methods as M
+from .heads import HeadRecipe, head_state_dict, kan_forward, train_head
+
+
+def tasks(n: int = 50) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
+    """(name, positive classes, negative classes) of the first n tasks."""
+    out = []
+    for a in range(10):
+        for b in range(a + 1, 10):
+            out.append((f"{a}v{b}", (a,), (b,)))
+    for a in range(5):
+        out.append((f"{a}vrest", (a,), tuple(c for c in range(10) if c != a)))
+    return out[:n]
+
+
+@dataclass(frozen=True)
+class MultiHeadConfig:
+    ns: tuple[int, ...] = (1, 5, 10, 50)
+    hidden: int = 8
+    epochs: int = 2
+    max_train: int = 6000
+    codebook_sizes: tuple[int, ...] = (16, 256)
+    sample_heads: int = 5
+    seed: int = 0
+
+
+def _task_data(data: dict[str, np.ndarray], pos, neg, split: str, limit: int | None, seed: int):
+    y = data[f"y_{split}"]
+    keep = np.flatnonzero(np.isin(y, pos + neg))
+    if limit is not None and len(keep) > limit:
+        keep = np.sort(np.random.default_rng(seed).choice(keep, limit, replace=False))
+    return data[f"x_{split}"][keep], np.isin(y[keep], pos).astype(np.int64)
+
+
+def train_heads(cache: Path, data: dict[str, np.ndarray], cfg: MultiHeadConfig, n: int,
+                log: Callable[[str], None]) -> list[dict[str, np.ndarray]]:
+    out = []
+    for i, (name, pos, neg) in enumerate(tasks(n)):
+        recipe = HeadRecipe(kind="kan", widths=(data["x_train"].shape[1], cfg.hidden, 2),
+                            epochs=cfg.epochs,
+                            seed=cfg.seed + i)
+        path = cache / "multihead" / f"{name}_{recipe.key()}_n{cfg.max_train}.npz"
+        if path.exists():
+            with np.load(path) as z:
+                out.append({k: z[k] for k in z.files})
+            continue
+        x, y = _task_data(data, pos, neg, "train", cfg.max_train, cfg.seed + i)
+        model = train_head(recipe, x, y, log=lambda s: None)
+        sd = head_state_dict(model, recipe)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, **sd)
+        out.append(sd)
+        if (i + 1) % 10 == 0:
+            log(f"  trained {i + 1}/{n} task heads")
+    return out
+
+
+def merge(heads: list[dict[str, np.ndarray]], transform=None) -> dict[str, np.ndarray]:
+    merged = {}
+    for i, sd in enumerate(heads):
+        sd = transform(sd) if transform else sd
+        merged.update({f"head{i}.{k}": v for k, v in sd.items()})
+    return merged
+
+
+def head_forward(model: Any, i: int, x: np.ndarray) -> np.ndarray:
+    h = x
+    for name, layer in model.layers.items():
+        if name.startswith(f"head{i}."):
+            h = layer.forward(h)
+    return h
+
+
+def run_multihead(cache: Path, data: dict[str, np.ndarray], cfg: MultiHeadConfig = MultiHeadConfig(),
+                  log: Callable[[str], None] = print) -> dict[str, Any]:
+    from .lowbit import fold_base
+
+    import sharekan
+
+    started = time.perf_counter()
+    heads = train_heads(cache, data, cfg, max(cfg.ns), log)
+    calibs = [_task_data(data, pos, neg, "train", 512, cfg.seed)[0] for _, pos, neg in tasks(max(cfg.ns))]
+    rows = []
+    for n in cfg.ns:
+        dense_bytes = sum(M.dense_bytes(sd) for sd in heads[:n])
+        for fold in (False, True):
+            merged = merge(heads[:n], (lambda sd: fold_base(sd, ("layers.0",))) if fold else None)
+            calib = {f"head{i}.layers.0": calibs[i] for i in range(n)}
+            for share in ("layer", "model"):
+                for k in cfg.codebook_sizes:
+                    if share == "layer" and k > cfg.hidden * 2:
+                        over = {f"head{i}.layers.1": {"codebook_size": cfg.hidden * 2} for i in range(n)}
+                    else:
+                        over = {}
+                    t = time.perf_counter()
+                    model = sharekan.compress(merged, calibration=calib, codebook_size=k,
+                                              share=share, seed=cfg.seed, overrides=over)
+                    with tempfile.TemporaryDirectory() as tmp:
+                        path = os.path.join(tmp, "heads.sharekan")
+                        model.save(path)
+                        file_bytes = os.path.getsize(path)
+                    fids = []
+                    for i in range(min(n, cfg.sample_heads)):
+                        _, pos, neg = tasks(n)[i]
+                        x, y = _task_data(data, pos, neg, "test", None, 0)
+                        ref = kan_forward(heads[i], x)
+                        fids.append(M.fidelity(ref, head_forward(model, i, x), y)
+                                    | {"dense_accuracy": M.fidelity(ref, ref, y)["accuracy"]})
+                    r = {"heads": n, "share": share, "K": k, "base_folded": fold,
+                         "dense_bytes": dense_bytes, "bytes": int(model.nbytes), "file_bytes": file_bytes,
+                         "ratio": dense_bytes / file_bytes,
+                         "agreement": float(np.mean([f["agreement"] for f in fids])),
+                         "sqnr_db": float(np.mean([f["sqnr_db"] for f in fids])),
+                         "delta_accuracy": float(np.mean([f["accuracy"] - f["dense_accuracy"] for f in fids])),
+                         "sampled_heads": len(fids), "seconds": round(time.perf_counter() - t, 1)}
+                    rows.append(r)
+                    log(f"  N={n:2d} share={share:5s} K={k:4d} base_folded={fold!s:5s} "
+                        f"{file_bytes:>10,d} B {r['ratio']:5.1f}x agree {r['agreement']:6.2f} "
+                        f"SQNR {r['sqnr_db']:5.1f} dB")
+    return {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.__dict__.items()},
+            "tasks": [t[0] for t in tasks(max(cfg.ns))], "rows": rows,
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def quick(cfg: MultiHeadConfig = MultiHeadConfig()) -> MultiHeadConfig:
+    return replace(cfg, ns=(1, 5), codebook_sizes=(16,))

@@ -14,7 +14,7 @@ from . import _core
 from .compressed import CompressedLayer, CompressedModel
 from .config import Config
 from .errors import InvalidInputError, LayoutError, ShapeError
-from .layouts import LayerSource, detect_layout, get_layout
+from .layouts import LayerSource, Layout, detect_layout, get_layout
 from .report import LayerReport, Report
 from .validation import as_state_dict, float_array, to_numpy
 
@@ -30,7 +30,8 @@ def compress(
     config: Config | None = None,
     *,
     calibration: Any = None,
-    layout: str | None = None,
+    layout: str | Layout | None = None,
+    layout_options: Mapping[str, Any] | None = None,
     progress: bool | Callable[[str], None] = False,
     **overrides: Any,
 ) -> CompressedModel:
@@ -44,8 +45,16 @@ def compress(
         config: a `Config`; `overrides` (e.g. `codebook_size=16`) replace its fields.
         calibration: optional inputs to measure output fidelity, decide `bias="auto"` and
             define `metric="data"`: an array (batch, n_in of the first layer) of model
-            inputs, or {layer name: (batch, n_in) array of that layer's inputs}.
-        layout: force an adapter by name instead of detecting it.
+            inputs (propagated through the dense layers where sharekan can evaluate them),
+            or {layer name: that layer's inputs}, (batch, n_in) for dense layers and
+            (batch, C, *spatial) for conv layers, e.g. from
+            `sharekan.torch.collect_calibration(model, x)`.
+        layout: force an adapter by name (see `sharekan.layouts.LAYOUTS`) or pass an
+            adapter instance (e.g. `sharekan.layouts.GenericLayout(...)`) instead of
+            detecting the layout.
+        layout_options: keyword arguments of the named adapter, e.g. the grid of
+            torch-conv-kan layers {"grid_size": 5, "spline_order": 3, "grid_range": (-1, 1)},
+            FastKAN's {"denominator": h}, or {"layers": [...]} for "generic".
         progress: True for a progress bar per layer (tqdm), or a callable taking a message.
 
     Returns:
@@ -67,7 +76,12 @@ def compress(
     if overrides:
         cfg = cfg.replace(**overrides)
     sd = as_state_dict(state_dict)
-    adapter = get_layout(layout) if layout else detect_layout(sd)
+    if layout is not None:
+        adapter = get_layout(layout, layout_options)
+    elif layout_options:
+        adapter = get_layout(detect_layout(sd).name, layout_options)
+    else:
+        adapter = detect_layout(sd)
     extraction = adapter.extract(sd)
     if not extraction.layers:
         raise LayoutError(f"layout {adapter.name!r} found no KAN layer in the state_dict")
@@ -97,25 +111,56 @@ def compress(
 # ---------------------------------------------------------------------------- metrics
 
 
-def dense_layer_forward(source: LayerSource, x: np.ndarray) -> np.ndarray:
-    """Dense efficient-kan layer on x (batch, n_in) float64 -> (batch, n_out) float64."""
-    basis = _core.bspline_basis(x, source.grid, source.spline_order)  # (batch, n_in, M)
-    n_in, n_out, m = source.coeffs.shape
+def dense_evaluable(source: LayerSource) -> str | None:
+    """None when `dense_layer_forward` computes the whole layer, else what it lacks."""
+    if source.semantics.conv is not None:
+        return "a convolution layer"
+    if source.semantics.post:
+        return "post-sum operations " + ", ".join(source.semantics.post)
+    return None
+
+
+def _activation(name: str | None, x: np.ndarray) -> np.ndarray:
+    if name == "silu":
+        return x / (1.0 + np.exp(-x))
+    if name == "gelu":  # exact (erf) GELU, torch's default
+        from math import erf, sqrt
+
+        return 0.5 * x * (1.0 + np.vectorize(erf)(x / sqrt(2.0)))
+    return x
+
+
+def dense_layer_forward(
+    source: LayerSource,
+    x: np.ndarray,
+    coeffs: np.ndarray | None = None,
+    base_weight: np.ndarray | None = None,
+) -> np.ndarray:
+    """Dense KAN layer (any basis, base branch, input LayerNorm) on x (batch, n_in) float64
+    -> (batch, n_out) float64, with the source's or the given coefficients (n_in, n_out, M)
+    and base weights (n_in, n_out). Post-sum operations and conv layers are not evaluated
+    (see `dense_evaluable`)."""
+    coeffs = source.coeffs if coeffs is None else coeffs
+    base_weight = source.base_weight if base_weight is None else base_weight
+    basis = source.basis.values(source.basis_inputs(x))  # (batch, n_in, M)
+    n_in, n_out, m = coeffs.shape
     # (batch, n_in*M) @ (n_in*M, n_out)
-    out = basis.reshape(len(x), n_in * m) @ source.coeffs.transpose(0, 2, 1).reshape(n_in * m, n_out)
-    if source.base_weight is not None:
-        out += (x / (1.0 + np.exp(-x))) @ source.base_weight
+    out = basis.reshape(len(x), n_in * m) @ coeffs.transpose(0, 2, 1).reshape(n_in * m, n_out)
+    if base_weight is not None:
+        out += _activation(source.semantics.base_activation, x) @ base_weight
+    if "base_bias" in source.aux:
+        out += source.aux["base_bias"]
     return out
 
 
 def function_metric(source: LayerSource) -> np.ndarray:
-    """(M, M) Gram matrix of the basis over the grid range, averaged over inputs."""
-    return _core.bspline_gram(source.grid, source.spline_order)
+    """(M, M) Gram matrix of the basis over its domain, averaged over inputs."""
+    return source.basis.gram()
 
 
 def data_metric(source: LayerSource, x: np.ndarray) -> np.ndarray:
     """(M, M) mean of B(x_i) B(x_i)^T over calibration rows and inputs, plus a small ridge."""
-    basis = _core.bspline_basis(x, source.grid, source.spline_order)  # (batch, n_in, M)
+    basis = source.basis.values(source.basis_inputs(x))  # (rows, n_in, M)
     flat = basis.reshape(-1, basis.shape[-1])
     gram = flat.T @ flat / flat.shape[0]
     ridge = DATA_METRIC_RIDGE * max(np.trace(gram) / gram.shape[0], 1e-12)
@@ -136,21 +181,27 @@ def layer_metric(source: LayerSource, metric: str, calib: Mapping[str, np.ndarra
 
 
 def fraction_outside_grid(source: LayerSource, x: np.ndarray) -> float:
-    """Fraction of calibration values outside each input's grid range [t_k, t_{G+k}]."""
-    k, g = source.spline_order, source.grid_size
-    lo, hi = source.grid[:, k], source.grid[:, g + k]
-    return float(((x < lo) | (x > hi)).mean())
+    """Fraction of calibration values outside each input's basis domain (B-splines:
+    [t_k, t_{G+k}]; RBF: the centres' range; tanh-normalised bases: never outside)."""
+    return float(source.basis.outside(source.basis_inputs(x)).mean())
 
 
 def inputs_inside_grid(source: LayerSource, cfg: Config, calib: Mapping[str, np.ndarray]) -> bool:
     """Whether folding this layer's biases is known to be exact (SPEC §2.6, bias="auto")."""
+    if not can_fold(source):
+        return False
     if source.name in calib:
         return fraction_outside_grid(source, calib[source.name]) == 0.0
     if cfg.input_range is not None:
-        k, g = source.spline_order, source.grid_size
-        lo, hi = cfg.input_range
-        return bool((source.grid[:, k] <= lo).all() and (source.grid[:, g + k] >= hi).all())
+        return source.basis.inside_range(*cfg.input_range)
     return False
+
+
+def can_fold(source: LayerSource) -> bool:
+    """Per-edge biases may be folded only for partition-of-unity bases (B-splines) on dense
+    layers: RBF/Chebyshev/Gram edges scale the bias by sum_m B_m(x), and conv layers pad
+    in basis space (SPEC §2.6)."""
+    return source.basis.partition_of_unity and source.semantics.conv is None
 
 
 # ---------------------------------------------------------------------------- compile
@@ -268,6 +319,8 @@ def _compile_layer(
     else:
         gains_stored, gains_scale = gains.astype(np.float32), np.ones(n_out, dtype=np.float32)
     bias_mode = cfg.bias
+    if not can_fold(source):
+        bias_mode = "edge"
     if bias_mode == "auto":
         bias_mode = "fold" if inputs_inside_grid(source, cfg, calib) else "edge"
     edge_bias = edge_bias_scale = out_bias = None
@@ -292,7 +345,10 @@ def _compile_layer(
         codebook_size=int(book.shape[0]),
         bits=int(_core.bits_for(int(book.shape[0]))),
         codebook_group=group,
-        grid=np.array(source.grid.astype(source.tensors["grid"].dtype), copy=True),
+        grid=np.array(
+            source.grid.astype(source.tensors["grid"].dtype if "grid" in source.tensors else np.float32),
+            copy=True,
+        ),
         codebook=book,
         codebook_q=book_q,
         codebook_scale=book_scale,
@@ -305,6 +361,10 @@ def _compile_layer(
         base_weight=base,
         base_scale=base_scale,
         source=dict(source.tensors),
+        basis=source.basis,
+        semantics=source.semantics,
+        layout_info=dict(source.info),
+        extras=dict(source.extras),
     )
     return layer, {"bias_mode": bias_mode, "prefold_biases": biases}
 
@@ -339,11 +399,16 @@ def _layer_report(
     output_sqnr = outside = None
     if source.name in calib:
         x = calib[source.name]
-        dense = dense_layer_forward(source, x)
-        approx = layer.forward(x).astype(np.float64)
-        err = np.linalg.norm(dense - approx) / max(np.linalg.norm(dense), 1e-300)
-        output_sqnr = -20.0 * np.log10(err) if err > 0 else float("inf")
         outside = fraction_outside_grid(source, x)
+        approx = None
+        if layer.unsupported_reason() is None:
+            approx = layer.forward(x).astype(np.float64)  # the LUTHAM evaluator
+        elif dense_evaluable(source) is None:  # the dense layer on the decoded coefficients
+            approx = dense_layer_forward(source, x, layer.decoded_coeffs(), layer.base_weights())
+        if approx is not None:
+            dense = dense_layer_forward(source, x)
+            err = np.linalg.norm(dense - approx) / max(np.linalg.norm(dense), 1e-300)
+            output_sqnr = -20.0 * np.log10(err) if err > 0 else float("inf")
     return LayerReport(
         name=source.name,
         n_in=source.n_in,
@@ -373,17 +438,15 @@ def _layer_report(
         seconds=seconds,
         output_sqnr_db=None if output_sqnr is None else float(output_sqnr),
         frac_inputs_outside_grid=outside,
+        basis=source.basis.describe(),
+        evaluator=layer.unsupported_reason() or "lutham",
     )
 
 
 def _max_abs_dphi(source: LayerSource, diff: np.ndarray) -> float:
-    """max over edges and sample points inside the grid range of |phi - phi_hat|."""
-    k, g = source.spline_order, source.grid_size
-    t = np.linspace(0.0, 1.0, g * DPHI_POINTS_PER_INTERVAL + 1)
-    lo, hi = source.grid[:, k], source.grid[:, g + k]
-    # the right end is excluded by the half-open spans; step just inside it
-    pts = lo[None, :] + np.minimum(t, 1 - 1e-9)[:, None] * (hi - lo)[None, :]  # (P, n_in)
-    basis = _core.bspline_basis(np.ascontiguousarray(pts), source.grid, k)  # (P, n_in, M)
+    """max over edges and sample points inside the basis domain of |phi - phi_hat|."""
+    pts = source.basis.sample_points(DPHI_POINTS_PER_INTERVAL, source.n_in)  # (P, n_in)
+    basis = source.basis.values(pts)  # (P, n_in, M)
     worst = 0.0
     chunk = max(1, 4_000_000 // max(1, pts.shape[0] * source.n_out))
     for start in range(0, source.n_in, chunk):
@@ -406,24 +469,34 @@ def _calibration_inputs(sources: list[LayerSource], calibration: Any) -> dict[st
                 raise InvalidInputError(
                     f"calibration: no KAN layer named {name!r}; layers: {sorted(names)}"
                 )
-            x = float_array(
-                to_numpy(value, f"calibration[{name!r}]"), f"calibration[{name!r}]", ndim=2
-            )
-            if x.shape[1] != names[name].n_in:
-                raise ShapeError(
-                    f"calibration[{name!r}]: expected (batch, {names[name].n_in}), got {x.shape}"
-                )
+            source = names[name]
+            label = f"calibration[{name!r}]"
+            if source.semantics.conv is not None:
+                x = float_array(to_numpy(value, label), label)
+                source.basis_inputs(x)  # checks (batch, C, *spatial)
+            else:
+                x = float_array(to_numpy(value, label), label, ndim=2)
+                if x.shape[1] != source.n_in:
+                    raise ShapeError(f"{label}: expected (batch, {source.n_in}), got {x.shape}")
             out[name] = x
         return out
     x = float_array(to_numpy(calibration, "calibration"), "calibration", ndim=2)
     out = {}
-    for source in sources:
+    for index, source in enumerate(sources):
         if x.shape[1] != source.n_in:
             raise ShapeError(
                 f"calibration: layer {source.name!r} expects {source.n_in} inputs, got shape {x.shape}"
             )
         out[source.name] = x
-        x = dense_layer_forward(source, x)
+        if index + 1 < len(sources):
+            lacking = dense_evaluable(source)
+            if lacking is not None:
+                raise InvalidInputError(
+                    f"calibration: model inputs cannot be propagated past layer {source.name!r} "
+                    f"({lacking}); pass per-layer inputs instead, e.g. "
+                    "calibration=sharekan.torch.collect_calibration(model, x)"
+                )
+            x = dense_layer_forward(source, x)
     return out
 
 

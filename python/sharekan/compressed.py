@@ -12,7 +12,16 @@ import numpy as np
 from . import _core
 from .config import Config
 from .errors import ShapeError
-from .layouts import TensorInfo, get_layout
+from .layouts import (
+    Basis,
+    BSpline,
+    Semantics,
+    TensorInfo,
+    UnsupportedLayerError,
+    basis_from_dict,
+    evaluator_support,
+    get_layout,
+)
 from .validation import float_array, to_numpy
 
 if TYPE_CHECKING:
@@ -70,10 +79,38 @@ class CompressedLayer:
     base_weight: np.ndarray | None
     base_scale: np.ndarray | None
     source: Mapping[str, TensorInfo] = field(default_factory=dict)
+    #: The edge basis (None: B-splines of order `spline_order` on `grid`).
+    basis: Basis | None = None
+    #: What else the layer computes (base activation, norms, conv), see `Semantics`.
+    semantics: Semantics = field(default_factory=Semantics)
+    #: JSON parameters the source adapter needs to rebuild the original tensors.
+    layout_info: Mapping[str, Any] = field(default_factory=dict)
+    #: Small arrays the source adapter needs to rebuild (stored as `extra_{name}`).
+    extras: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.basis is None:
+            object.__setattr__(self, "basis", BSpline(self.grid, self.spline_order))
 
     @property
     def n_coeffs(self) -> int:
-        return self.grid_size + self.spline_order
+        return int(self.codebook.shape[1])
+
+    def unsupported_reason(self) -> str | None:
+        """Why the LUTHAM evaluator cannot run this layer exactly, or None when it can."""
+        assert self.basis is not None
+        return evaluator_support(self.basis, self.semantics, self.base_weight is not None)
+
+    def check_evaluator_support(self) -> None:
+        """Raise UnsupportedLayerError (an InvalidInputError) naming the layer and the
+        parts the evaluator does not implement; never approximate silently."""
+        reason = self.unsupported_reason()
+        if reason is not None:
+            raise UnsupportedLayerError(
+                f"layer {self.name!r}: sharekan's LUTHAM evaluator "
+                f"cannot run it exactly: {reason}. The layer is compressed, saved and "
+                "decompressed exactly as stored; run `decompress()` in the source library."
+            )
 
     @property
     def bias_mode(self) -> str:
@@ -106,7 +143,12 @@ class CompressedLayer:
         return self.edge_gains()[..., None] * shapes + self.edge_biases()[..., None]
 
     def lutham_inputs(self) -> dict[str, Any]:
-        """Keyword arguments of `sharekan._core.lutham_forward` (all but `x`)."""
+        """Keyword arguments of `sharekan._core.lutham_forward` (all but `x`).
+
+        Raises:
+            UnsupportedLayerError: the evaluator does not implement this layer's basis or
+                semantics (see `unsupported_reason`)."""
+        self.check_evaluator_support()
         return {
             "grid": np.ascontiguousarray(self.grid, dtype=np.float32),
             "k": self.spline_order,
@@ -145,6 +187,8 @@ class CompressedLayer:
             out["out_bias"] = self.out_bias
         if self.base_weight is not None:
             _put_weight(out, "base_weight", self.base_weight, self.base_scale)
+        for name, array in self.extras.items():
+            out[f"extra_{name}"] = array
         return out
 
     def stored_codebook(self) -> dict[str, np.ndarray]:
@@ -166,6 +210,9 @@ class CompressedLayer:
             "bits": self.bits,
             "codebook_group": self.codebook_group,
             "source": {role: info.to_dict() for role, info in self.source.items()},
+            "basis": self.basis.to_dict() if self.basis is not None else {"kind": "bspline"},
+            "semantics": self.semantics.to_dict(),
+            "layout_info": dict(self.layout_info),
         }
 
     @classmethod
@@ -194,6 +241,12 @@ class CompressedLayer:
             cq, cs, book = None, None, codebook["codebook"]
         if gains_scale is None:
             gains_scale = np.ones(n_out, dtype=np.float32)
+        grid = np.ascontiguousarray(
+            np.broadcast_to(tensors["grid"], (n_in, tensors["grid"].shape[-1]))
+        )
+        basis_meta = dict(meta.get("basis") or {"kind": "bspline"})
+        if basis_meta.get("kind", "bspline") == "bspline":
+            basis_meta.setdefault("k", int(meta["spline_order"]))
         return cls(
             name=str(meta["name"]),
             n_in=n_in,
@@ -203,9 +256,7 @@ class CompressedLayer:
             codebook_size=int(meta["codebook_size"]),
             bits=int(meta["bits"]),
             codebook_group=str(meta["codebook_group"]),
-            grid=np.ascontiguousarray(
-                np.broadcast_to(tensors["grid"], (n_in, tensors["grid"].shape[-1]))
-            ),
+            grid=grid,
             codebook=book,
             codebook_q=cq,
             codebook_scale=cs,
@@ -218,6 +269,10 @@ class CompressedLayer:
             base_weight=base,
             base_scale=base_scale,
             source={r: TensorInfo.from_dict(i) for r, i in meta["source"].items()},
+            basis=basis_from_dict(basis_meta, grid),
+            semantics=Semantics.from_dict(meta.get("semantics")),
+            layout_info=dict(meta.get("layout_info") or {}),
+            extras={k[len("extra_"):]: v for k, v in tensors.items() if k.startswith("extra_")},
         )
 
 
@@ -281,7 +336,21 @@ class CompressedModel:
         return out
 
     def forward(self, x: Any) -> np.ndarray:
-        """Run every layer in order with the Rust LUTHAM evaluator: (batch, n_in) -> (batch, n_out) f32."""
+        """Run every layer in order with the Rust LUTHAM evaluator: (batch, n_in) -> (batch, n_out) f32.
+
+        Raises:
+            UnsupportedLayerError: a layer's basis or semantics is not implemented by the
+                evaluator, or the model stores tensors sharekan refused (their meaning is
+                not in the state_dict, e.g. pykan's active symbolic functions).
+        """
+        for layer in self.layers.values():
+            layer.check_evaluator_support()
+        refused = [t.key for t in self.report.tensors if t.status == "refused"]
+        if refused:
+            raise UnsupportedLayerError(
+                f"the model has tensors sharekan refused ({', '.join(refused[:4])}"
+                f"{' ...' if len(refused) > 4 else ''}); see the report for the reasons"
+            )
         out = x
         for layer in self.layers.values():
             out = layer.forward(out)
@@ -298,7 +367,12 @@ class CompressedModel:
         for layer in self.layers.values():
             tensors.update(
                 layout.rebuild(
-                    layer.source, layer.decoded_coeffs(), layer.base_weights(), layer.grid
+                    layer.source,
+                    layer.decoded_coeffs(),
+                    layer.base_weights(),
+                    layer.grid,
+                    layer.layout_info,
+                    layer.extras,
                 )
             )
         return {key: tensors[key] for key in self.key_order}

@@ -48,6 +48,10 @@ class LayerReport:
     seconds: float
     output_sqnr_db: float | None = None
     frac_inputs_outside_grid: float | None = None
+    #: The edge basis, e.g. "bspline(G=5, k=3)", "rbf(M=8, h=0.571)", "chebyshev(degree=4, tanh)".
+    basis: str = "bspline"
+    #: "lutham" when sharekan's evaluator runs the layer exactly, else the reason it cannot.
+    evaluator: str = "lutham"
 
     @property
     def ratio(self) -> float:

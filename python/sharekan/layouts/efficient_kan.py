@@ -126,6 +126,8 @@ class EfficientKanLayout:
         coeffs: np.ndarray,
         base_weight: np.ndarray | None,
         grid: np.ndarray,
+        info: Mapping[str, object] | None = None,
+        extras: Mapping[str, np.ndarray] | None = None,
     ) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
         spline = source["spline_weight"]

@@ -11,10 +11,19 @@ Importing this package registers the operator `torch.ops.sharekan.lutham` (+ `.o
 from __future__ import annotations
 
 from .kan import KAN, KANLinear, bspline_basis
-from .modules import LuthamLinear, compress_, is_kan_linear, load_compressed_, lutham_layers
+from .modules import (
+    LuthamLinear,
+    collect_calibration,
+    compress_,
+    is_kan_linear,
+    kan_layer_kind,
+    load_compressed_,
+    lutham_layers,
+)
 from .ops import lutham
 
 __all__ = [
-    "KAN", "KANLinear", "LuthamLinear", "bspline_basis", "compress_", "is_kan_linear",
+    "KAN", "KANLinear", "LuthamLinear", "bspline_basis", "collect_calibration", "compress_",
+    "is_kan_linear", "kan_layer_kind",
     "load_compressed_", "lutham", "lutham_layers",
 ]

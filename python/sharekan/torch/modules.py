@@ -28,8 +28,8 @@ from ..errors import InvalidInputError, LayoutError, ShapeError
 from . import ops
 from .kan import KANLinear
 
-__all__ = ["LuthamLinear", "compress_", "is_kan_linear", "load_compressed_",
-           "lutham_layers"]
+__all__ = ["LuthamLinear", "collect_calibration", "compress_", "is_kan_linear", "kan_layer_kind",
+           "load_compressed_", "lutham_layers"]
 
 # Buffer names, in the operator's argument order.
 BUFFERS = ("grid", "codebook", "codes", "gains", "gain_scale", "edge_bias",
@@ -174,6 +174,99 @@ def is_kan_linear(module: nn.Module) -> bool:
                                              "spline_order"))
 
 
+def kan_layer_kind(module: nn.Module) -> str | None:
+    """The KAN library whose layer `module` is (sharekan layout name), or None.
+
+    Recognised by parameter names, so the libraries need not be importable: efficient-kan
+    `KANLinear` (and sharekan's), pykan `KANLayer`, FastKAN `FastKANLayer`, ChebyKAN
+    `ChebyKANLayer`, TorchKAN `KAN` (the whole model holds its layers' parameters),
+    torch-conv-kan `KANConvNDLayer` and `KAGNConvNDLayer`."""
+    if isinstance(module, LuthamLinear):
+        return None
+    if is_kan_linear(module):
+        return "efficient-kan"
+    has = lambda *names: all(hasattr(module, n) for n in names)  # noqa: E731
+    if has("coef", "scale_sp", "scale_base", "mask", "grid"):
+        return "pykan"
+    if has("spline_linear", "rbf", "layernorm"):
+        return "fastkan"
+    if has("cheby_coeffs"):
+        return "chebykan"
+    if has("spline_weights", "base_weights", "spline_scalers") and hasattr(module, "grid_0"):
+        return "torchkan"
+    if has("poly_weights", "beta_weights", "base_conv"):
+        return "torch-conv-kagn"
+    if has("spline_conv", "base_conv"):
+        return "torch-conv-kan"
+    return None
+
+
+def _layer_name(name: str) -> str:
+    return name or "layer"
+
+
+def collect_calibration(model: nn.Module, x: Any, *, batch_size: int | None = None
+                        ) -> dict[str, np.ndarray]:
+    """Per-layer calibration inputs of every recognised KAN layer, by forward hooks.
+
+    Runs `model(x)` once (in batches of `batch_size` rows when given) under `torch.no_grad()`
+    and records the input of each KAN layer (see `kan_layer_kind`) under the layer name the
+    checkpoint adapter uses, so the result can be passed as
+    `sharekan.compress(model.state_dict(), calibration=...)` (e.g. with metric="data").
+
+    Args:
+        model: a torch module containing KAN layers.
+        x: its input (a tensor or array).
+
+    Returns:
+        {layer name: float64 array}: (rows, n_in) for dense layers, (rows, C, *spatial)
+        for conv layers.
+
+    Example:
+        >>> calib = skt.collect_calibration(model, x_train[:512])       # doctest: +SKIP
+        >>> sharekan.compress(model.state_dict(), metric="data", calibration=calib)  # doctest: +SKIP
+    """
+    found: dict[str, list[torch.Tensor]] = {}
+    handles = []
+
+    def record(name: str) -> Callable[..., None]:
+        def hook(_module: nn.Module, inputs: tuple[Any, ...]) -> None:
+            found.setdefault(name, []).append(inputs[0].detach().to("cpu", torch.float64))
+        return hook
+
+    def record_output(name: str) -> Callable[..., None]:
+        def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+            found.setdefault(name, []).append(output.detach().to("cpu", torch.float64))
+        return hook
+
+    selected: list[str] = []
+    for name, mod in model.named_modules():
+        kind = kan_layer_kind(mod)
+        if kind is None or any(name.startswith(p + ".") for p in selected if p):
+            continue
+        selected.append(name)
+        prefix = f"{name}." if name else ""
+        if kind == "torchkan":  # one module, layers inside: layer l sees layer_norms[l-1]'s output
+            handles.append(mod.register_forward_pre_hook(record(f"{prefix}layers.0")))
+            for index, norm in enumerate(mod.layer_norms):  # type: ignore[union-attr, arg-type]
+                if index + 1 < len(mod.spline_weights):  # type: ignore[arg-type]
+                    handles.append(norm.register_forward_hook(record_output(f"{prefix}layers.{index + 1}")))
+        else:
+            handles.append(mod.register_forward_pre_hook(record(_layer_name(name))))
+    if not handles:
+        raise InvalidInputError(f"collect_calibration: no KAN layer recognised in {type(model).__name__}")
+    inputs = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    try:
+        with torch.no_grad():
+            step = batch_size or len(inputs)
+            for start in range(0, len(inputs), step):
+                model(inputs[start:start + step])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: torch.cat(parts).numpy() for name, parts in found.items()}
+
+
 def lutham_layers(model: nn.Module) -> dict[str, LuthamLinear]:
     """Name -> LuthamLinear for every compressed layer in `model`."""
     return {n: m for n, m in model.named_modules() if isinstance(m, LuthamLinear)}
@@ -189,7 +282,7 @@ def _kan_modules(model: nn.Module, filter_fn: Callable[[str, nn.Module], bool] |
                  ) -> list[tuple[str, nn.Module]]:
     found = []
     for name, mod in model.named_modules():
-        if is_kan_linear(mod) and (filter_fn is None or filter_fn(name, mod)):
+        if kan_layer_kind(mod) is not None and (filter_fn is None or filter_fn(name, mod)):
             # nested KAN layers inside an already selected one are not separate layers
             if any(name.startswith(p + ".") for p, _ in found if p):
                 continue
@@ -200,11 +293,19 @@ def _kan_modules(model: nn.Module, filter_fn: Callable[[str, nn.Module], bool] |
 def compress_(model: nn.Module, config: Any = None, *,
               filter_fn: Callable[[str, nn.Module], bool] | None = None,
               **overrides: Any) -> nn.Module:
-    """Compress every efficient-kan-layout KAN layer of `model` in place.
+    """Compress every KAN layer of `model` in place.
 
     Collects the layers' tensors into one state_dict (keys `{module name}.{tensor}`), runs
     `sharekan.compress(state_dict, config, **overrides)` (so a `share="model"` codebook
     spans all of them) and swaps each layer for a `LuthamLinear`.
+
+    Layers of every library sharekan reads are recognised (`kan_layer_kind`). Only layers
+    the LUTHAM evaluator computes exactly can be swapped (B-spline edges with a SiLU base
+    branch and nothing after the sum: efficient-kan); for any other recognised layer
+    (pykan's KANLayer, whose MultKAN consumes per-edge activations; RBF, Chebyshev, Gram
+    bases; GELU base branches; norms after the sum; conv layers) nothing is swapped and
+    UnsupportedLayerError says why. Compress those with `sharekan.compress(state_dict)`
+    and run `decompress()` in the source library.
 
     Args:
         model: a module containing KANLinear-like layers (or one such layer).
@@ -222,11 +323,25 @@ def compress_(model: nn.Module, config: Any = None, *,
     """
     from ..compiler import compress  # noqa: PLC0415 - needs the Rust extension
 
+    from ..layouts import UnsupportedLayerError  # noqa: PLC0415
+
     targets = _kan_modules(model, filter_fn)
     if not targets:
         raise InvalidInputError(
-            f"compress_: no efficient-kan-layout KAN layer (KANLinear, or a module with "
-            f"spline_weight/base_weight/grid/spline_order) found in {type(model).__name__}"
+            f"compress_: no KAN layer (efficient-kan KANLinear or a module with "
+            f"spline_weight/base_weight/grid/spline_order, pykan KANLayer, FastKAN, ChebyKAN, "
+            f"TorchKAN, torch-conv-kan) found in {type(model).__name__}"
+        )
+    kinds = {name: kan_layer_kind(mod) for name, mod in targets}
+    refused = [f"{name or type(model).__name__} ({kind})" for name, kind in kinds.items()
+               if kind != "efficient-kan"]
+    if refused:
+        raise UnsupportedLayerError(
+            "compress_: sharekan's LUTHAM evaluator cannot run these KAN layers exactly, so "
+            f"nothing was swapped: {', '.join(refused)}. It implements B-spline edges with a "
+            "SiLU base branch (efficient-kan); pykan's KANLayer must also return per-edge "
+            "activations to MultKAN. Compress their state_dict with sharekan.compress() and "
+            "load decompress() into the library's module."
         )
     state: dict[str, np.ndarray] = {}
     for name, mod in targets:

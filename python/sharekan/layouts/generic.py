@@ -44,10 +44,11 @@ def parse_edges(spec: str) -> list[list[str]]:
     return dims
 
 
-def _axis_sizes(dims: list[list[str]], shape: tuple[int, ...], m: int, key: str) -> dict[str, int]:
+def _axis_sizes(dims: list[list[str]], shape: tuple[int, ...], m: int, key: str,
+                given: Mapping[str, int | None]) -> dict[str, int]:
     if len(dims) != len(shape):
         raise LayoutError(f"tensor {key!r}: shape {shape} has {len(shape)} dims, the edge layout names {len(dims)}")
-    sizes = {"coef": m}
+    sizes = {"coef": m, **{a: int(v) for a, v in given.items() if v is not None}}
     for _ in range(2):  # resolve at most one unknown axis per dimension, twice
         for dim, n in zip(dims, shape):
             unknown = [a for a in dim if a not in sizes]
@@ -59,6 +60,7 @@ def _axis_sizes(dims: list[list[str]], shape: tuple[int, ...], m: int, key: str)
             raise LayoutError(
                 f"tensor {key!r}: shape {shape} does not fit the edge layout "
                 f"{','.join('*'.join(d) for d in dims)} with coef = M = {m}"
+                + ("" if {"in", "out"} <= set(sizes) else "; give n_in (or n_out) when one dimension flattens both")
             )
     return sizes
 
@@ -74,6 +76,8 @@ class GenericLayer:
     base_edges: str = "out,in"
     base_activation: str = "silu"
     name: str | None = None
+    n_in: int | None = None
+    n_out: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "basis", as_basis(self.basis))
@@ -95,10 +99,10 @@ class GenericLayout:
     def __init__(self, layers: Sequence[GenericLayer | Mapping[str, Any]] | None = None,
                  **single: Any) -> None:
         items = list(layers or []) + ([single] if single else [])
-        self.layers = [l if isinstance(l, GenericLayer) else GenericLayer(**l) for l in items]
+        self.layers = [i if isinstance(i, GenericLayer) else GenericLayer(**i) for i in items]
 
     def detect(self, state_dict: Mapping[str, np.ndarray]) -> bool:
-        return bool(self.layers) and all(l.key in state_dict for l in self.layers)
+        return bool(self.layers) and all(spec.key in state_dict for spec in self.layers)
 
     def extract(self, state_dict: Mapping[str, np.ndarray]) -> Extraction:
         if not self.layers:
@@ -115,7 +119,8 @@ class GenericLayout:
         if raw is None:
             raise LayoutError(f"tensor {spec.key!r} (generic layer) is not in the state_dict")
         dims = parse_edges(spec.edges)
-        sizes = _axis_sizes(dims, tuple(raw.shape), basis.n_coeffs, spec.key)
+        sizes = _axis_sizes(dims, tuple(raw.shape), basis.n_coeffs, spec.key,
+                            {"in": spec.n_in, "out": spec.n_out})
         order = [a for d in dims for a in d]
         values = tensor(sd, spec.key).reshape([sizes[a] for a in order])
         coeffs = np.ascontiguousarray(values.transpose([order.index(a) for a in _AXES]))  # (n_in, n_out, M)
@@ -127,7 +132,7 @@ class GenericLayout:
             b = tensor(sd, spec.base_key, want, f"base weight [{spec.base_edges}]")
             base = np.ascontiguousarray(b.T if spec.base_edges == "out,in" else b)
             tensors["base_weight"] = TensorInfo.of(spec.base_key, sd[spec.base_key])
-        name = spec.name or spec.key.rsplit(".", 1)[0] if "." in spec.key else (spec.name or spec.key)
+        name = spec.name or (spec.key.rsplit(".", 1)[0] if "." in spec.key else spec.key)
         info = {"edges": spec.edges, "axes": {a: sizes[a] for a in _AXES}, "base_edges": spec.base_edges}
         return LayerSource.with_basis(
             name, coeffs, basis, base, tensors,

@@ -328,9 +328,9 @@ def compress_(model: nn.Module, config: Any = None, *,
     targets = _kan_modules(model, filter_fn)
     if not targets:
         raise InvalidInputError(
-            f"compress_: no KAN layer (efficient-kan KANLinear or a module with "
-            f"spline_weight/base_weight/grid/spline_order, pykan KANLayer, FastKAN, ChebyKAN, "
-            f"TorchKAN, torch-conv-kan) found in {type(model).__name__}"
+            f"compress_: no efficient-kan-layout KAN layer (KANLinear, or a module with "
+            f"spline_weight/base_weight/grid/spline_order) and no pykan, FastKAN, ChebyKAN, "
+            f"TorchKAN or torch-conv-kan layer found in {type(model).__name__}"
         )
     kinds = {name: kan_layer_kind(mod) for name, mod in targets}
     refused = [f"{name or type(model).__name__} ({kind})" for name, kind in kinds.items()

@@ -467,21 +467,30 @@ def run_methods(w: dict, coeffs: np.ndarray, metric: np.ndarray, k: int, n_iter:
         # gsb_fit's codebook is in coefficient space: whiten it back (c = L^T C) to score it
         add("sharekan gsb_fit", fit["codebook"] @ w["chol"], fit["codes"],  # type: ignore[index]
             {"iterations": int(fit["iterations"])})  # type: ignore[index]
+    def inertia(centroids, labels) -> float:  # type: ignore[no-untyped-def]
+        # the Euclidean methods' own objective, recomputed in f64 on their input
+        diff = w["shapes_canon"] - np.asarray(centroids, dtype=np.float64)[np.asarray(labels)]
+        return float(weights @ np.einsum("em,em->e", diff, diff))
+
     km = outputs["scikit-learn KMeans (lloyd, f32)"]
     add("scikit-learn KMeans (lloyd, f32)", km.cluster_centers_, km.labels_,  # type: ignore[attr-defined]
-        {"iterations": int(km.n_iter_), "inertia_euclidean": float(km.inertia_)})  # type: ignore[attr-defined]
+        {"iterations": int(km.n_iter_),  # type: ignore[attr-defined]
+         "inertia_weighted": inertia(km.cluster_centers_, km.labels_)})  # type: ignore[attr-defined]
     _split(rows[-1], statistics.median(times["init: scikit-learn"]),
            statistics.median(cpu["init: scikit-learn"]))
     for init_name in ("random", "k-means++"):
         name = f"faiss Kmeans (init {init_name}, f32)"
         fk, labels = outputs[name]  # type: ignore[misc]
         add(name, fk.centroids, labels,
-            {"objective_faiss_last": float(fk.obj[-1]) if len(fk.obj) else None,
+            {"inertia_weighted": inertia(fk.centroids, labels),
              "iterations": len(fk.iteration_stats)})
         stats = [st["time"] for st in fk.iteration_stats]
         if len(stats) > 1:  # faiss records cumulative seconds after each iteration
+            # from the last run's own clock: init = time to the end of iteration 1 minus
+            # one mean iteration (mixing it with the median of other runs can go negative)
             per_iter = (stats[-1] - stats[0]) / (len(stats) - 1)
-            _split(rows[-1], rows[-1]["median_s"] - per_iter * len(stats))
+            rows[-1]["init_median_s"] = max(stats[0] - per_iter, 0.0)
+            rows[-1]["per_iteration_s"] = per_iter
 
     if with_numpy:
         name = "NumPy spherical k-means (this script)"
@@ -791,6 +800,14 @@ def main() -> None:
                    f"objective no worse than all of them: {'yes' if j_ok else 'NO'} "
                    f"(theirs is {min(fa['J_own'], fa2['J_own'], sl['J_own']) / sk_row['J_own']:.3f}x "
                    "sharekan's at best).")
+    energy = float((WHITE["gamma"] ** 2).sum())
+    own = [f"{name}: {r[key] / energy:.5f}" for name, r in by.items()
+           for key in ("inertia_weighted",) if r.get(key) is not None]
+    if own:
+        notes.append("Each Euclidean baseline's own objective (weighted inertia "
+                     "sum gamma_e^2 ||s_e - c_q||^2, i.e. gain = gamma_e and the raw centroid), "
+                     "divided by the same energy: " + "; ".join(own) + ". The J columns "
+                     "instead normalise the centroids and use the optimal gain <r_e, c_q>.")
     print("K sweep ...", flush=True)
     sweep_rows = sweep(state, layer, metric, [int(v) for v in args.sweep_ks.split(",") if v],
                        args.n_iter, args.seed, calib_x)
@@ -818,8 +835,8 @@ def main() -> None:
             "labels stop changing (see iterations)."),
             ("init s / per iter s: sharekan = spherical_kmeans with n_iter=0 (k-means++ plus "
             "one assignment); scikit-learn = sklearn.cluster.kmeans_plusplus alone; faiss = "
-            "from its iteration_stats (the rest of the median is init, subsampling checks "
-            "and the final search). per iter = (median - init) / iterations."),
+            "from the iteration_stats clock of its last run (init = end of iteration 1 minus "
+            "one mean iteration). per iter = (median - init) / iterations for the others."),
             ("sharekan: spherical_kmeans(residuals f64, K, n_iter, tol=0, seed) on the same "
             "residuals; gsb_fit adds whitening, decomposition and the map back to "
             "coefficient space; its codebook is whitened back (c = L^T C) to be scored."),

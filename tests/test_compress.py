@@ -212,3 +212,25 @@ def test_default_model_compresses_well():
     agreement = (dense.argmax(1) == approx.argmax(1)).mean()
     assert agreement > 0.97
     assert model.report.ratio > 4
+
+
+def test_four_bit_gains_and_base_are_packed_and_round_trip(small_sd, rng, tmp_path):
+    eight = sharekan.compress(small_sd, codebook_size=8, bias="fold")
+    four = sharekan.compress(small_sd, codebook_size=8, bias="fold", gain_bits=4, base="int4")
+    layer = four.layers["layers.0"]
+    assert int(np.abs(layer.gains).max()) <= 7 and int(np.abs(layer.base_weight).max()) <= 7
+    stored = layer.stored_tensors()
+    assert "gains_q4" in stored and "base_weight_q4" in stored
+    assert stored["gains_q4"].nbytes == (6 * 8 + 1) // 2
+    assert four.nbytes < eight.nbytes
+    path = tmp_path / "four.sharekan"
+    four.save(path)
+    again = sharekan.load(path)
+    np.testing.assert_array_equal(again.layers["layers.0"].gains, layer.gains)
+    x = rng.uniform(-1, 1, size=(9, 6)).astype(np.float32)
+    np.testing.assert_array_equal(again.forward(x), four.forward(x))
+    # coarser, but still a faithful model
+    want = dense_forward(small_sd, x)
+    err4 = np.linalg.norm(four.forward(x) - want) / np.linalg.norm(want)
+    err8 = np.linalg.norm(eight.forward(x) - want) / np.linalg.norm(want)
+    assert err4 < err8 + 0.1 and err4 < 0.5

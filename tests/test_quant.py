@@ -137,3 +137,28 @@ def test_pack_bad_input():
         core.pack_codes(np.array([1, 2], np.int64), 2)
     with pytest.raises(errors.InvalidInputError, match="contiguous"):
         core.pack_codes(np.arange(6, dtype=np.uint32)[::2], 3)
+
+
+def test_quantize_sym_low_bits_and_nibbles():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(6, 40))
+    q8, s8 = core.quantize_sym(x, 0, 8)
+    q, s = core.quantize_i8(x, 0)
+    np.testing.assert_array_equal(q8, q)
+    np.testing.assert_array_equal(s8, s)
+    q4, s4 = core.quantize_sym(x, 1, 4)
+    assert q4.dtype == np.int8 and np.abs(q4).max() <= 7 and s4.shape == (40,)
+    # least-squares clipping: never worse than the max-abs scale per column
+    err = ((x - q4 * s4) ** 2).sum(0)
+    smax = (np.abs(x).max(0) / 7).astype(np.float32)
+    err_max = ((x - np.clip(np.round(x / smax), -7, 7) * smax) ** 2).sum(0)
+    assert (err <= err_max * (1 + 1e-6)).all()
+    packed = core.pack_nibbles(q4.reshape(-1).copy())
+    assert packed.nbytes == q4.size // 2
+    np.testing.assert_array_equal(core.unpack_nibbles(packed, q4.size).reshape(q4.shape), q4)
+    with pytest.raises(errors.InvalidInputError, match="bits"):
+        core.quantize_sym(x, 0, 9)
+    with pytest.raises(errors.InvalidInputError, match="4 bits"):
+        core.pack_nibbles(np.array([1, 9], dtype=np.int8))
+    with pytest.raises(errors.ShapeError):
+        core.unpack_nibbles(np.zeros(1, np.uint8), 3)

@@ -315,7 +315,7 @@ def _compile_layer(
     gains = gains.reshape(n_in, n_out)
     biases = biases.reshape(n_in, n_out)
     if cfg.int8:
-        gains_stored, gains_scale = _core.quantize_i8(gains, 1)
+        gains_stored, gains_scale = _core.quantize_sym(gains, 1, cfg.gain_bits)
     else:
         gains_stored, gains_scale = gains.astype(np.float32), np.ones(n_out, dtype=np.float32)
     bias_mode = cfg.bias
@@ -332,8 +332,8 @@ def _compile_layer(
         edge_bias = biases.astype(np.float32)
     base = base_scale = None
     if source.base_weight is not None:
-        if cfg.base == "int8":
-            base, base_scale = _core.quantize_i8(source.base_weight, 1)
+        if cfg.base in ("int8", "int4"):
+            base, base_scale = _core.quantize_sym(source.base_weight, 1, 8 if cfg.base == "int8" else 4)
         else:
             base = source.base_weight.astype(np.float32)
     layer = CompressedLayer(

@@ -231,9 +231,9 @@ class CompressedLayer:
             raise ArtifactError(
                 f"layer {meta['name']!r}: stored code {int(codes.max())} >= K = {meta['codebook_size']}"
             )
-        gains, gains_scale = _get_weight(tensors, "gains")
-        edge_bias, edge_bias_scale = _get_weight(tensors, "edge_bias")
-        base, base_scale = _get_weight(tensors, "base_weight")
+        gains, gains_scale = _get_weight(tensors, "gains", (n_in, n_out))
+        edge_bias, edge_bias_scale = _get_weight(tensors, "edge_bias", (n_in, n_out))
+        base, base_scale = _get_weight(tensors, "base_weight", (n_in, n_out))
         if "codebook_q" in codebook:
             cq, cs = codebook["codebook_q"], codebook["codebook_scale"]
             book = (cq.astype(np.float32) * cs[:, None]).astype(np.float32)
@@ -281,17 +281,24 @@ def _put_weight(
 ) -> None:
     if values.dtype == np.int8:
         assert scale is not None
-        out[f"{name}_q"] = values
+        if values.size and -8 <= int(values.min()) and int(values.max()) <= 7:
+            # 4-bit values (Config gain_bits=4 / base="int4"): two per byte, lossless
+            out[f"{name}_q4"] = _core.pack_nibbles(np.ascontiguousarray(values.reshape(-1)))
+        else:
+            out[f"{name}_q"] = values
         out[f"{name}_scale"] = scale
     else:
         out[name] = values
 
 
 def _get_weight(
-    tensors: Mapping[str, np.ndarray], name: str
+    tensors: Mapping[str, np.ndarray], name: str, shape: tuple[int, int]
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
     if f"{name}_q" in tensors:
         return tensors[f"{name}_q"], tensors[f"{name}_scale"]
+    if f"{name}_q4" in tensors:
+        values = _core.unpack_nibbles(tensors[f"{name}_q4"], shape[0] * shape[1])
+        return values.reshape(shape), tensors[f"{name}_scale"]
     return tensors.get(name), None
 
 

@@ -14,7 +14,8 @@ from .errors import InvalidInputError
 METRICS = ("coefficient", "function", "data")
 SHARES = ("layer", "model")
 BIAS_MODES = ("auto", "fold", "edge")
-BASE_MODES = ("int8", "float")
+BASE_MODES = ("int8", "int4", "float")
+GAIN_BITS = (4, 8)
 INITS = ("kmeans++",)
 MAX_CODEBOOK_SIZE = 1 << 16
 
@@ -34,7 +35,9 @@ class Config:
         bias: "fold" (one float per output; exact while inputs stay inside the grid),
             "edge" (one value per edge; exact everywhere) or "auto" (fold only where
             calibration data or `input_range` shows inputs stay inside the grid).
-        base: base-branch weights as "int8" (per output channel) or "float".
+        gain_bits: bits of the int8-mode gains, 8 or 4 (per-output scales; 4-bit values
+            are stored two per byte and use the least-squares clipping of each column).
+        base: base-branch weights as "int8" or "int4" (per output channel) or "float".
         n_iter: maximum k-means iterations.
         tol: stop when the relative objective improvement falls below this.
         init: k-means initialisation ("kmeans++").
@@ -55,6 +58,7 @@ class Config:
     metric: str = "function"
     int8: bool = True
     bias: str = "auto"
+    gain_bits: int = 8
     base: str = "int8"
     n_iter: int = 25
     tol: float = 1e-4
@@ -131,6 +135,8 @@ def _check_fields(cfg: Config) -> None:
     choice("metric", METRICS)
     choice("bias", BIAS_MODES)
     choice("base", BASE_MODES)
+    if cfg.gain_bits not in GAIN_BITS or isinstance(cfg.gain_bits, bool):
+        raise InvalidInputError(f"Config.gain_bits={cfg.gain_bits!r}; expected one of {list(GAIN_BITS)}")
     choice("init", INITS)
     if not isinstance(cfg.int8, bool):
         raise InvalidInputError(f"Config.int8={cfg.int8!r}; expected True or False")

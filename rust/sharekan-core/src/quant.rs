@@ -14,10 +14,37 @@ use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
 /// [`Error::InvalidValue`] for `axis > 1` or values so large that the scale overflows
 /// f32; [`Error::NonFinite`] for NaN/Inf.
 pub fn quantize_i8(x: ArrayView2<'_, f64>, axis: usize) -> Result<(Array2<i8>, Array1<f32>)> {
+    quantize_sym(x, axis, 8)
+}
+
+/// Clip ratios tried (largest first) when fewer than 8 bits are asked for.
+const CLIP_RATIOS: [f64; 11] = [1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5];
+
+/// Symmetric quantisation of `x (R, C)` to `bits` (2..=8) signed levels
+/// `[-(2^(bits-1) - 1), 2^(bits-1) - 1]`, stored in i8, with one f32 scale per lane.
+///
+/// With 8 bits this is [`quantize_i8`] (max-abs scale, error `<= scale / 2`). With fewer
+/// bits the scale of each lane is the clipped max-abs (ratios 1.0 down to 0.5) with the
+/// least squared error: at 4 bits one outlier would otherwise cost every other value most
+/// of its resolution. Ties keep the larger ratio, so the result is deterministic.
+///
+/// # Errors
+/// As [`quantize_i8`]; [`Error::InvalidValue`] for `bits` outside 2..=8.
+pub fn quantize_sym(
+    x: ArrayView2<'_, f64>,
+    axis: usize,
+    bits: u32,
+) -> Result<(Array2<i8>, Array1<f32>)> {
     if axis > 1 {
         return Err(Error::invalid(
             "axis",
             format!("must be 0 (per-row scale) or 1 (per-column scale), got {axis}"),
+        ));
+    }
+    if !(2..=8).contains(&bits) {
+        return Err(Error::invalid(
+            "bits",
+            format!("must be in 2..=8, got {bits}"),
         ));
     }
     if x.is_empty() {
@@ -29,32 +56,98 @@ pub fn quantize_i8(x: ArrayView2<'_, f64>, axis: usize) -> Result<(Array2<i8>, A
     }
     let xs = x.as_standard_layout();
     check_finite("x", xs.iter())?;
-    // Scales live along `axis`; each is the max over the other axis.
+    let qmax = ((1i32 << (bits - 1)) - 1) as f64;
+    let ratios: &[f64] = if bits == 8 {
+        &CLIP_RATIOS[..1]
+    } else {
+        &CLIP_RATIOS
+    };
+    let quant = |v: f64, s: f64| -> f64 {
+        if s == 0.0 {
+            0.0
+        } else {
+            (v / s).round().clamp(-qmax, qmax)
+        }
+    };
+    // Scales live along `axis`; each comes from the values across the other axis.
     let lanes = x.len_of(Axis(axis));
     let mut scales = Array1::<f32>::zeros(lanes);
     for (idx, lane) in x.axis_iter(Axis(axis)).enumerate() {
         let amax = lane.iter().fold(0.0_f64, |a, &v| a.max(v.abs()));
-        let mut s = (amax / 127.0) as f32;
-        if !s.is_finite() {
-            return Err(Error::invalid(
-                "x",
-                format!("max |x| = {amax:e} along index {idx} of axis {axis} is too large for an f32 scale"),
-            ));
+        let mut best = (f64::INFINITY, 0.0f32);
+        for &ratio in ratios {
+            let mut s = (amax * ratio / qmax) as f32;
+            if !s.is_finite() {
+                return Err(Error::invalid(
+                    "x",
+                    format!("max |x| = {amax:e} along index {idx} of axis {axis} is too large for an f32 scale"),
+                ));
+            }
+            if s == 0.0 && amax > 0.0 {
+                s = f32::from_bits(1);
+            }
+            let err: f64 = lane
+                .iter()
+                .map(|&v| (v - quant(v, s as f64) * s as f64).powi(2))
+                .sum();
+            if err < best.0 {
+                best = (err, s);
+            }
         }
-        if s == 0.0 && amax > 0.0 {
-            s = f32::from_bits(1);
-        }
-        scales[idx] = s;
+        scales[idx] = best.1;
     }
     let q = Array2::from_shape_fn(x.dim(), |(r, c)| {
         let s = scales[if axis == 0 { r } else { c }] as f64;
-        if s == 0.0 {
-            0
-        } else {
-            (x[[r, c]] / s).round().clamp(-127.0, 127.0) as i8
-        }
+        quant(x[[r, c]], s) as i8
     });
     Ok((q, scales))
+}
+
+/// Packs int4 values (`-8..=7`) two per byte, low nibble first.
+///
+/// # Errors
+/// [`Error::InvalidValue`] naming the index of the first value outside `-8..=7`.
+pub fn pack_nibbles(values: &[i8]) -> Result<Vec<u8>> {
+    if let Some(index) = values.iter().position(|v| !(-8..=7).contains(v)) {
+        return Err(Error::invalid(
+            "values",
+            format!(
+                "value {} at index {index} does not fit in 4 bits (-8..=7)",
+                values[index]
+            ),
+        ));
+    }
+    Ok(values
+        .chunks(2)
+        .map(|pair| {
+            let lo = (pair[0] as u8) & 0x0f;
+            let hi = pair.get(1).map_or(0, |&v| (v as u8) & 0x0f);
+            lo | (hi << 4)
+        })
+        .collect())
+}
+
+/// Unpacks `n` int4 values packed by [`pack_nibbles`].
+///
+/// # Errors
+/// [`Error::Shape`] when `packed` holds fewer than `ceil(n / 2)` bytes.
+pub fn unpack_nibbles(packed: &[u8], n: usize) -> Result<Vec<i8>> {
+    let need = n.div_ceil(2);
+    if packed.len() < need {
+        return Err(Error::shape(
+            "packed",
+            format!("at least {need} bytes for {n} int4 values"),
+            fmt_shape(&[packed.len()]),
+        ));
+    }
+    // sign-extend each nibble: shift it to the top of an i8, then arithmetic-shift back
+    Ok((0..n)
+        .map(|i| {
+            let byte = packed[i / 2];
+            let nibble = if i % 2 == 0 { byte << 4 } else { byte & 0xf0 };
+            (nibble as i8) >> 4
+        })
+        .collect())
 }
 
 /// Dequantises `q (R, C)` with the scales of [`quantize_i8`] (`axis` as there).
@@ -298,5 +391,68 @@ mod tests {
             prop_assert_eq!(packed.len(), (codes.len() * bits as usize).div_ceil(8));
             prop_assert_eq!(unpack_codes(&packed, bits, codes.len()).unwrap(), codes);
         }
+    }
+}
+
+#[cfg(test)]
+mod low_bit_tests {
+    use super::*;
+    use ndarray::array;
+    use proptest::prelude::*;
+
+    #[test]
+    fn eight_bits_is_quantize_i8_semantics() {
+        let x = array![[0.5, -1.0, 0.25], [0.0, 0.0, 0.0]];
+        let (q, s) = quantize_sym(x.view(), 0, 8).unwrap();
+        assert_eq!(s[1], 0.0);
+        assert_eq!(q[[0, 1]], -127);
+        assert!(quantize_sym(x.view(), 0, 9).is_err());
+        assert!(quantize_sym(x.view(), 0, 1).is_err());
+    }
+
+    #[test]
+    fn four_bits_clips_an_outlier_when_that_helps() {
+        // 1000 values spread over [-1, 1] and one at 3: rounding them all at step 3/7
+        // costs more than clipping the single outlier.
+        let mut row: Vec<f64> = (0..1000).map(|i| -1.0 + 2.0 * i as f64 / 999.0).collect();
+        row.push(3.0);
+        let x = Array2::from_shape_vec((1, row.len()), row).unwrap();
+        let (q, s) = quantize_sym(x.view(), 0, 4).unwrap();
+        assert!(q.iter().all(|&v| (-7..=7).contains(&v)));
+        assert!((s[0] as f64) < 0.9 * 3.0 / 7.0);
+    }
+
+    proptest! {
+        #[test]
+        fn nibbles_round_trip(values in proptest::collection::vec(-8i8..=7, 0..50)) {
+            let packed = pack_nibbles(&values).unwrap();
+            prop_assert_eq!(packed.len(), values.len().div_ceil(2));
+            prop_assert_eq!(unpack_nibbles(&packed, values.len()).unwrap(), values);
+        }
+
+        #[test]
+        fn low_bit_error_never_worse_than_max_abs(
+            values in proptest::collection::vec(-5.0f64..5.0, 1..40), bits in 2u32..8,
+        ) {
+            let x = Array2::from_shape_vec((1, values.len()), values.clone()).unwrap();
+            let (q, s) = quantize_sym(x.view(), 0, bits).unwrap();
+            let qmax = ((1i32 << (bits - 1)) - 1) as f64;
+            let amax = values.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+            let s_max = (amax / qmax) as f32 as f64;
+            let err = |scale: f64, qv: &dyn Fn(f64) -> f64| -> f64 {
+                values.iter().map(|&v| (v - qv(v) * scale).powi(2)).sum()
+            };
+            let ours: f64 = values.iter().zip(q.iter()).map(|(&v, &qv)| (v - qv as f64 * s[0] as f64).powi(2)).sum();
+            let reference = if s_max == 0.0 { 0.0 } else {
+                err(s_max, &|v| (v / s_max).round().clamp(-qmax, qmax))
+            };
+            prop_assert!(ours <= reference * (1.0 + 1e-12) + 1e-300);
+        }
+    }
+
+    #[test]
+    fn bad_nibbles() {
+        assert!(pack_nibbles(&[3, 8]).is_err());
+        assert!(unpack_nibbles(&[0u8], 3).is_err());
     }
 }

@@ -177,6 +177,56 @@ fn quantize_i8<'py>(
     Ok((q.into_pyarray(py), s.into_pyarray(py)))
 }
 
+/// Symmetric quantisation to `bits` (2..=8) signed levels, one scale per row (axis=0) or
+/// column (axis=1); fewer than 8 bits pick the least-squares clipping per lane.
+#[pyfunction]
+#[allow(clippy::type_complexity)]
+fn quantize_sym<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    axis: i64,
+    bits: i64,
+) -> PyResult<(Bound<'py, PyArray2<i8>>, Bound<'py, PyArray1<f32>>)> {
+    let axis = count(py, axis, "axis")?;
+    let bits = bits_arg(py, bits)?;
+    let x = array2::<f64>(x, "x")?;
+    let view = x.as_array();
+    let (q, s) = py
+        .detach(|| quant::quantize_sym(view, axis, bits))
+        .map_err(|e| core_err(py, e))?;
+    Ok((q.into_pyarray(py), s.into_pyarray(py)))
+}
+
+/// Pack int4 values (-8..=7) two per byte, low nibble first.
+#[pyfunction]
+fn pack_nibbles<'py>(
+    py: Python<'py>,
+    values: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyArray1<u8>>> {
+    let values = array1::<i8>(values, "values")?;
+    let slice = values
+        .as_slice()
+        .map_err(|_| invalid(py, "values: must be C-contiguous"))?;
+    let packed = quant::pack_nibbles(slice).map_err(|e| core_err(py, e))?;
+    Ok(Array1::from(packed).into_pyarray(py))
+}
+
+/// Unpack `n` int4 values packed by `pack_nibbles`.
+#[pyfunction]
+fn unpack_nibbles<'py>(
+    py: Python<'py>,
+    packed: &Bound<'py, PyAny>,
+    n: i64,
+) -> PyResult<Bound<'py, PyArray1<i8>>> {
+    let n = count(py, n, "n")?;
+    let packed = array1::<u8>(packed, "packed")?;
+    let slice = packed
+        .as_slice()
+        .map_err(|_| invalid(py, "packed: must be C-contiguous"))?;
+    let values = quant::unpack_nibbles(slice, n).map_err(|e| core_err(py, e))?;
+    Ok(Array1::from(values).into_pyarray(py))
+}
+
 /// Bits per code for a codebook of `k` words: ceil(log2 k), 0 when k == 1.
 #[pyfunction]
 fn bits_for(py: Python<'_>, k: i64) -> PyResult<u32> {
@@ -273,6 +323,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(gsb_fit, m)?)?;
     m.add_function(wrap_pyfunction!(refit_gain_bias, m)?)?;
     m.add_function(wrap_pyfunction!(quantize_i8, m)?)?;
+    m.add_function(wrap_pyfunction!(quantize_sym, m)?)?;
+    m.add_function(wrap_pyfunction!(pack_nibbles, m)?)?;
+    m.add_function(wrap_pyfunction!(unpack_nibbles, m)?)?;
     m.add_function(wrap_pyfunction!(bits_for, m)?)?;
     m.add_function(wrap_pyfunction!(pack_codes, m)?)?;
     m.add_function(wrap_pyfunction!(unpack_codes, m)?)?;

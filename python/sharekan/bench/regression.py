@@ -1,8 +1,8 @@
 """Regression benchmark: KANs fitted to known smooth formulas (the kind pykan's tutorials
 fit), compressed post-training, scored by test RMSE relative to the dense model.
 
-Inputs are uniform on [-1, 1]^n (seeded), 3,000 training and 2,000 test points; targets
-are exact. Each KAN (n -> 64 -> 64 -> 1, G = 10, k = 3, efficient-kan layout) is trained
+Inputs are uniform on [-1, 1]^n (seeded), 2,000 training and 2,000 test points; targets
+are exact. Each KAN (n -> 32 -> 32 -> 1, G = 10, k = 3, efficient-kan layout) is trained
 full-batch with Adam (seeded, cached).
 """
 
@@ -48,12 +48,12 @@ FORMULAS: dict[str, tuple[int, Callable[[np.ndarray], np.ndarray]]] = {
 
 @dataclass(frozen=True)
 class RegressionConfig:
-    hidden: tuple[int, ...] = (64, 64)
+    hidden: tuple[int, ...] = (32, 32)
     grid_size: int = 10
     spline_order: int = 3
-    n_train: int = 3000
+    n_train: int = 2000
     n_test: int = 2000
-    steps: int = 1500
+    steps: int = 600
     lr: float = 3e-3
     seed: int = 0
     ks: tuple[int, ...] = (16, 64, 256)

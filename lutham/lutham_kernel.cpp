@@ -24,6 +24,9 @@
 // Dtypes: x, grid, codebook, scales, out_bias, out: float32; codes: uint8, int16 or int32;
 // gains, edge_bias, base_weight: int8 or float32. Every tensor must be contiguous.
 //
+// Grid: (n_in, M + k + 1) knots, or (1, M + k + 1): the same knots for every input
+// (efficient-kan's default grid; stored once, reciprocals computed once per tile).
+//
 // Every check fails through ET_KERNEL_CHECK_MSG: the kernel returns with an InvalidArgument
 // (or MemoryAllocationFailed) status, the runtime reports it and stays usable. No input can
 // make the kernel read or write out of bounds: shapes, code ranges and the spline order are
@@ -89,7 +92,8 @@ struct EdgeTensor {
 /// One validated layer. All arrays are C-contiguous.
 struct Layer {
   int64_t n_in = 0, n_out = 0, K = 0, M = 0, k = 0;
-  const float* grid = nullptr;      // (n_in, M + k + 1), strictly increasing rows
+  const float* grid = nullptr;      // (n_in or 1, M + k + 1), strictly increasing rows
+  bool shared_grid = false;         // grid has one row, the knots of every input
   const float* codebook = nullptr;  // (K, M)
   const void* codes = nullptr;      // (n_in, n_out), all in [0, K)
   CodeType code_type = CodeType::kU8;
@@ -101,6 +105,11 @@ struct Layer {
   EdgeTensor base_weight;                  // (n_in, n_out) or absent
   const float* base_scale = nullptr;       // (n_out,) or nullptr (= ones)
 };
+
+/// Knots of input i (the single row of a shared grid).
+static inline const float* grid_row(const Layer& L, int64_t i) {
+  return L.grid + (L.shared_grid ? 0 : i) * (L.M + L.k + 1);
+}
 
 /// Span j of x: g[j] <= x < g[j+1], 0 <= j <= n_knots - 2 (x inside, checked by caller).
 static inline int64_t find_span(const float* g, int64_t n_knots, float x) {
@@ -331,7 +340,7 @@ static void forward_row_projection(const Layer& L, const float* ct, const float*
   for (int64_t i = 0; i < L.n_in; ++i) {
     const float xi = x[i];
     int64_t first = 0;
-    if (basis_at(L.grid + i * n_knots, n_knots, L.k, xi, &first, b)) {
+    if (basis_at(grid_row(L, i), n_knots, L.k, xi, &first, b)) {
       const float s = build_projection(ct, L.K, L.M, L.k, first, b, p);
       gather_dispatch(L, i, p, acc_g);
       if (L.edge_bias.data && s != 0.0f) {
@@ -504,9 +513,9 @@ static void forward_decoded(const Layer& L, const float* ct, const float* x, int
   const float* terms_w[kMaxSplineOrder + 3];
   float terms_c[kMaxSplineOrder + 3];
   for (int64_t i = 0; i < L.n_in; ++i) {
-    const float* g = L.grid + i * n_knots;
+    const float* g = grid_row(L, i);
     int64_t m_lo = M, m_hi = -1;
-    knot_reciprocals(g, n_knots, k, inv);
+    if (i == 0 || !L.shared_grid) knot_reciprocals(g, n_knots, k, inv);
     for (int64_t bi = 0; bi < B; ++bi) {
       float* cb = coef + bi * (k + 1);
       const float xi = xt[i * B + bi];
@@ -726,16 +735,20 @@ Tensor& lutham_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& gri
   const int64_t n_knots = L.M + k + 1;
   ET_KERNEL_CHECK_MSG(ctx, grid.scalar_type() == ScalarType::Float, InvalidArgument, out,
                       "lutham: grid must be float32, got %s", dtype_name(grid.scalar_type()));
-  ET_KERNEL_CHECK_MSG(ctx, grid.dim() == 2 && grid.size(0) == L.n_in && grid.size(1) == n_knots,
+  ET_KERNEL_CHECK_MSG(ctx,
+                      grid.dim() == 2 && (grid.size(0) == L.n_in || grid.size(0) == 1) &&
+                          grid.size(1) == n_knots,
                       InvalidArgument, out,
-                      "lutham: grid must have shape (n_in=%lld, M+k+1=%lld) for M=%lld, k=%lld",
+                      "lutham: grid must have shape (n_in=%lld or 1, M+k+1=%lld) for M=%lld, "
+                      "k=%lld",
                       static_cast<long long>(L.n_in), static_cast<long long>(n_knots),
                       static_cast<long long>(L.M), static_cast<long long>(k));
   ET_KERNEL_CHECK_MSG(ctx, is_contiguous(grid), InvalidArgument, out,
                       "lutham: grid must be contiguous");
   L.grid = grid.const_data_ptr<float>();
+  L.shared_grid = grid.size(0) == 1;
   L.codebook = codebook.const_data_ptr<float>();
-  for (int64_t i = 0; i < L.n_in; ++i) {
+  for (int64_t i = 0; i < grid.size(0); ++i) {
     const float* g = L.grid + i * n_knots;
     bool ok = std::isfinite(g[0]);
     for (int64_t t = 1; t < n_knots; ++t) ok = ok && std::isfinite(g[t]) && g[t] > g[t - 1];

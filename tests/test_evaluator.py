@@ -142,6 +142,34 @@ def test_forward_matches_kmeans_decoded_layer(rng):
     check_forward(x, layer)
 
 
+@pytest.mark.parametrize("k", [0, 1, 3, 5])
+@pytest.mark.parametrize("batch", [1, 5, 12, 70])  # projection tables / decoded tiles
+@pytest.mark.parametrize("code_dtype", [np.uint8, np.int32])
+def test_shared_grid_row_equals_repeated_grid(rng, k, batch, code_dtype):
+    """grid (1, NG) = the same knots for every input: the same bits as the repeated grid,
+    and the oracle agrees (inputs outside the grid, on knots and NaN included)."""
+    layer = random_layer(rng, 9, 6, 5, k, 20, code_dtype=code_dtype, weight_kind="int8",
+                         uniform=True)
+    assert (layer["grid"] == layer["grid"][:1]).all()
+    x = grid_inputs(rng, layer["grid"], batch, outside=0.3).astype(np.float32)
+    shared = {**layer, "grid": np.ascontiguousarray(layer["grid"][:1])}
+    y_row = check_forward(x, shared)
+    np.testing.assert_array_equal(y_row, core.lutham_forward(x, **layer))
+    x[0, 0] = np.nan
+    np.testing.assert_array_equal(core.lutham_forward(x, **shared),
+                                  core.lutham_forward(x, **layer))
+
+
+@pytest.mark.parametrize("batch", [1, 3, 12, 130])
+def test_results_do_not_depend_on_the_other_rows(rng, batch):
+    """Each row's result is a function of that row (and of whether the batch has fewer
+    than 12 rows, which picks the strategy): reversing the batch reverses the output."""
+    layer = random_layer(rng, 40, 33, 6, 3, 64, code_dtype=np.uint8, weight_kind="int8")
+    x = grid_inputs(rng, layer["grid"], batch, outside=0.3).astype(np.float32)
+    y = check_forward(x, layer)
+    np.testing.assert_array_equal(core.lutham_forward(x[::-1].copy(), **layer), y[::-1])
+
+
 # --- bad input -------------------------------------------------------------------------
 
 
@@ -225,6 +253,8 @@ def test_nonfinite_x(good, bad):
         ("x", (5, 3)),
         ("grid", (3, 12)),
         ("grid", (4, 11)),
+        ("grid", (2, 12)),  # neither n_in rows nor one shared row
+        ("grid", (1, 11)),
         ("codebook", (6, 7)),
         ("codes", (4, 4)),
         ("codes", (3, 3)),

@@ -100,6 +100,46 @@ def test_kernel_matches_oracle_and_rust(runtime, tmp_path, case):
         np.testing.assert_allclose(got, rust, atol=2e-5 * scale, rtol=1e-4)
 
 
+@pytest.mark.parametrize("k", [0, 1, 3, 5])  # compile-time orders and the generic one
+def test_kernel_shared_grid_row_equals_repeated_grid(runtime, tmp_path, k):
+    """grid (1, NG): the same knots for every input. The kernel gives the same bits as with
+    the repeated (n_in, NG) grid in both strategies, agrees with the Rust evaluator (which
+    gives the same bits for both shapes too) and the oracle, the .pte is smaller, and the
+    standalone runner agrees with the in-process runtime."""
+    rng = np.random.default_rng(40 + k)
+    n_in, n_out = 21, 13
+    layer = random_layer(rng, n_in, n_out, 6, k, 50, code_dtype=np.uint8,
+                         weight_kind="int8", uniform=True)
+    shared = {**layer, "grid": np.ascontiguousarray(layer["grid"][:1])}
+    full_path = _export(layer, tmp_path / "full.pte", n_in)
+    row_path = _export(shared, tmp_path / "row.pte", n_in)
+    saved = (n_in - 1) * layer["grid"].shape[1] * 4
+    assert full_path.stat().st_size - row_path.stat().st_size >= saved - 64
+    full = runtime.load_program(str(full_path)).load_method("forward")
+    row = runtime.load_program(str(row_path)).load_method("forward")
+    for batch in BATCHES:
+        x = grid_inputs(rng, layer["grid"], batch, outside=0.3).astype(np.float32)
+        x[-1, 0] = np.nan
+        got = row.execute([torch.from_numpy(x)])[0].numpy()
+        np.testing.assert_array_equal(got, full.execute([torch.from_numpy(x)])[0].numpy())
+        rust = _rust(x, shared)
+        np.testing.assert_array_equal(rust, _rust(x, layer))
+        want = oracle.lutham_dense(x, **shared)  # the NaN row is NaN everywhere (SiLU)
+        assert np.isnan(got[-1]).all() and np.isnan(want[-1]).all()
+        scale = np.abs(want[:-1]).max(initial=0.0) + 1e-6
+        np.testing.assert_allclose(got, want, atol=2e-5 * scale, rtol=1e-4)
+        np.testing.assert_allclose(got, rust, atol=2e-5 * scale, rtol=1e-4)
+    runner = lutham.build_runner()
+    for batch in (1, 16):
+        x = grid_inputs(rng, layer["grid"], batch).astype(np.float32)
+        _write_runner_input(tmp_path / "in.txt", x)
+        res = subprocess.run([str(runner), str(row_path), str(tmp_path / "in.txt")],
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        (from_runner,) = _parse_runner_output(res.stdout)
+        np.testing.assert_array_equal(from_runner, row.execute([torch.from_numpy(x)])[0].numpy())
+
+
 def test_kernel_far_outside_and_nan_inputs(runtime, tmp_path):
     rng = np.random.default_rng(5)
     layer = random_layer(rng, 9, 6, 5, 3, 16, code_dtype=np.uint8, weight_kind="int8",
@@ -210,6 +250,8 @@ def _bad_variants(rng):
     variant("k_negative", k=-1)
     variant("k_huge", k=40)
     variant("grid_not_increasing", grid=base["grid"][:, ::-1].copy())
+    variant("grid_two_rows", grid=base["grid"][:2].copy())  # neither n_in rows nor one
+    variant("grid_shared_not_increasing", grid=base["grid"][:1, ::-1].copy())
     variant("grid_nan", grid=np.where(np.arange(base["grid"].shape[1]) == 4, np.nan,
                                       base["grid"]).astype(np.float32))
     variant("gains_shape", gains=base["gains"][:, :-1].copy())

@@ -104,12 +104,38 @@ def test_int8_buffers_and_leading_dims():
     assert first.codes.dtype == torch.uint8 and first.gains.dtype == torch.int8
     assert first.base_weight.dtype == torch.int8 and first.edge_bias.dtype == torch.int8
     assert first.spline_order == 3 and first.grid_size == 5 and first.codebook_size == 32
+    assert first.grid.shape == (1, 5 + 2 * 3 + 1)  # efficient-kan's grid: one shared row
     x = _inputs(3, 6, WIDTHS[0]).reshape(2, 3, WIDTHS[0])
     with torch.no_grad():
         y = model(x)
         flat = model(x.reshape(6, WIDTHS[0]))
     assert y.shape == (2, 3, WIDTHS[-1])
     torch.testing.assert_close(y.reshape(6, -1), flat, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("batch", [1, 12])
+def test_shared_and_per_input_grid_buffers(batch):
+    """A layer whose inputs share one knot row gets a (1, NG) grid buffer; one with
+    per-input knots (as after efficient-kan's update_grid) keeps (n_in, NG). Both match
+    the Rust evaluator on the full grid and the decompressed dense KAN."""
+    model = _kan(5)
+    with torch.no_grad():
+        grid = model.layers[0].grid
+        grid.add_(torch.linspace(0.0, 0.2, grid.shape[0], dtype=grid.dtype)[:, None])
+    compress_(model, codebook_size=16, bias="edge")
+    assert model.layers[0].grid.shape == (WIDTHS[0], 12)
+    assert model.layers[1].grid.shape == (1, 12)
+    cm = model._sharekan_compressed
+    x = _inputs(6, batch, WIDTHS[0])
+    with torch.no_grad():
+        y = model(x).numpy()
+        _close(y, _dense_from(cm)(x).numpy())
+    h = x.numpy()
+    for layer in cm.layers.values():
+        full = {**layer.lutham_inputs(), "grid": layer.grid.astype(np.float32)}
+        assert full["grid"].shape == (layer.n_in, 12)
+        h = sharekan._core.lutham_forward(h, **full)
+    np.testing.assert_array_equal(y, h)  # (1, NG) and (n_in, NG): the same bits
 
 
 def test_state_dict_round_trip(tmp_path):

@@ -143,14 +143,20 @@ class CompressedLayer:
         return self.edge_gains()[..., None] * shapes + self.edge_biases()[..., None]
 
     def lutham_inputs(self) -> dict[str, Any]:
-        """Keyword arguments of `sharekan._core.lutham_forward` (all but `x`).
+        """Keyword arguments of `sharekan._core.lutham_forward` (all but `x`); `grid` is
+        (1, G + 2k + 1) when every input has the same knots, else (n_in, G + 2k + 1).
 
         Raises:
             UnsupportedLayerError: the evaluator does not implement this layer's basis or
                 semantics (see `unsupported_reason`)."""
         self.check_evaluator_support()
+        grid = np.ascontiguousarray(self.grid, dtype=np.float32)
+        if grid.shape[0] > 1 and bool((grid == grid[:1]).all()):
+            # the same knots for every input (efficient-kan's default grid): pass the row
+            # once, (1, G + 2k + 1); every LUTHAM implementation accepts it
+            grid = np.ascontiguousarray(grid[:1])
         return {
-            "grid": np.ascontiguousarray(self.grid, dtype=np.float32),
+            "grid": grid,
             "k": self.spline_order,
             "codebook": self.codebook,
             "codes": self.codes.astype(code_dtype(self.codebook_size)),

@@ -60,7 +60,9 @@ def _code_dtype(codebook_size: int) -> torch.dtype:
 class LuthamLinear(nn.Module):
     """One compressed KAN layer evaluated by codebook lookup (`sharekan::lutham`).
 
-    Buffers (input-major, ARCHITECTURE.md §4): `grid` f32 (n_in, G+2k+1), `codebook` f32
+    Buffers (input-major, ARCHITECTURE.md §4): `grid` f32 (n_in, G+2k+1), or (1, G+2k+1)
+    when every input has the same knots (as `from_compressed` builds it for efficient-kan's
+    default grid, so the state_dict and the .pte store the row once), `codebook` f32
     (K, M) (dequantised), `codes` u8/i16/i32 (n_in, n_out), `gains` i8/f32 (n_in, n_out),
     `gain_scale` f32 (n_out,), `edge_bias` i8/f32 (n_in, n_out), `edge_bias_scale`,
     `out_bias`, `base_weight` i8/f32 (n_in, n_out), `base_scale`. An absent optional buffer

@@ -7,10 +7,10 @@ Schema (the C++ ExecuTorch kernel in lutham/lutham_kernel.cpp implements `.out`)
                      Tensor out_bias, Tensor base_weight, Tensor base_scale, int k) -> Tensor
     sharekan::lutham.out(..., int k, *, Tensor(a!) out) -> Tensor(a!)
 
-Inputs follow ARCHITECTURE.md §4: x f32 (B, n_in); grid f32 (n_in, G+2k+1); codebook f32
-(K, M); codes u8/i16/i32 (n_in, n_out); gains i8/f32 (n_in, n_out); gain_scale,
-edge_bias_scale, base_scale, out_bias f32 (n_out,); edge_bias, base_weight i8/f32
-(n_in, n_out). Result f32 (B, n_out).
+Inputs follow ARCHITECTURE.md §4: x f32 (B, n_in); grid f32 (n_in, G+2k+1), or
+(1, G+2k+1) for the same knots on every input; codebook f32 (K, M); codes u8/i16/i32
+(n_in, n_out); gains i8/f32 (n_in, n_out); gain_scale, edge_bias_scale, base_scale,
+out_bias f32 (n_out,); edge_bias, base_weight i8/f32 (n_in, n_out). Result f32 (B, n_out).
 
 Optional tensors are passed as ABSENT = a 1-D tensor of shape (0,) (see `absent()`); an
 absent scale means all ones, an absent edge_bias / out_bias / base_weight means no term.

@@ -1,20 +1,61 @@
 //! LUTHAM reference evaluator (ARCHITECTURE §4).
 //!
-//! Per input row and per input `i`: find the knot span of `x_i` and its `k + 1` non-zero
-//! basis values once, build the projection table `P_i[q] = sum_t b_t C[q, j-k+t]` (K
-//! floats, stays in L1), then walk the contiguous row of codes and gains of input `i`.
-//! Rows of a batch are independent and run in parallel; the result does not depend on
-//! the number of threads.
+//! Two strategies, the same ones as the C++ kernel (`lutham/lutham_kernel.cpp`):
+//!
+//! - **projection tables** (batches below [`DECODE_MIN_BATCH`] rows): per row and per input
+//!   `i`, find the knot span of `x_i` and its `k + 1` non-zero basis values, build the
+//!   projection table `P_i[q] = sum_t b_t C[q, j-k+t]` (K floats, one pass over `k + 1`
+//!   rows of the transposed codebook, stays in L1), then walk the contiguous row `i` of
+//!   codes and gains;
+//! - **decoded tiles** (larger batches, tiles of [`BATCH_TILE`] rows): per input `i`,
+//!   decode the rows of the dense weight block `W_i` (`M x n_out`, scales folded in) that
+//!   the tile touches into a cache-resident buffer, then add `k + 1` spline rows plus the
+//!   edge-bias and base rows to each row of the tile: about `(k+3)/(M+1)` of a dense
+//!   layer's multiply-adds.
+//!
+//! Results are deterministic: every output element is computed by the same sequence of
+//! IEEE operations whatever the number of threads, the tile a row falls in, the other rows
+//! of the batch, or the SIMD path (the hot loops are compiled twice, portable and AVX2,
+//! picked at run time; no fused multiply-adds, no reassociation, so both give the same
+//! bits). The strategy is chosen by batch size only, so a row's result depends on whether
+//! its batch has fewer than [`DECODE_MIN_BATCH`] rows (the two agree to float rounding).
+//! Rows (projection tables) or tiles (decoded) run on rayon threads only when there are
+//! several of them and enough work; a single row or a single tile (up to [`BATCH_TILE`]
+//! rows) stays on the calling thread.
+//!
+//! The projection-table path computes the basis in f64 from the f32 knots with the
+//! divisions of [`crate::bspline::basis_span`]; the decoded-tile path uses per-input knot
+//! reciprocals (computed once per call for a shared grid).
+//!
+//! Validation is cheap relative to one row: the grid is checked in f32 in one pass (the
+//! detailed error comes from [`validate_grid`] only on failure), code ranges by a min/max
+//! scan (skipped for u8 codes when K >= 256), float weights by a branch-free finiteness
+//! scan; nothing of size `n_in x n_out` is copied when the inputs are C-contiguous.
 
-use crate::bspline::{basis_span, validate_grid};
+use crate::bspline::validate_grid;
 use crate::error::{check_finite_f32, fmt_shape, Error, Result};
-use ndarray::{Array2, ArrayView, ArrayView1, ArrayView2, Axis, CowArray, Dimension, Ix1, Ix2};
+use ndarray::{Array2, ArrayView, ArrayView1, ArrayView2, CowArray, Dimension, Ix1, Ix2};
 use rayon::prelude::*;
 
+/// Batches with at least this many rows use the decoded-tile strategy.
+pub const DECODE_MIN_BATCH: usize = 12;
+/// Rows per tile of the decoded-tile strategy (bounds scratch memory, keeps a tile's
+/// outputs in cache).
+pub const BATCH_TILE: usize = 64;
+/// Rows x inputs x outputs below which a call stays on the calling thread.
+const PAR_MIN_WORK: usize = 1 << 20;
+
 /// Integer types accepted as codes (`u8`, `i16`, `i32`, `u32`).
-pub trait Code: Copy + Send + Sync + 'static {
+pub trait Code: Copy + Send + Sync + Ord + 'static {
     /// The code as `i64` (for range checks and error messages).
     fn to_i64(self) -> i64;
+    /// The code as a table index (called on validated, non-negative codes only).
+    #[doc(hidden)]
+    fn index(self) -> usize;
+    /// True when every value of the type is below 256 (tables are then padded to 256
+    /// entries and lookups need no bounds check).
+    #[doc(hidden)]
+    const BYTE: bool = false;
 }
 
 macro_rules! impl_code {
@@ -24,10 +65,26 @@ macro_rules! impl_code {
             fn to_i64(self) -> i64 {
                 self as i64
             }
+            #[inline(always)]
+            fn index(self) -> usize {
+                self as usize
+            }
         }
     )*};
 }
-impl_code!(u8, i16, i32, u32);
+impl_code!(i16, i32, u32);
+
+impl Code for u8 {
+    #[inline(always)]
+    fn to_i64(self) -> i64 {
+        self as i64
+    }
+    #[inline(always)]
+    fn index(self) -> usize {
+        self as usize
+    }
+    const BYTE: bool = true;
+}
 
 /// Per-edge weights `(n_in, n_out)`: float or int8 (the int8 scale is given separately,
 /// per output, in [`LuthamInputs`]).
@@ -53,7 +110,8 @@ impl Weights<'_> {
 pub struct LuthamInputs<'a, C: Code> {
     /// Inputs `(B, n_in)`.
     pub x: ArrayView2<'a, f32>,
-    /// Knots `(n_in, G + 2k + 1)`, strictly increasing rows.
+    /// Knots `(n_in, G + 2k + 1)`, strictly increasing rows; or `(1, G + 2k + 1)`: the
+    /// same knots for every input.
     pub grid: ArrayView2<'a, f32>,
     /// Spline order `k`.
     pub k: usize,
@@ -97,6 +155,9 @@ impl<'a, C: Code> LuthamInputs<'a, C> {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// Validated, contiguous data.
+
 /// Borrows a view if it is already in standard (C) layout, otherwise copies it.
 fn contiguous<A: Clone, D: Dimension>(v: ArrayView<'_, A, D>) -> CowArray<'_, A, D> {
     if v.is_standard_layout() {
@@ -104,6 +165,11 @@ fn contiguous<A: Clone, D: Dimension>(v: ArrayView<'_, A, D>) -> CowArray<'_, A,
     } else {
         CowArray::from(v.as_standard_layout().into_owned())
     }
+}
+
+fn as_slice<'s, A, D: Dimension>(a: &'s CowArray<'_, A, D>) -> &'s [A] {
+    // Standard layout by construction (see `contiguous`).
+    a.as_slice().unwrap_or(&[])
 }
 
 /// Contiguous borrowed-or-owned weights.
@@ -120,21 +186,29 @@ impl<'a> WeightData<'a> {
         }
     }
 
-    fn row(&self, i: usize, n_out: usize) -> WeightRow<'_> {
+    fn slice(&self) -> WSlice<'_> {
         match self {
-            WeightData::F32(a) => {
-                WeightRow::F32(&a.as_slice().unwrap_or(&[])[i * n_out..(i + 1) * n_out])
-            }
-            WeightData::I8(a) => {
-                WeightRow::I8(&a.as_slice().unwrap_or(&[])[i * n_out..(i + 1) * n_out])
-            }
+            WeightData::F32(a) => WSlice::F32(as_slice(a)),
+            WeightData::I8(a) => WSlice::I8(as_slice(a)),
         }
     }
 }
 
-enum WeightRow<'a> {
-    F32(&'a [f32]),
-    I8(&'a [i8]),
+/// A contiguous `(n_in, n_out)` weight matrix (or one row of it).
+#[derive(Clone, Copy)]
+enum WSlice<'s> {
+    F32(&'s [f32]),
+    I8(&'s [i8]),
+}
+
+impl<'s> WSlice<'s> {
+    #[inline(always)]
+    fn range(self, lo: usize, hi: usize) -> WSlice<'s> {
+        match self {
+            WSlice::F32(s) => WSlice::F32(&s[lo..hi]),
+            WSlice::I8(s) => WSlice::I8(&s[lo..hi]),
+        }
+    }
 }
 
 /// Element types of weight rows.
@@ -154,116 +228,472 @@ impl Elem for i8 {
     }
 }
 
-#[inline]
-fn gather_axpy<W: Elem, C: Code>(acc: &mut [f32], w: &[W], codes: &[C], p: &[f32]) {
-    for ((a, &g), &c) in acc.iter_mut().zip(w).zip(codes) {
-        *a += g.f() * p[c.to_i64() as usize];
-    }
-}
-
-#[inline]
-fn axpy<W: Elem>(acc: &mut [f32], w: &[W], s: f32) {
-    for (a, &g) in acc.iter_mut().zip(w) {
-        *a += g.f() * s;
-    }
-}
-
-#[inline]
-fn row_axpy(acc: &mut [f32], w: &WeightRow<'_>, s: f32) {
-    match w {
-        WeightRow::F32(r) => axpy(acc, r, s),
-        WeightRow::I8(r) => axpy(acc, r, s),
-    }
-}
-
-/// Everything a row needs, validated and contiguous.
-struct Ctx<'a, C: Code> {
+/// Everything the hot loops read: validated, contiguous, plain slices.
+struct Plan<'s, C: Code> {
     n_in: usize,
     n_out: usize,
     k: usize,
     m: usize,
     kc: usize,
+    /// Row length of `ct`: K, or 256 for u8 codes with K < 256 (zero padding).
+    kt: usize,
     ng: usize,
-    grid: Vec<f64>,
-    /// Codebook transposed to `(M, K)`.
-    cbt: Vec<f32>,
-    codes: CowArray<'a, C, Ix2>,
-    gains: WeightData<'a>,
-    edge_bias: Option<WeightData<'a>>,
-    base_weight: Option<WeightData<'a>>,
-    gain_scale: Option<CowArray<'a, f32, Ix1>>,
-    edge_bias_scale: Option<CowArray<'a, f32, Ix1>>,
-    out_bias: Option<CowArray<'a, f32, Ix1>>,
-    base_scale: Option<CowArray<'a, f32, Ix1>>,
+    /// `(1 or n_in, ng)` knots.
+    grid: &'s [f32],
+    shared_grid: bool,
+    /// The shared grid row prepared for decoded tiles (`None` unless the grid is shared
+    /// and the batch uses decoded tiles).
+    shared_knots: Option<Knots>,
+    /// Codebook transposed to `(M + 1, kt)`; row M and the padding columns are zero.
+    ct: Vec<f32>,
+    codes: &'s [C],
+    gains: WSlice<'s>,
+    edge_bias: Option<WSlice<'s>>,
+    base_weight: Option<WSlice<'s>>,
+    gain_scale: Option<&'s [f32]>,
+    edge_bias_scale: Option<&'s [f32]>,
+    out_bias: Option<&'s [f32]>,
+    base_scale: Option<&'s [f32]>,
 }
 
-struct Scratch {
+impl<C: Code> Plan<'_, C> {
+    #[inline(always)]
+    fn grid_row(&self, i: usize) -> &[f32] {
+        let r = if self.shared_grid { 0 } else { i };
+        &self.grid[r * self.ng..(r + 1) * self.ng]
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Basis values.
+
+/// A knot row in f64, padded with `k` extra knots on each side, and its reciprocals, so
+/// that the basis triangle needs no range checks.
+///
+/// `gp[p + k] = g[p]`; the padding continues the first and last knot gaps (strictly
+/// increasing). `ip[(d - 1) * stride + p] = 1 / (gp[p + d] - gp[p])`. Basis functions on
+/// padded knots never feed the valid ones (`0 <= index < M` at every level), and the
+/// invalid ones are dropped, so the padding does not change any result.
+struct Knots {
+    k: usize,
+    ng: usize,
+    gp: Vec<f64>,
+    ip: Vec<f64>,
+}
+
+impl Knots {
+    fn new(ng: usize, k: usize) -> Self {
+        let stride = ng + 2 * k;
+        Knots {
+            k,
+            ng,
+            gp: vec![0.0; stride],
+            ip: vec![0.0; k * stride],
+        }
+    }
+
+    fn set(&mut self, g: &[f32]) {
+        let (k, ng) = (self.k, self.ng);
+        let stride = ng + 2 * k;
+        for (a, &v) in self.gp[k..k + ng].iter_mut().zip(g) {
+            *a = v as f64;
+        }
+        let h0 = g[1] as f64 - g[0] as f64;
+        let h1 = g[ng - 1] as f64 - g[ng - 2] as f64;
+        for p in 0..k {
+            self.gp[p] = g[0] as f64 - (k - p) as f64 * h0;
+            self.gp[k + ng + p] = g[ng - 1] as f64 + (p + 1) as f64 * h1;
+        }
+        for d in 1..=k {
+            let row = &mut self.ip[(d - 1) * stride..d * stride];
+            for (p, r) in row.iter_mut().enumerate() {
+                *r = if p + d < stride {
+                    1.0 / (self.gp[p + d] - self.gp[p])
+                } else {
+                    0.0
+                };
+            }
+        }
+    }
+
+    /// Span `j` of `x` (`g[j] <= x < g[j+1]`) and `b[t] = B_{j-k+t}(x)`, `t = 0..=k`
+    /// (zero-padded values at invalid indices are not zeroed here); `None` outside
+    /// `[g[0], g[last])` or for NaN. `KO > 0`: compile-time order (straight-line code).
+    #[inline(always)]
+    fn basis<const KO: usize>(&self, x: f64, b: &mut [f64]) -> Option<usize> {
+        let (k, ng) = (if KO > 0 { KO } else { self.k }, self.ng);
+        let g = &self.gp[k..k + ng];
+        if !(x >= g[0] && x < g[ng - 1]) {
+            return None;
+        }
+        let j = if ng <= 64 {
+            // Number of interior knots <= x (vectorised count).
+            g[1..ng - 1]
+                .iter()
+                .fold(0usize, |c, &v| c + (v <= x) as usize)
+        } else {
+            g.partition_point(|&v| v <= x) - 1
+        };
+        let stride = ng + 2 * k;
+        let gw = &self.gp[j..j + 2 * k + 2];
+        b[0] = 1.0;
+        for d in 1..k + 1 {
+            let iw = &self.ip[(d - 1) * stride + j..(d - 1) * stride + j + k + 1];
+            for t in (0..d + 1).rev() {
+                // Basis index j - d + t, padded position j + k - d + t (window offset).
+                let p = k - d + t;
+                let mut v = 0.0;
+                if t >= 1 {
+                    v += (x - gw[p]) * iw[p] * b[t - 1];
+                }
+                if t < d {
+                    v += (gw[p + d + 1] - x) * iw[p + 1] * b[t];
+                }
+                b[t] = v;
+            }
+        }
+        Some(j)
+    }
+}
+
+/// Basis values of one input for the rows `xs` of a tile: `coef[r]` (`k + 1` values, zero
+/// at invalid indices), `first[r] = span - k` (`-k - 1`: outside the grid), `s_sum[r]`
+/// (sum of the valid values). Returns the range of basis indices touched (empty: lo > hi).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn tile_basis<const KO: usize>(
+    kn: &Knots,
+    m: usize,
+    xs: &[f32],
+    coef: &mut [f32],
+    first: &mut [isize],
+    s_sum: &mut [f32],
+    scratch: &mut [f64],
+) -> (usize, usize) {
+    let kk = if KO > 0 { KO } else { kn.k };
+    let mut local = [0.0f64; 4];
+    let b: &mut [f64] = if KO > 0 && KO < 4 {
+        &mut local
+    } else {
+        scratch
+    };
+    let (mut m_lo, mut m_hi) = (m, 0usize);
+    for (r, &x) in xs.iter().enumerate() {
+        let cr = &mut coef[r * (kk + 1)..(r + 1) * (kk + 1)];
+        let Some(j) = kn.basis::<KO>(x as f64, b) else {
+            cr.fill(0.0);
+            first[r] = -(kk as isize) - 1;
+            s_sum[r] = 0.0;
+            continue;
+        };
+        let f = j as isize - kk as isize;
+        let mut sum = 0.0f32;
+        for t in 0..kk + 1 {
+            let mi = f + t as isize;
+            let v = if mi >= 0 && (mi as usize) < m {
+                b[t] as f32
+            } else {
+                0.0
+            };
+            cr[t] = v;
+            sum += v;
+        }
+        // 0 <= j <= m + k - 1: the valid indices max(f, 0)..=min(j, m - 1) exist.
+        m_lo = m_lo.min(f.max(0) as usize);
+        m_hi = m_hi.max(j.min(m - 1));
+        first[r] = f;
+        s_sum[r] = sum;
+    }
+    (m_lo, m_hi)
+}
+
+/// Span `j` of `x` (`g[j] <= x < g[j+1]`) and `b[t] = B_{j-k+t}(x)`, `t = 0..=k`, in f64
+/// from f32 knots, with the arithmetic of [`crate::bspline::basis_span`]; `None` outside
+/// `[g[0], g[last])` or for NaN.
+#[inline(always)]
+fn basis_at(g: &[f32], k: usize, x: f32, b: &mut [f64]) -> Option<usize> {
+    let ng = g.len();
+    if !(x >= g[0] && x < g[ng - 1]) {
+        return None;
+    }
+    // Branch-free search, invariant g[j] <= x < g[j + n].
+    let mut j = 0usize;
+    let mut n = ng - 1;
+    while n > 1 {
+        let half = n / 2;
+        j = if g[j + half] <= x { j + half } else { j };
+        n -= half;
+    }
+    let xf = x as f64;
+    let b = &mut b[..=k];
+    b[0] = 1.0;
+    for d in 1..k + 1 {
+        // Level d holds m = j - d + t, t = 0..=d; valid while 0 <= m <= ng - 2 - d.
+        for t in (0..d + 1).rev() {
+            let mi = j as isize - d as isize + t as isize;
+            b[t] = if mi < 0 || mi as usize > ng - 2 - d {
+                0.0
+            } else {
+                let mi = mi as usize;
+                let gm = g[mi] as f64;
+                let gm1 = g[mi + 1] as f64;
+                let gmd = g[mi + d] as f64;
+                let gmd1 = g[mi + d + 1] as f64;
+                let lower = if t >= 1 { b[t - 1] } else { 0.0 };
+                let upper = if t < d { b[t] } else { 0.0 };
+                (xf - gm) / (gmd - gm) * lower + (gmd1 - xf) / (gmd1 - gm1) * upper
+            };
+        }
+    }
+    Some(j)
+}
+
+#[inline(always)]
+fn silu(x: f32) -> f32 {
+    let x = x as f64;
+    (x / (1.0 + (-x).exp())) as f32
+}
+
+// ---------------------------------------------------------------------------------------
+// Hot loops (inlined into the portable and the AVX2 entry points).
+
+#[inline(always)]
+fn lookup<C: Code>(table: &[f32], c: C) -> f32 {
+    if C::BYTE {
+        table[c.index() & 255]
+    } else {
+        table[c.index()]
+    }
+}
+
+/// `acc[o] += w[o] * p[codes[o]]`.
+#[inline(always)]
+fn gather_axpy<W: Elem, C: Code>(acc: &mut [f32], w: &[W], codes: &[C], p: &[f32]) {
+    let n = acc.len();
+    let (w, codes) = (&w[..n], &codes[..n]);
+    let p = if C::BYTE { &p[..256] } else { p };
+    for o in 0..n {
+        acc[o] += w[o].f() * lookup(p, codes[o]);
+    }
+}
+
+#[inline(always)]
+fn axpy<W: Elem>(acc: &mut [f32], w: &[W], s: f32) {
+    let n = acc.len();
+    let w = &w[..n];
+    for o in 0..n {
+        acc[o] += w[o].f() * s;
+    }
+}
+
+#[inline(always)]
+fn axpy2<W: Elem>(acc_a: &mut [f32], a: &[W], sa: f32, acc_b: &mut [f32], b: &[W], sb: f32) {
+    let n = acc_a.len();
+    let (a, b, acc_b) = (&a[..n], &b[..n], &mut acc_b[..n]);
+    for o in 0..n {
+        acc_a[o] += a[o].f() * sa;
+        acc_b[o] += b[o].f() * sb;
+    }
+}
+
+#[inline(always)]
+fn row_axpy(acc: &mut [f32], w: WSlice<'_>, s: f32) {
+    match w {
+        WSlice::F32(r) => axpy(acc, r, s),
+        WSlice::I8(r) => axpy(acc, r, s),
+    }
+}
+
+/// `p[q] = sum_t c[t] * rows[t][q]`, `N` rows in one pass.
+#[inline(always)]
+fn proj_terms<const N: usize>(p: &mut [f32], ct: &[f32], kt: usize, rows: &[usize], c: &[f32]) {
+    let n = p.len();
+    let w: [&[f32]; N] = std::array::from_fn(|t| &ct[rows[t] * kt..][..n]);
+    let c: [f32; N] = std::array::from_fn(|t| c[t]);
+    for q in 0..n {
+        let mut acc = c[0] * w[0][q];
+        for t in 1..N {
+            acc += c[t] * w[t][q];
+        }
+        p[q] = acc;
+    }
+}
+
+/// `y[o] += sum_t c_t * w[row_t][o]` for the `(row, c)` terms, `N` at a time in one pass.
+#[inline(always)]
+fn axpy_terms<const N: usize>(y: &mut [f32], w: &[f32], stride: usize, terms: &[(usize, f32)]) {
+    let n = y.len();
+    let rows: [&[f32]; N] = std::array::from_fn(|t| &w[terms[t].0 * stride..][..n]);
+    let c: [f32; N] = std::array::from_fn(|t| terms[t].1);
+    for o in 0..n {
+        let mut acc = y[o] + c[0] * rows[0][o];
+        for t in 1..N {
+            acc += c[t] * rows[t][o];
+        }
+        y[o] = acc;
+    }
+}
+
+#[inline(always)]
+fn axpy_many(y: &mut [f32], w: &[f32], stride: usize, terms: &[(usize, f32)]) {
+    let mut chunks = terms.chunks_exact(6);
+    for t in &mut chunks {
+        axpy_terms::<6>(y, w, stride, t);
+    }
+    let t = chunks.remainder();
+    match t.len() {
+        5 => axpy_terms::<5>(y, w, stride, t),
+        4 => axpy_terms::<4>(y, w, stride, t),
+        3 => axpy_terms::<3>(y, w, stride, t),
+        2 => axpy_terms::<2>(y, w, stride, t),
+        1 => axpy_terms::<1>(y, w, stride, t),
+        _ => {}
+    }
+}
+
+/// `w[mm * stride + o] = gg[o] * ct[mm * kt + codes[o]]` for rows `mm` in `m_lo..=m_hi`,
+/// `o < gg.len()`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn decode_rows<C: Code>(
+    w: &mut [f32],
+    stride: usize,
+    gg: &[f32],
+    codes: &[C],
+    ct: &[f32],
+    kt: usize,
+    m_lo: usize,
+    m_hi: usize,
+) {
+    let n = gg.len();
+    let codes = &codes[..n];
+    for mm in m_lo..m_hi + 1 {
+        let table = &ct[mm * kt..(mm + 1) * kt];
+        let table = if C::BYTE { &table[..256] } else { table };
+        let wr = &mut w[mm * stride..][..n];
+        for o in 0..n {
+            wr[o] = gg[o] * lookup(table, codes[o]);
+        }
+    }
+}
+
+/// `out[o] = scale[o] * e[o]`.
+#[inline(always)]
+fn scaled_row(out: &mut [f32], e: WSlice<'_>, scale: &[f32]) {
+    let n = out.len();
+    let scale = &scale[..n];
+    match e {
+        WSlice::F32(v) => {
+            let v = &v[..n];
+            for o in 0..n {
+                out[o] = scale[o] * v[o];
+            }
+        }
+        WSlice::I8(v) => {
+            let v = &v[..n];
+            for o in 0..n {
+                out[o] = scale[o] * v[o] as f32;
+            }
+        }
+    }
+}
+
+// ---- projection-table strategy --------------------------------------------------------
+
+struct ProjScratch {
     p: Vec<f32>,
     b: Vec<f64>,
+    rows: Vec<usize>,
+    c: Vec<f32>,
     acc_g: Vec<f32>,
     acc_b: Vec<f32>,
     acc_w: Vec<f32>,
 }
 
-impl<C: Code> Ctx<'_, C> {
-    fn scratch(&self) -> Scratch {
-        Scratch {
-            p: vec![0.0; self.kc],
-            b: vec![0.0; self.k + 1],
-            acc_g: vec![0.0; self.n_out],
-            acc_b: vec![0.0; self.n_out],
-            acc_w: vec![0.0; self.n_out],
+impl ProjScratch {
+    fn new<C: Code>(l: &Plan<'_, C>) -> Self {
+        ProjScratch {
+            p: vec![0.0; l.kt],
+            b: vec![0.0; l.k + 1],
+            rows: vec![0; l.k + 1],
+            c: vec![0.0; l.k + 1],
+            acc_g: vec![0.0; l.n_out],
+            acc_b: vec![0.0; l.n_out],
+            acc_w: vec![0.0; l.n_out],
         }
     }
+}
 
-    fn forward_row(&self, x: &[f32], s: &mut Scratch, y: &mut [f32]) {
-        let (n_out, k, m, kc) = (self.n_out, self.k, self.m, self.kc);
+/// Rows of `x` (`n_in` each) into rows of `y` (`n_out` each) by projection tables.
+#[inline(always)]
+fn projection_rows_impl<C: Code>(l: &Plan<'_, C>, xs: &[f32], ys: &mut [f32], s: &mut ProjScratch) {
+    let (n_in, n_out, k, m, kc, kt) = (l.n_in, l.n_out, l.k, l.m, l.kc, l.kt);
+    for (x, y) in xs.chunks_exact(n_in).zip(ys.chunks_exact_mut(n_out)) {
         s.acc_g.fill(0.0);
         s.acc_b.fill(0.0);
         s.acc_w.fill(0.0);
-        let codes = self.codes.as_slice().unwrap_or(&[]);
-        for (i, &xi32) in x.iter().enumerate().take(self.n_in) {
-            let xi = xi32 as f64;
-            let grid_row = &self.grid[i * self.ng..(i + 1) * self.ng];
-            if let Some(j) = basis_span(grid_row, k, xi, &mut s.b) {
-                s.p.fill(0.0);
-                let mut sum_b = 0.0f32;
-                for t in 0..=k {
-                    let idx = j as isize - k as isize + t as isize;
-                    if idx < 0 || idx as usize >= m {
-                        continue;
-                    }
-                    let bt = s.b[t] as f32;
-                    sum_b += bt;
-                    let col = &self.cbt[idx as usize * kc..(idx as usize + 1) * kc];
-                    for (pq, &cq) in s.p.iter_mut().zip(col) {
-                        *pq += bt * cq;
+        for (i, &xi) in x.iter().enumerate() {
+            let lo = i * n_out;
+            let in_grid = basis_at(l.grid_row(i), k, xi, &mut s.b);
+            let mut sum_b = 0.0f32;
+            if let Some(j) = in_grid {
+                for t in 0..k + 1 {
+                    let mi = j as isize - k as isize + t as isize;
+                    let valid = mi >= 0 && (mi as usize) < m;
+                    s.rows[t] = if valid { mi as usize } else { m };
+                    s.c[t] = if valid { s.b[t] as f32 } else { 0.0 };
+                    sum_b += s.c[t];
+                }
+                let p = &mut s.p[..kc];
+                match k {
+                    0 => proj_terms::<1>(p, &l.ct, kt, &s.rows, &s.c),
+                    1 => proj_terms::<2>(p, &l.ct, kt, &s.rows, &s.c),
+                    2 => proj_terms::<3>(p, &l.ct, kt, &s.rows, &s.c),
+                    _ => {
+                        proj_terms::<4>(p, &l.ct, kt, &s.rows, &s.c);
+                        for t in 4..k + 1 {
+                            axpy(p, &l.ct[s.rows[t] * kt..][..kc], s.c[t]);
+                        }
                     }
                 }
-                let code_row = &codes[i * n_out..(i + 1) * n_out];
-                match self.gains.row(i, n_out) {
-                    WeightRow::F32(g) => gather_axpy(&mut s.acc_g, g, code_row, &s.p),
-                    WeightRow::I8(g) => gather_axpy(&mut s.acc_g, g, code_row, &s.p),
-                }
-                if let Some(eb) = &self.edge_bias {
-                    row_axpy(&mut s.acc_b, &eb.row(i, n_out), sum_b);
+                let codes = &l.codes[lo..lo + n_out];
+                match l.gains.range(lo, lo + n_out) {
+                    WSlice::F32(g) => gather_axpy(&mut s.acc_g, g, codes, &s.p),
+                    WSlice::I8(g) => gather_axpy(&mut s.acc_g, g, codes, &s.p),
                 }
             }
-            if let Some(bw) = &self.base_weight {
-                let silu = (xi / (1.0 + (-xi).exp())) as f32;
-                row_axpy(&mut s.acc_w, &bw.row(i, n_out), silu);
+            let eb = l.edge_bias.filter(|_| in_grid.is_some());
+            match (eb, l.base_weight) {
+                (Some(e), Some(w)) => {
+                    let sw = silu(xi);
+                    match (e.range(lo, lo + n_out), w.range(lo, lo + n_out)) {
+                        (WSlice::I8(e), WSlice::I8(w)) => {
+                            axpy2(&mut s.acc_b, e, sum_b, &mut s.acc_w, w, sw)
+                        }
+                        (WSlice::F32(e), WSlice::F32(w)) => {
+                            axpy2(&mut s.acc_b, e, sum_b, &mut s.acc_w, w, sw)
+                        }
+                        (e, w) => {
+                            row_axpy(&mut s.acc_b, e, sum_b);
+                            row_axpy(&mut s.acc_w, w, sw);
+                        }
+                    }
+                }
+                (Some(e), None) => row_axpy(&mut s.acc_b, e.range(lo, lo + n_out), sum_b),
+                (None, Some(w)) => row_axpy(&mut s.acc_w, w.range(lo, lo + n_out), silu(xi)),
+                (None, None) => {}
             }
         }
-        let scale = |v: &Option<CowArray<'_, f32, Ix1>>, o: usize| v.as_ref().map_or(1.0, |a| a[o]);
-        for (o, yo) in y.iter_mut().enumerate().take(n_out) {
-            let mut v = scale(&self.gain_scale, o) * s.acc_g[o];
-            if self.edge_bias.is_some() {
-                v += scale(&self.edge_bias_scale, o) * s.acc_b[o];
+        let scale = |v: Option<&[f32]>, o: usize| v.map_or(1.0, |a| a[o]);
+        for (o, yo) in y.iter_mut().enumerate() {
+            let mut v = scale(l.gain_scale, o) * s.acc_g[o];
+            if l.edge_bias.is_some() {
+                v += scale(l.edge_bias_scale, o) * s.acc_b[o];
             }
-            if self.base_weight.is_some() {
-                v += scale(&self.base_scale, o) * s.acc_w[o];
+            if l.base_weight.is_some() {
+                v += scale(l.base_scale, o) * s.acc_w[o];
             }
-            if let Some(ob) = &self.out_bias {
+            if let Some(ob) = l.out_bias {
                 v += ob[o];
             }
             *yo = v;
@@ -271,11 +701,233 @@ impl<C: Code> Ctx<'_, C> {
     }
 }
 
+// ---- decoded-tile strategy ------------------------------------------------------------
+
+/// One tile of rows: `x` `(bsz, n_in)` into `y` `(bsz, n_out)`.
+#[inline(always)]
+fn decoded_tile_impl<C: Code>(l: &Plan<'_, C>, x: &[f32], y: &mut [f32], ones: &[f32]) {
+    let (n_in, n_out, k, m, kt, ng) = (l.n_in, l.n_out, l.k, l.m, l.kt, l.ng);
+    let bsz = x.len() / n_in;
+    for yr in y.chunks_exact_mut(n_out) {
+        match l.out_bias {
+            Some(ob) => yr.copy_from_slice(ob),
+            None => yr.fill(0.0),
+        }
+    }
+    // Column reads of x (stride n_in) would thrash a few L1 sets; transpose once.
+    let mut xt = vec![0.0f32; n_in * bsz];
+    for r in 0..bsz {
+        for (i, &v) in x[r * n_in..(r + 1) * n_in].iter().enumerate() {
+            xt[i * bsz + r] = v;
+        }
+    }
+    // Rows 0..m: decoded spline rows; m: edge-bias row; m + 1: base row.
+    let (bias_row, base_row) = (m, m + 1);
+    let mut w = vec![0.0f32; (m + 2) * n_out];
+    let mut gg = vec![0.0f32; n_out];
+    let mut coef = vec![0.0f32; bsz * (k + 1)];
+    let mut first = vec![0isize; bsz];
+    let mut s_sum = vec![0.0f32; bsz];
+    let mut s_silu = vec![0.0f32; bsz];
+    let mut b = vec![0.0f64; k + 1];
+    let mut own = Knots::new(if l.shared_grid { 2 } else { ng }, k); // unused if shared
+    let mut terms: Vec<(usize, f32)> = Vec::with_capacity(k + 3);
+    let gain_scale = l.gain_scale.unwrap_or(ones);
+    let edge_bias_scale = l.edge_bias_scale.unwrap_or(ones);
+    let base_scale = l.base_scale.unwrap_or(ones);
+    for i in 0..n_in {
+        let kn = match &l.shared_knots {
+            Some(kn) => kn,
+            None => {
+                own.set(l.grid_row(i));
+                &own
+            }
+        };
+        let xs = &xt[i * bsz..(i + 1) * bsz];
+        let (cf, fi, ss) = (&mut coef[..], &mut first[..], &mut s_sum[..]);
+        let (m_lo, m_hi) = match k {
+            1 => tile_basis::<1>(kn, m, xs, cf, fi, ss, &mut b),
+            2 => tile_basis::<2>(kn, m, xs, cf, fi, ss, &mut b),
+            3 => tile_basis::<3>(kn, m, xs, cf, fi, ss, &mut b),
+            _ => tile_basis::<0>(kn, m, xs, cf, fi, ss, &mut b),
+        };
+        if l.base_weight.is_some() {
+            for (sv, &xi) in s_silu.iter_mut().zip(xs) {
+                *sv = silu(xi);
+            }
+        }
+        let lo = i * n_out;
+        if m_lo <= m_hi {
+            scaled_row(&mut gg, l.gains.range(lo, lo + n_out), gain_scale);
+            let codes = &l.codes[lo..lo + n_out];
+            decode_rows(&mut w, n_out, &gg, codes, &l.ct, kt, m_lo, m_hi);
+        }
+        if let Some(e) = l.edge_bias {
+            let wr = &mut w[bias_row * n_out..(bias_row + 1) * n_out];
+            scaled_row(wr, e.range(lo, lo + n_out), edge_bias_scale);
+        }
+        if let Some(e) = l.base_weight {
+            let wr = &mut w[base_row * n_out..(base_row + 1) * n_out];
+            scaled_row(wr, e.range(lo, lo + n_out), base_scale);
+        }
+        for r in 0..bsz {
+            terms.clear();
+            let cr = &coef[r * (k + 1)..(r + 1) * (k + 1)];
+            for (t, &c) in cr.iter().enumerate() {
+                let mi = first[r] + t as isize;
+                if mi >= 0 && (mi as usize) < m && c != 0.0 {
+                    terms.push((mi as usize, c));
+                }
+            }
+            if l.edge_bias.is_some() && s_sum[r] != 0.0 {
+                terms.push((bias_row, s_sum[r]));
+            }
+            if l.base_weight.is_some() {
+                terms.push((base_row, s_silu[r]));
+            }
+            axpy_many(&mut y[r * n_out..(r + 1) * n_out], &w, n_out, &terms);
+        }
+    }
+}
+
+// ---- entry points: portable and AVX2 builds of the same code --------------------------
+
+fn projection_rows_portable<C: Code>(
+    l: &Plan<'_, C>,
+    xs: &[f32],
+    ys: &mut [f32],
+    s: &mut ProjScratch,
+) {
+    projection_rows_impl(l, xs, ys, s)
+}
+
+fn decoded_tile_portable<C: Code>(l: &Plan<'_, C>, x: &[f32], y: &mut [f32], ones: &[f32]) {
+    decoded_tile_impl(l, x, y, ones)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::*;
+
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn projection_rows<C: Code>(
+        l: &Plan<'_, C>,
+        xs: &[f32],
+        ys: &mut [f32],
+        s: &mut ProjScratch,
+    ) {
+        projection_rows_impl(l, xs, ys, s)
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn decoded_tile<C: Code>(
+        l: &Plan<'_, C>,
+        x: &[f32],
+        y: &mut [f32],
+        ones: &[f32],
+    ) {
+        decoded_tile_impl(l, x, y, ones)
+    }
+}
+
+#[cfg(test)]
+static FORCE_PORTABLE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the AVX2 build of the hot loops may run (same results as the portable one:
+/// no FMA, no reassociation, only wider vectors).
+#[inline]
+fn use_avx2() -> bool {
+    #[cfg(test)]
+    if FORCE_PORTABLE.load(std::sync::atomic::Ordering::Relaxed) {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+fn projection_rows<C: Code>(l: &Plan<'_, C>, xs: &[f32], ys: &mut [f32], s: &mut ProjScratch) {
+    #[cfg(target_arch = "x86_64")]
+    if use_avx2() {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        unsafe { avx2::projection_rows(l, xs, ys, s) };
+        return;
+    }
+    projection_rows_portable(l, xs, ys, s)
+}
+
+fn decoded_tile<C: Code>(l: &Plan<'_, C>, x: &[f32], y: &mut [f32], ones: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if use_avx2() {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        unsafe { avx2::decoded_tile(l, x, y, ones) };
+        return;
+    }
+    decoded_tile_portable(l, x, y, ones)
+}
+
+/// Evaluates all rows: `xs` `(b, n_in)` into `ys` `(b, n_out)` (both row-major).
+///
+/// Rows (projection tables) or tiles of rows (decoded) run on rayon threads when there
+/// are at least two of them and the call has at least [`PAR_MIN_WORK`] row-edges; a
+/// single row or a single tile stays on the calling thread. Each output element is
+/// computed by the same operations either way.
+fn run<C: Code>(l: &Plan<'_, C>, xs: &[f32], ys: &mut [f32], b: usize) {
+    let (n_in, n_out) = (l.n_in, l.n_out);
+    let parallel = b > 1
+        && b.saturating_mul(n_in).saturating_mul(n_out) >= PAR_MIN_WORK
+        && rayon::current_num_threads() > 1;
+    if b < DECODE_MIN_BATCH {
+        if parallel {
+            ys.par_chunks_mut(n_out)
+                .zip(xs.par_chunks(n_in))
+                .for_each_init(
+                    || ProjScratch::new(l),
+                    |s, (y, x)| projection_rows(l, x, y, s),
+                );
+        } else {
+            projection_rows(l, xs, ys, &mut ProjScratch::new(l));
+        }
+        return;
+    }
+    let ones = vec![1.0f32; n_out];
+    if parallel && b > BATCH_TILE {
+        ys.par_chunks_mut(BATCH_TILE * n_out)
+            .zip(xs.par_chunks(BATCH_TILE * n_in))
+            .for_each(|(y, x)| decoded_tile(l, x, y, &ones));
+    } else {
+        let tiles = ys.chunks_mut(BATCH_TILE * n_out);
+        for (y, x) in tiles.zip(xs.chunks(BATCH_TILE * n_in)) {
+            decoded_tile(l, x, y, &ones);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Validation.
+
+/// `NonFinite` for the first non-finite value; a branch-free scan first.
+fn check_finite_slice(arg: &str, v: &[f32]) -> Result<()> {
+    if v.iter().fold(true, |ok, x| ok & x.is_finite()) {
+        return Ok(());
+    }
+    check_finite_f32(arg, v)
+}
+
 /// Float weights must be finite (int8 weights always are).
-fn check_weights_finite(arg: &str, w: &Weights<'_>) -> Result<()> {
-    match w {
-        Weights::F32(v) => check_finite_f32(arg, v.as_standard_layout().iter()),
-        Weights::I8(_) => Ok(()),
+fn check_weights_finite(arg: &str, w: &WeightData<'_>) -> Result<()> {
+    match w.slice() {
+        WSlice::F32(v) => check_finite_slice(arg, v),
+        WSlice::I8(_) => Ok(()),
     }
 }
 
@@ -306,34 +958,85 @@ fn check_out_vec<'a>(
                 ));
             }
             let v = contiguous(v);
-            check_finite_f32(arg, v.iter())?;
+            check_finite_slice(arg, as_slice(&v))?;
             Ok(Some(v))
         }
     }
+}
+
+/// Checks the knots `(1 or n_in, ng)` in f32 (finite, strictly increasing rows); on
+/// failure [`validate_grid`] gives the detailed error.
+fn check_grid(grid: &CowArray<'_, f32, Ix2>, k: usize) -> Result<()> {
+    let ng = grid.ncols();
+    let ok = as_slice(grid).chunks_exact(ng).all(|g| {
+        g[0].is_finite()
+            && g[ng - 1].is_finite()
+            && g.windows(2).fold(true, |ok, w| ok & (w[0] < w[1]))
+    });
+    if ok {
+        return Ok(());
+    }
+    validate_grid(grid.mapv(|v| v as f64).view(), k)?;
+    Err(Error::invalid(
+        "grid",
+        "rows must be finite and strictly increasing",
+    ))
+}
+
+/// First code outside `0..kc` (flat index, value), by a min/max scan first.
+fn find_bad_code<C: Code>(codes: &[C], kc: usize) -> Option<(usize, i64)> {
+    if codes.is_empty() || (C::BYTE && kc >= 256) {
+        return None;
+    }
+    let (lo, hi) = codes
+        .iter()
+        .fold((codes[0], codes[0]), |(lo, hi), &c| (lo.min(c), hi.max(c)));
+    let kc64 = kc as i64;
+    if lo.to_i64() >= 0 && hi.to_i64() < kc64 {
+        return None;
+    }
+    codes
+        .iter()
+        .enumerate()
+        .find(|(_, c)| !(0..kc64).contains(&c.to_i64()))
+        .map(|(index, c)| (index, c.to_i64()))
 }
 
 /// Evaluates a compressed KAN layer: `y (B, n_out)` from `x (B, n_in)` (ARCHITECTURE §4).
 ///
 /// Equals efficient-kan's `linear(SiLU(x), base_weight) + linear(B(x), w^)` with the
 /// decoded coefficients `w^_e = g_e C[q_e] + b_e 1`. Inputs outside the grid (or NaN)
-/// contribute no spline term; the base branch still applies (`SiLU(NaN) = NaN`).
+/// contribute no spline term; the base branch still applies (`SiLU(NaN) = NaN`). The grid
+/// is `(n_in, G + 2k + 1)` or `(1, G + 2k + 1)` (the same knots for every input).
 ///
 /// # Errors
 /// [`Error::Shape`] for inconsistent shapes, grid errors of
 /// [`crate::bspline::validate_grid`], [`Error::NonFinite`] for a non-finite codebook,
-/// [`Error::CodeOutOfRange`] for a code outside `0..K`, [`Error::InvalidValue`] for a
-/// scale given without its weights.
+/// scale, bias or float weight, [`Error::CodeOutOfRange`] for a code outside `0..K`,
+/// [`Error::InvalidValue`] for a scale given without its weights.
 pub fn lutham_forward<C: Code>(inp: &LuthamInputs<'_, C>) -> Result<Array2<f32>> {
     let k = inp.k;
-    let grid64 = inp.grid.mapv(|v| v as f64);
-    let g_intervals = validate_grid(grid64.view(), k)?;
-    let (n_in, ng) = grid64.dim();
-    let m = g_intervals + k;
+    let (n_in, n_out) = inp.codes.dim();
+    let (grid_rows, ng) = inp.grid.dim();
+    let min_ng = 2 * k + 2;
+    if n_in == 0 || (grid_rows != n_in && grid_rows != 1) || ng < min_ng {
+        return Err(Error::shape(
+            "grid",
+            format!(
+                "(n_in, G + 2k + 1) or (1, G + 2k + 1) with n_in = {n_in} >= 1 (rows of \
+                 codes), G >= 1 and k = {k}, i.e. at least {min_ng} knots per row"
+            ),
+            fmt_shape(&[grid_rows, ng]),
+        ));
+    }
+    let grid = contiguous(inp.grid);
+    check_grid(&grid, k)?;
+    let m = ng - k - 1;
     let (b, xn) = inp.x.dim();
     if xn != n_in {
         return Err(Error::shape(
             "x",
-            format!("(B, n_in) with n_in = {n_in} (rows of grid)"),
+            format!("(B, n_in) with n_in = {n_in} (rows of codes)"),
             fmt_shape(&[b, xn]),
         ));
     }
@@ -345,82 +1048,94 @@ pub fn lutham_forward<C: Code>(inp: &LuthamInputs<'_, C>) -> Result<Array2<f32>>
             fmt_shape(&[kc, cm]),
         ));
     }
-    let cb = inp.codebook.as_standard_layout();
-    check_finite_f32("codebook", cb.iter())?;
-    let (cn_in, n_out) = inp.codes.dim();
-    check_edge_shape("codes", (cn_in, n_out), n_in, n_out)?;
+    let cb = contiguous(inp.codebook);
+    check_finite_slice("codebook", as_slice(&cb))?;
     let codes = contiguous(inp.codes);
-    let code_slice = codes
-        .as_slice()
-        .ok_or_else(|| Error::invalid("codes", "could not be made contiguous"))?;
-    let kc64 = kc as i64;
-    if let Some((index, c)) = code_slice
-        .iter()
-        .enumerate()
-        .find(|(_, c)| !(0..kc64).contains(&c.to_i64()))
-    {
+    let code_slice = as_slice(&codes);
+    if let Some((index, code)) = find_bad_code(code_slice, kc) {
         return Err(Error::CodeOutOfRange {
             arg: "codes".into(),
             index,
-            code: c.to_i64(),
+            code,
             k: kc,
         });
     }
     check_edge_shape("gains", inp.gains.dim(), n_in, n_out)?;
-    check_weights_finite("gains", &inp.gains)?;
-    if let Some(w) = &inp.edge_bias {
-        check_edge_shape("edge_bias", w.dim(), n_in, n_out)?;
-        check_weights_finite("edge_bias", w)?;
-    } else if inp.edge_bias_scale.is_some() {
-        return Err(Error::invalid("edge_bias_scale", "given without edge_bias"));
+    let gains = WeightData::new(&inp.gains);
+    check_weights_finite("gains", &gains)?;
+    let edge_bias = match &inp.edge_bias {
+        Some(w) => {
+            check_edge_shape("edge_bias", w.dim(), n_in, n_out)?;
+            let w = WeightData::new(w);
+            check_weights_finite("edge_bias", &w)?;
+            Some(w)
+        }
+        None if inp.edge_bias_scale.is_some() => {
+            return Err(Error::invalid("edge_bias_scale", "given without edge_bias"));
+        }
+        None => None,
+    };
+    let base_weight = match &inp.base_weight {
+        Some(w) => {
+            check_edge_shape("base_weight", w.dim(), n_in, n_out)?;
+            let w = WeightData::new(w);
+            check_weights_finite("base_weight", &w)?;
+            Some(w)
+        }
+        None if inp.base_scale.is_some() => {
+            return Err(Error::invalid("base_scale", "given without base_weight"));
+        }
+        None => None,
+    };
+    let gain_scale = check_out_vec("gain_scale", inp.gain_scale, n_out)?;
+    let edge_bias_scale = check_out_vec("edge_bias_scale", inp.edge_bias_scale, n_out)?;
+    let out_bias = check_out_vec("out_bias", inp.out_bias, n_out)?;
+    let base_scale = check_out_vec("base_scale", inp.base_scale, n_out)?;
+
+    let mut y = Array2::<f32>::zeros((b, n_out));
+    if n_out == 0 || b == 0 {
+        return Ok(y);
     }
-    if let Some(w) = &inp.base_weight {
-        check_edge_shape("base_weight", w.dim(), n_in, n_out)?;
-        check_weights_finite("base_weight", w)?;
-    } else if inp.base_scale.is_some() {
-        return Err(Error::invalid("base_scale", "given without base_weight"));
-    }
-    let mut cbt = vec![0.0f32; m * kc];
-    for (q, row) in cb.axis_iter(Axis(0)).enumerate() {
+    let kt = if C::BYTE { kc.max(256) } else { kc };
+    let mut ct = vec![0.0f32; (m + 1) * kt];
+    for (q, row) in as_slice(&cb).chunks_exact(m).enumerate() {
         for (j, &v) in row.iter().enumerate() {
-            cbt[j * kc + q] = v;
+            ct[j * kt + q] = v;
         }
     }
-    let ctx = Ctx {
+    let grid_s = as_slice(&grid);
+    let shared_grid = grid_rows == 1;
+    let shared_knots = (shared_grid && b >= DECODE_MIN_BATCH).then(|| {
+        let mut kn = Knots::new(ng, k);
+        kn.set(grid_s);
+        kn
+    });
+    let plan = Plan {
         n_in,
         n_out,
         k,
         m,
         kc,
+        kt,
         ng,
-        grid: grid64.iter().copied().collect(),
-        cbt,
-        codes,
-        gains: WeightData::new(&inp.gains),
-        edge_bias: inp.edge_bias.as_ref().map(WeightData::new),
-        base_weight: inp.base_weight.as_ref().map(WeightData::new),
-        gain_scale: check_out_vec("gain_scale", inp.gain_scale, n_out)?,
-        edge_bias_scale: check_out_vec("edge_bias_scale", inp.edge_bias_scale, n_out)?,
-        out_bias: check_out_vec("out_bias", inp.out_bias, n_out)?,
-        base_scale: check_out_vec("base_scale", inp.base_scale, n_out)?,
+        grid: grid_s,
+        shared_grid,
+        shared_knots,
+        ct,
+        codes: code_slice,
+        gains: gains.slice(),
+        edge_bias: edge_bias.as_ref().map(WeightData::slice),
+        base_weight: base_weight.as_ref().map(WeightData::slice),
+        gain_scale: gain_scale.as_ref().map(as_slice),
+        edge_bias_scale: edge_bias_scale.as_ref().map(as_slice),
+        out_bias: out_bias.as_ref().map(as_slice),
+        base_scale: base_scale.as_ref().map(as_slice),
     };
-    let x = inp.x.as_standard_layout();
-    let xs = x.as_slice().unwrap_or(&[]);
-    let mut y = Array2::<f32>::zeros((b, n_out));
-    if n_out == 0 || b == 0 {
-        return Ok(y);
-    }
+    let x = contiguous(inp.x);
     let ys = y
         .as_slice_mut()
         .ok_or_else(|| Error::invalid("y", "output not contiguous"))?;
-    if b == 1 {
-        let mut s = ctx.scratch();
-        ctx.forward_row(&xs[..n_in], &mut s, ys);
-    } else {
-        ys.par_chunks_mut(n_out)
-            .zip(xs.par_chunks(n_in))
-            .for_each_init(|| ctx.scratch(), |s, (yr, xr)| ctx.forward_row(xr, s, yr));
-    }
+    run(&plan, as_slice(&x), ys, b);
     Ok(y)
 }
 
@@ -538,14 +1253,33 @@ mod tests {
         let w32 = cb.mapv(|v| v as f64);
         assert_close(&y, &dense_ref(&l, &x, &w32, true, Some(&ob)), 1e-5);
         let _ = e;
-        // Batch of one row equals the corresponding row of the batch.
+        // A row's result depends only on the strategy (batch below DECODE_MIN_BATCH or
+        // not), never on the other rows or its position: batch of one == row of a batch
+        // of 5 (projection tables); row of this batch of 33 == row of a batch of 13 in
+        // another position (decoded tiles); both strategies agree to rounding.
         let x1 = x.slice(ndarray::s![3..4, ..]).to_owned();
         let y1 = lutham_forward(&LuthamInputs {
             x: x1.view(),
             ..inp
         })
         .unwrap();
-        assert_eq!(y1.row(0), y.row(3));
+        let x5 = x.slice(ndarray::s![..5, ..]).to_owned();
+        let y5 = lutham_forward(&LuthamInputs {
+            x: x5.view(),
+            ..inp
+        })
+        .unwrap();
+        assert_eq!(y1.row(0), y5.row(3));
+        let x13 = x.slice(ndarray::s![3..16;-1, ..]).to_owned();
+        let y13 = lutham_forward(&LuthamInputs {
+            x: x13.view(),
+            ..inp
+        })
+        .unwrap();
+        assert_eq!(y13.row(12), y.row(3));
+        for (a, b) in y1.row(0).iter().zip(y.row(3)) {
+            assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
+        }
         for threads in [1, 2, 3] {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
@@ -784,6 +1518,153 @@ mod tests {
         );
     }
 
+    /// A layer whose knots are the same for every input: `(grid row, repeated grid)`.
+    fn shared_grid(n_in: usize, g: usize, k: usize) -> (Array2<f32>, Array2<f32>) {
+        let ng = g + 2 * k + 1;
+        let h = 2.0 / g as f32;
+        let row = Array2::from_shape_fn((1, ng), |(_, j)| -1.0 + (j as f32 - k as f32) * h);
+        let full = Array2::from_shape_fn((n_in, ng), |(_, j)| row[[0, j]]);
+        (row, full)
+    }
+
+    /// Every optional term present, int8 weights, `u8` codes.
+    struct Edge {
+        cb: Array2<f32>,
+        codes: Array2<u8>,
+        gains: Array2<i8>,
+        bias: Array2<i8>,
+        base: Array2<i8>,
+        scales: [Array1<f32>; 3],
+        ob: Array1<f32>,
+    }
+
+    fn edge_layer(n_in: usize, n_out: usize, m: usize, kc: usize, seed: u64) -> Edge {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let i8s = |rng: &mut ChaCha8Rng| {
+            Array2::from_shape_fn((n_in, n_out), |_| rng.random_range(-127i32..=127) as i8)
+        };
+        let gains = i8s(&mut rng);
+        let bias = i8s(&mut rng);
+        let base = i8s(&mut rng);
+        let vec =
+            |rng: &mut ChaCha8Rng| Array1::from_shape_fn(n_out, |_| rng.random::<f32>() * 0.02);
+        let scales = [vec(&mut rng), vec(&mut rng), vec(&mut rng)];
+        Edge {
+            cb: Array2::from_shape_fn((kc, m), |_| rng.random::<f32>() * 2.0 - 1.0),
+            codes: Array2::from_shape_fn((n_in, n_out), |_| rng.random_range(0..kc) as u8),
+            gains,
+            bias,
+            base,
+            scales,
+            ob: Array1::from_shape_fn(n_out, |_| rng.random::<f32>() - 0.5),
+        }
+    }
+
+    fn edge_inputs<'a>(
+        e: &'a Edge,
+        x: &'a Array2<f32>,
+        grid: &'a Array2<f32>,
+        k: usize,
+    ) -> LuthamInputs<'a, u8> {
+        LuthamInputs {
+            x: x.view(),
+            grid: grid.view(),
+            k,
+            codebook: e.cb.view(),
+            codes: e.codes.view(),
+            gains: Weights::I8(e.gains.view()),
+            gain_scale: Some(e.scales[0].view()),
+            edge_bias: Some(Weights::I8(e.bias.view())),
+            edge_bias_scale: Some(e.scales[1].view()),
+            out_bias: Some(e.ob.view()),
+            base_weight: Some(Weights::I8(e.base.view())),
+            base_scale: Some(e.scales[2].view()),
+        }
+    }
+
+    #[test]
+    fn shared_grid_row_equals_repeated_grid() {
+        // (1, NG) means the same knots for every input: bit-identical to the repeated
+        // grid, in both strategies, for the unrolled orders and the generic one.
+        for k in 0..=5 {
+            let (n_in, n_out, g) = (7, 9, 5);
+            let (row, full) = shared_grid(n_in, g, k);
+            let e = edge_layer(n_in, n_out, g + k, 20, k as u64);
+            for b in [1, 5, 12, 70] {
+                let mut x = inputs(b, n_in, 10 + k as u64);
+                x[[0, 0]] = f32::NAN;
+                x[[b - 1, 1]] = 1e6;
+                x[[b / 2, 2]] = full[[0, k + 1]]; // on a knot
+                let y_full = lutham_forward(&edge_inputs(&e, &x, &full, k)).unwrap();
+                let y_row = lutham_forward(&edge_inputs(&e, &x, &row, k)).unwrap();
+                assert_eq!(y_full.dim(), (b, n_out));
+                // NaN in x gives NaN through the base branch in both.
+                for (a, c) in y_row.iter().zip(y_full.iter()) {
+                    assert_eq!(a.to_bits(), c.to_bits(), "k={k} b={b}: {a} vs {c}");
+                }
+            }
+        }
+        // A grid with 1 < rows != n_in is refused; so is a bad shared row.
+        let (row, _) = shared_grid(3, 4, 2);
+        let e = edge_layer(3, 2, 6, 4, 0);
+        let x = inputs(2, 3, 0);
+        let two = ndarray::concatenate![ndarray::Axis(0), row, row];
+        assert!(matches!(
+            lutham_forward(&edge_inputs(&e, &x, &two, 2)),
+            Err(Error::Shape { .. })
+        ));
+        let mut bad = row.clone();
+        bad[[0, 3]] = bad[[0, 2]];
+        assert!(matches!(
+            lutham_forward(&edge_inputs(&e, &x, &bad, 2)),
+            Err(Error::InvalidValue { .. })
+        ));
+        bad[[0, 3]] = f32::INFINITY;
+        assert!(matches!(
+            lutham_forward(&edge_inputs(&e, &x, &bad, 2)),
+            Err(Error::NonFinite { .. })
+        ));
+    }
+
+    #[test]
+    fn strategies_agree_and_are_thread_and_simd_invariant() {
+        // Large enough for the parallel paths (rows of projection tables; tiles).
+        let (n_in, n_out, g, k) = (64, 160, 6, 3);
+        let l = layer(n_in, n_out, g, k, 21);
+        let e = edge_layer(n_in, n_out, g + k, 256, 22);
+        for b in [8, 130] {
+            let x = inputs(b, n_in, 23);
+            let inp = edge_inputs(&e, &x, &l.grid, k);
+            let y = lutham_forward(&inp).unwrap();
+            for threads in [1, 2, 5] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                assert_eq!(pool.install(|| lutham_forward(&inp).unwrap()), y);
+            }
+            FORCE_PORTABLE.store(true, std::sync::atomic::Ordering::Relaxed);
+            let portable = lutham_forward(&inp);
+            FORCE_PORTABLE.store(false, std::sync::atomic::Ordering::Relaxed);
+            assert_eq!(portable.unwrap(), y);
+            // each row by the other strategy: projection tables one row at a time, or
+            // decoded tiles for the row repeated DECODE_MIN_BATCH times
+            for r in [0, b / 2, b - 1] {
+                let reps = if b < DECODE_MIN_BATCH {
+                    DECODE_MIN_BATCH
+                } else {
+                    1
+                };
+                let xr = Array2::from_shape_fn((reps, n_in), |(_, i)| x[[r, i]]);
+                let yr = lutham_forward(&edge_inputs(&e, &xr, &l.grid, k)).unwrap();
+                let scale = y.row(r).iter().fold(0.0f32, |a, v| a.max(v.abs()));
+                for (a, c) in yr.row(reps - 1).iter().zip(y.row(r)) {
+                    assert!((a - c).abs() <= 2e-5 * (1.0 + scale), "row {r}: {a} vs {c}");
+                }
+            }
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(24))]
         #[test]
@@ -795,6 +1676,29 @@ mod tests {
             let x = inputs(b, n_in, seed + 1);
             let y = lutham_forward(&LuthamInputs {
                 x: x.view(), grid: l.grid.view(), k, codebook: cb.view(), codes: codes.view(),
+                gains: Weights::F32(gains.view()), gain_scale: None, edge_bias: None,
+                edge_bias_scale: None, out_bias: None, base_weight: Some(Weights::F32(l.base.view())), base_scale: None,
+            }).unwrap();
+            let r = dense_ref(&l, &x, &cb.mapv(|v| v as f64), true, None);
+            for (a, bb) in y.iter().zip(r.iter()) {
+                prop_assert!((*a as f64 - bb).abs() <= 1e-5 * (1.0 + bb.abs()));
+            }
+        }
+
+        #[test]
+        fn decoded_tiles_equal_dense(n_in in 1usize..6, n_out in 1usize..6, g in 1usize..7, k in 0usize..5, seed in 0u64..1000, b in 12usize..80, shared in proptest::bool::ANY) {
+            let mut l = layer(n_in, n_out, g, k, seed);
+            let (row, full) = shared_grid(n_in, g, k);
+            if shared {
+                l.grid = full;
+            }
+            let cb = l.coeffs.mapv(|v| v as f32);
+            let codes = Array2::from_shape_fn((n_in, n_out), |(i, o)| (i * n_out + o) as i16);
+            let gains = Array2::<f32>::ones((n_in, n_out));
+            let x = inputs(b, n_in, seed + 1);
+            let grid = if shared { row } else { l.grid.clone() };
+            let y = lutham_forward(&LuthamInputs {
+                x: x.view(), grid: grid.view(), k, codebook: cb.view(), codes: codes.view(),
                 gains: Weights::F32(gains.view()), gain_scale: None, edge_bias: None,
                 edge_bias_scale: None, out_bias: None, base_weight: Some(Weights::F32(l.base.view())), base_scale: None,
             }).unwrap();

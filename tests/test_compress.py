@@ -234,3 +234,24 @@ def test_four_bit_gains_and_base_are_packed_and_round_trip(small_sd, rng, tmp_pa
     err4 = np.linalg.norm(four.forward(x) - want) / np.linalg.norm(want)
     err8 = np.linalg.norm(eight.forward(x) - want) / np.linalg.norm(want)
     assert err4 < err8 + 0.1 and err4 < 0.5
+
+
+def test_base_fold_moves_silu_into_the_splines(rng):
+    sd = efficient_kan_state_dict(rng, [6, 8], grid_size=8, k=3)
+    x = rng.uniform(-0.99, 0.99, size=(64, 6))
+    exact = dict(int8=False, bias="edge", codebook_size=48)  # K = E: only the fold changes
+    folded = sharekan.compress(sd, base="fold", input_range=(-1.0, 1.0), **exact)
+    layer = folded.layers["layers.0"]
+    assert layer.base_weight is None
+    assert folded.report.layers[0].base.startswith("fold")
+    want = dense_forward(sd, x)
+    err = np.linalg.norm(folded.forward(x.astype(np.float32)) - want) / np.linalg.norm(want)
+    assert err < 1e-3  # the cubic-spline fit of SiLU on the grid range
+    decoded = folded.decompress()
+    assert not decoded["layers.0.base_weight"].any()
+    np.testing.assert_allclose(dense_forward(decoded, x), folded.forward(x.astype(np.float32)), rtol=1e-4, atol=1e-4)
+    # nothing says the inputs stay inside the grid: the base branch is kept (int8)
+    kept = sharekan.compress(sd, base="fold", **exact)
+    assert kept.layers["layers.0"].base_weight is not None
+    assert "refused" in kept.report.layers[0].base
+    assert folded.nbytes < kept.nbytes

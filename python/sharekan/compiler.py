@@ -3,6 +3,7 @@ numerical loop (k-means, gain/bias fitting, int8, bit packing, evaluation) runs 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -87,6 +88,9 @@ def compress(
         raise LayoutError(f"layout {adapter.name!r} found no KAN layer in the state_dict")
     sources = extraction.layers
     calib = _calibration_inputs(sources, calibration)
+    folded: dict[str, str] = {}
+    if any(cfg.for_layer(src.name).base == "fold" for src in sources):
+        sources, folded = _fold_base_branches(sources, cfg, calib)
 
     notify = _progress(progress, len(sources))
     compiled: dict[str, tuple[CompressedLayer, LayerReport]] = {}
@@ -96,6 +100,8 @@ def compress(
     notify(None)
 
     layers = {s.name: compiled[s.name][0] for s in sources}
+    for name, outcome in folded.items():
+        compiled[name][1].base = outcome
     report = Report(
         layout=adapter.name,
         layers=[compiled[s.name][1] for s in sources],
@@ -178,6 +184,56 @@ def layer_metric(source: LayerSource, metric: str, calib: Mapping[str, np.ndarra
             "(pass calibration=<model inputs> or {layer name: inputs})"
         )
     return data_metric(source, calib[source.name])
+
+
+#: Sample points per knot interval for the least-squares spline fit of SiLU (base="fold").
+FOLD_POINTS_PER_INTERVAL = 64
+
+
+def silu_spline_fit(source: LayerSource) -> tuple[np.ndarray, float]:
+    """Coefficients s (n_in, M) with sum_m s[i, m] B_m(x) ~= SiLU(x) on each input's grid
+    range (least squares on midpoints), and the largest |error| seen."""
+    k, g = source.spline_order, source.grid_size
+    lo, hi = source.grid[:, k], source.grid[:, g + k]
+    n = g * FOLD_POINTS_PER_INTERVAL
+    t = (np.arange(n) + 0.5) / n
+    pts = lo[None, :] + t[:, None] * (hi - lo)[None, :]  # (P, n_in)
+    basis = _core.bspline_basis(np.ascontiguousarray(pts), source.grid, k)  # (P, n_in, M)
+    silu = pts / (1.0 + np.exp(-pts))
+    gram = np.einsum("pim,pil->iml", basis, basis)  # per input normal equations
+    rhs = np.einsum("pim,pi->im", basis, silu)
+    coef = np.linalg.solve(gram, rhs[..., None])[..., 0]  # (n_in, M)
+    err = float(np.abs(np.einsum("pim,im->pi", basis, coef) - silu).max())
+    return coef, err
+
+
+def _fold_base_branches(
+    sources: list[LayerSource], cfg: Config, calib: Mapping[str, np.ndarray]
+) -> tuple[list[LayerSource], dict[str, str]]:
+    """base="fold": write w_base * SiLU(x) in the layer's own B-spline basis and add it to
+    the coefficients, dropping the base weights (one byte per edge less after int8). Exact
+    up to the spline fit of SiLU, and only while inputs stay inside the grid, so it is
+    applied where bias="auto" would fold; elsewhere the base branch stays (int8)."""
+    out, outcome = [], {}
+    for source in sources:
+        lcfg = cfg.for_layer(source.name)
+        if lcfg.base != "fold" or source.base_weight is None:
+            out.append(source)
+            continue
+        kind = getattr(getattr(source, "basis", None), "kind", "bspline")
+        activation = getattr(getattr(source, "semantics", None), "base_activation", "silu")
+        if kind != "bspline" or activation != "silu":
+            outcome[source.name] = "int8 (fold needs B-splines and a SiLU base)"
+            out.append(source)
+        elif not inputs_inside_grid(source, lcfg, calib):
+            outcome[source.name] = "int8 (fold refused: inputs not known to stay in the grid)"
+            out.append(source)
+        else:
+            coef, err = silu_spline_fit(source)
+            coeffs = source.coeffs + source.base_weight[:, :, None] * coef[:, None, :]
+            outcome[source.name] = f"fold (SiLU fit max err {err:.1e})"
+            out.append(dataclasses.replace(source, coeffs=coeffs, base_weight=None))
+    return out, outcome
 
 
 def fraction_outside_grid(source: LayerSource, x: np.ndarray) -> float:
@@ -332,8 +388,8 @@ def _compile_layer(
         edge_bias = biases.astype(np.float32)
     base = base_scale = None
     if source.base_weight is not None:
-        if cfg.base in ("int8", "int4"):
-            base, base_scale = _core.quantize_sym(source.base_weight, 1, 8 if cfg.base == "int8" else 4)
+        if cfg.base in ("int8", "int4", "fold"):  # "fold" lands here only where it was refused
+            base, base_scale = _core.quantize_sym(source.base_weight, 1, 4 if cfg.base == "int4" else 8)
         else:
             base = source.base_weight.astype(np.float32)
     layer = CompressedLayer(

@@ -14,7 +14,7 @@ from .errors import InvalidInputError
 METRICS = ("coefficient", "function", "data")
 SHARES = ("layer", "model")
 BIAS_MODES = ("auto", "fold", "edge")
-BASE_MODES = ("int8", "int4", "float")
+BASE_MODES = ("int8", "int4", "float", "fold")
 GAIN_BITS = (4, 8)
 INITS = ("kmeans++",)
 MAX_CODEBOOK_SIZE = 1 << 16
@@ -37,7 +37,10 @@ class Config:
             calibration data or `input_range` shows inputs stay inside the grid).
         gain_bits: bits of the int8-mode gains, 8 or 4 (per-output scales; 4-bit values
             are stored two per byte and use the least-squares clipping of each column).
-        base: base-branch weights as "int8" or "int4" (per output channel) or "float".
+        base: base-branch weights as "int8" or "int4" (per output channel) or "float";
+            "fold" adds w_base * SiLU, fitted in the layer's B-spline basis, to the
+            coefficients and drops the base weights, where inputs are known to stay inside
+            the grid (as for bias="auto"); elsewhere it stores them as int8.
         n_iter: maximum k-means iterations.
         tol: stop when the relative objective improvement falls below this.
         init: k-means initialisation ("kmeans++").

@@ -135,8 +135,11 @@ class EfficientKanLayout:
         if "spline_scaler" in source:
             scaler = source["spline_scaler"]
             out[scaler.key] = np.ones(scaler.shape, dtype=scaler.dtype)  # folded into the weights
-        if "base_weight" in source and base_weight is not None:
+        if "base_weight" in source:
             info = source["base_weight"]
-            out[info.key] = np.ascontiguousarray(base_weight.T).astype(info.dtype)
+            if base_weight is None:  # base="fold": the branch now lives in the coefficients
+                out[info.key] = np.zeros(info.shape, dtype=info.dtype)
+            else:
+                out[info.key] = np.ascontiguousarray(base_weight.T).astype(info.dtype)
         out[source["grid"].key] = grid.astype(source["grid"].dtype)
         return out

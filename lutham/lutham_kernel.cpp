@@ -4,8 +4,15 @@
 //
 //   y[b,o] = gain_scale[o]      * sum_i gains[i,o]       * P_bi[codes[i,o]]
 //          + edge_bias_scale[o] * sum_i edge_bias[i,o]   * S_bi
-//          + base_scale[o]      * sum_i base_weight[i,o] * SiLU(x[b,i])
+//          + base_scale[o]      * sum_i base_weight[i,o] * act(x[b,i])
 //          + out_bias[o]
+//
+// Basis kinds (`basis`): 0 = B-splines of order k on the knots in `grid` (below);
+// 1 = Gaussian RBFs B_m(x) = exp(-((x - c_m) / h)^2), `grid` = the centres c_m, shape
+// (n_in or 1, M) (FastKAN); 2 = Chebyshev T_m(tanh x), m = 0..M-1, `grid` not read (any
+// float32 2-D tensor; ChebyKAN). Dense bases (1, 2) use all M basis values of every input
+// (projection tables at every batch size; k is not read). act (`base_act`): 0 = SiLU,
+// 1 = exact GELU x/2 (1 + erf(x / sqrt 2)) (TorchKAN).
 //
 // with P_bi[q] = sum_t B_{j-k+t}(x[b,i]) * codebook[q, j-k+t] (j = knot span of x[b,i]) and
 // S_bi = sum_t B_{j-k+t}(x[b,i]) over the valid basis indices. Outside the grid (or NaN) all
@@ -14,7 +21,8 @@
 // Operator schema (defined in python/sharekan/torch/ops.py):
 //   sharekan::lutham.out(Tensor x, Tensor grid, Tensor codebook, Tensor codes, Tensor gains,
 //       Tensor gain_scale, Tensor edge_bias, Tensor edge_bias_scale, Tensor out_bias,
-//       Tensor base_weight, Tensor base_scale, int k, *, Tensor(a!) out) -> Tensor(a!)
+//       Tensor base_weight, Tensor base_scale, int k, int basis=0, float h=1.,
+//       int base_act=0, *, Tensor(a!) out) -> Tensor(a!)
 //
 // Optional-tensor convention: an optional input is ABSENT when it is a 1-D tensor of shape
 // (0,) (any dtype). Absent gain_scale / edge_bias_scale / base_scale mean "all ones";
@@ -83,6 +91,9 @@ constexpr int64_t kBatchTile = 64;
 
 enum class CodeType { kU8, kI16, kI32 };
 
+constexpr int64_t kBasisBSpline = 0, kBasisRbf = 1, kBasisChebyshev = 2;
+constexpr int64_t kActSilu = 0, kActGelu = 1;
+
 /// A per-edge (n_in, n_out) tensor stored as int8 or float32; data == nullptr when absent.
 struct EdgeTensor {
   const void* data = nullptr;
@@ -104,6 +115,9 @@ struct Layer {
   const float* out_bias = nullptr;         // (n_out,) or nullptr
   EdgeTensor base_weight;                  // (n_in, n_out) or absent
   const float* base_scale = nullptr;       // (n_out,) or nullptr (= ones)
+  int64_t basis = kBasisBSpline;           // kBasis*
+  double h = 1.0;                          // RBF width (basis == kBasisRbf), finite > 0
+  int64_t base_act = kActSilu;             // kAct*
 };
 
 /// Knots of input i (the single row of a shared grid).
@@ -180,6 +194,45 @@ static void knot_reciprocals(const float* g, int64_t n_knots, int64_t k, float* 
 }
 
 static inline float silu(float x) { return x / (1.0f + std::exp(-x)); }
+
+/// Exact GELU, computed in double.
+static inline float gelu(float x) {
+  const double v = x;
+  return static_cast<float>(0.5 * v * (1.0 + std::erf(v * 0.70710678118654752440)));
+}
+
+/// The base-branch activation of the layer.
+static inline float base_act(const Layer& L, float x) {
+  return L.base_act == kActGelu ? gelu(x) : silu(x);
+}
+
+/// Dense basis values b[m] = B_m(x), m = 0..M-1 (RBF or Chebyshev), in double then
+/// rounded to float. NaN in, NaN out.
+static void dense_basis(const Layer& L, int64_t i, float x, float* b) {
+  const double xd = x;
+  if (L.basis == kBasisRbf) {
+    const float* c = L.grid + (L.shared_grid ? 0 : i) * L.M;
+    for (int64_t m = 0; m < L.M; ++m) {
+      const double d = (xd - static_cast<double>(c[m])) / L.h;
+      b[m] = static_cast<float>(std::exp(-(d * d)));
+    }
+    return;
+  }
+  const double t = std::tanh(xd);
+  double t0 = 1.0, t1 = t;
+  for (int64_t m = 0; m < L.M; ++m) {
+    if (m == 0) {
+      b[m] = 1.0f;
+    } else if (m == 1) {
+      b[m] = static_cast<float>(t);
+    } else {
+      const double t2 = 2.0 * t * t1 - t0;
+      t0 = t1;
+      t1 = t2;
+      b[m] = static_cast<float>(t2);
+    }
+  }
+}
 
 template <typename T>
 static inline float as_float(T v) {
@@ -348,11 +401,11 @@ static void forward_row_projection(const Layer& L, const float* ct, const float*
           const int64_t off = i * L.n_out;
           if (L.edge_bias.is_i8) {
             axpy2_row(static_cast<const int8_t*>(L.edge_bias.data) + off, s,
-                      static_cast<const int8_t*>(L.base_weight.data) + off, silu(xi), acc_b,
+                      static_cast<const int8_t*>(L.base_weight.data) + off, base_act(L, xi), acc_b,
                       acc_w, L.n_out);
           } else {
             axpy2_row(static_cast<const float*>(L.edge_bias.data) + off, s,
-                      static_cast<const float*>(L.base_weight.data) + off, silu(xi), acc_b,
+                      static_cast<const float*>(L.base_weight.data) + off, base_act(L, xi), acc_b,
                       acc_w, L.n_out);
           }
           continue;
@@ -360,7 +413,36 @@ static void forward_row_projection(const Layer& L, const float* ct, const float*
         edge_axpy(L.edge_bias, i, L.n_out, s, acc_b);
       }
     }
-    if (L.base_weight.data) edge_axpy(L.base_weight, i, L.n_out, silu(xi), acc_w);
+    if (L.base_weight.data) edge_axpy(L.base_weight, i, L.n_out, base_act(L, xi), acc_w);
+  }
+  for (int64_t o = 0; o < L.n_out; ++o) {
+    y[o] = scale_or_one(L.gain_scale, o) * acc_g[o] +
+           scale_or_one(L.edge_bias_scale, o) * acc_b[o] +
+           scale_or_one(L.base_scale, o) * acc_w[o] + (L.out_bias ? L.out_bias[o] : 0.0f);
+  }
+}
+
+/// One batch row for a dense basis (RBF, Chebyshev): per input, all M basis values,
+/// P[q] = sum_m b[m] * Ct[m][q] (in order of m), S = sum_m b[m].
+static void forward_row_dense(const Layer& L, const float* ct, const float* x, float* y,
+                              const ProjectionScratch& sc, float* b) {
+  float* p = sc.p;
+  float* acc_g = sc.acc_g;
+  float* acc_b = sc.acc_b;
+  float* acc_w = sc.acc_w;
+  for (int64_t o = 0; o < L.n_out; ++o) acc_g[o] = acc_b[o] = acc_w[o] = 0.0f;
+  for (int64_t i = 0; i < L.n_in; ++i) {
+    const float xi = x[i];
+    dense_basis(L, i, xi, b);
+    for (int64_t q = 0; q < L.K; ++q) p[q] = b[0] * ct[q];
+    float s = b[0];
+    for (int64_t m = 1; m < L.M; ++m) {
+      axpy_plain(p, ct + m * L.K, b[m], L.K);
+      s += b[m];
+    }
+    gather_dispatch(L, i, p, acc_g);
+    if (L.edge_bias.data) edge_axpy(L.edge_bias, i, L.n_out, s, acc_b);
+    if (L.base_weight.data) edge_axpy(L.base_weight, i, L.n_out, base_act(L, xi), acc_w);
   }
   for (int64_t o = 0; o < L.n_out; ++o) {
     y[o] = scale_or_one(L.gain_scale, o) * acc_g[o] +
@@ -538,7 +620,7 @@ static void forward_decoded(const Layer& L, const float* ct, const float* x, int
       }
       first_of[bi] = static_cast<int32_t>(first);
       s_sum[bi] = s;
-      s_silu[bi] = L.base_weight.data ? silu(xi) : 0.0f;
+      s_silu[bi] = L.base_weight.data ? base_act(L, xi) : 0.0f;
     }
     if (m_hi >= m_lo) {
       load_codes_gains_dispatch(L, i, q, gg);
@@ -576,9 +658,11 @@ static bool forward(const Layer& L, const float* x, int64_t B, float* y) {
   Scratch mem;
   // codebook transposed to (M, K) plus a zero row: the rows the hot loops read
   float* ct = mem.get<float>(static_cast<size_t>(L.K) * static_cast<size_t>(L.M + 1));
-  const bool decoded = B >= kDecodeMinBatch;
+  const bool dense = L.basis != kBasisBSpline;
+  const bool decoded = !dense && B >= kDecodeMinBatch;
   ProjectionScratch ps{};
   DecodedScratch ds{};
+  float* bd = dense ? mem.get<float>(static_cast<size_t>(L.M)) : nullptr;
   if (decoded) {
     ds = decoded_scratch(mem, L, std::min(B, kBatchTile));
   } else {
@@ -594,6 +678,9 @@ static bool forward(const Layer& L, const float* x, int64_t B, float* y) {
       const int64_t nb = std::min(kBatchTile, B - b0);
       forward_decoded(L, ct, x + b0 * L.n_in, nb, y + b0 * L.n_out, ds);
     }
+  } else if (dense) {
+    for (int64_t bi = 0; bi < B; ++bi)
+      forward_row_dense(L, ct, x + bi * L.n_in, y + bi * L.n_out, ps, bd);
   } else {
     for (int64_t bi = 0; bi < B; ++bi)
       forward_row_projection(L, ct, x + bi * L.n_in, y + bi * L.n_out, ps);
@@ -703,7 +790,7 @@ Tensor& lutham_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& gri
                    const Tensor& gain_scale, const Tensor& edge_bias,
                    const Tensor& edge_bias_scale, const Tensor& out_bias,
                    const Tensor& base_weight, const Tensor& base_scale, int64_t k,
-                   Tensor& out) {
+                   int64_t basis, double h, int64_t base_act_kind, Tensor& out) {
   // --- x, codebook, k, grid
   ET_KERNEL_CHECK_MSG(ctx, x.scalar_type() == ScalarType::Float, InvalidArgument, out,
                       "lutham: x must be float32, got %s", dtype_name(x.scalar_type()));
@@ -713,6 +800,23 @@ Tensor& lutham_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& gri
                       "lutham: x must be contiguous");
   ET_KERNEL_CHECK_MSG(ctx, out.scalar_type() == ScalarType::Float, InvalidArgument, out,
                       "lutham: out must be float32, got %s", dtype_name(out.scalar_type()));
+  ET_KERNEL_CHECK_MSG(ctx, basis == kBasisBSpline || basis == kBasisRbf ||
+                               basis == kBasisChebyshev,
+                      InvalidArgument, out,
+                      "lutham: basis=%lld must be 0 (B-spline), 1 (RBF) or 2 (Chebyshev)",
+                      static_cast<long long>(basis));
+  ET_KERNEL_CHECK_MSG(ctx, base_act_kind == kActSilu || base_act_kind == kActGelu,
+                      InvalidArgument, out, "lutham: base_act=%lld must be 0 (SiLU) or 1 (GELU)",
+                      static_cast<long long>(base_act_kind));
+  // h is used as float32 (the value the Rust evaluator sees); checked in range before the
+  // conversion, and after it (a tiny h rounds to 0).
+  const bool h_in_range = h > 0.0 && h <= 3.4028234663852886e38;
+  ET_KERNEL_CHECK_MSG(ctx,
+                      basis != kBasisRbf ||
+                          (h_in_range && static_cast<double>(static_cast<float>(h)) > 0.0),
+                      InvalidArgument, out,
+                      "lutham: RBF width h=%g must be finite and > 0 as float32", h);
+  if (basis != kBasisBSpline) k = 0;  // the spline order is read by B-splines only
   ET_KERNEL_CHECK_MSG(ctx, k >= 0 && k <= kMaxSplineOrder, InvalidArgument, out,
                       "lutham: spline order k=%lld outside [0, %lld]",
                       static_cast<long long>(k), static_cast<long long>(kMaxSplineOrder));
@@ -729,32 +833,49 @@ Tensor& lutham_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& gri
   L.K = codebook.size(0);
   L.M = codebook.size(1);
   L.k = k;
+  L.basis = basis;
+  L.h = h_in_range ? static_cast<double>(static_cast<float>(h)) : 1.0;
+  L.base_act = base_act_kind;
   ET_KERNEL_CHECK_MSG(ctx, L.M >= k + 1, InvalidArgument, out,
-                      "lutham: codebook width M=%lld must be G + k with G >= 1 (k=%lld)",
+                      "lutham: codebook width M=%lld must be G + k with G >= 1 (k=%lld), or "
+                      ">= 1 for RBF / Chebyshev",
                       static_cast<long long>(L.M), static_cast<long long>(k));
-  const int64_t n_knots = L.M + k + 1;
   ET_KERNEL_CHECK_MSG(ctx, grid.scalar_type() == ScalarType::Float, InvalidArgument, out,
                       "lutham: grid must be float32, got %s", dtype_name(grid.scalar_type()));
-  ET_KERNEL_CHECK_MSG(ctx,
-                      grid.dim() == 2 && (grid.size(0) == L.n_in || grid.size(0) == 1) &&
-                          grid.size(1) == n_knots,
-                      InvalidArgument, out,
-                      "lutham: grid must have shape (n_in=%lld or 1, M+k+1=%lld) for M=%lld, "
-                      "k=%lld",
-                      static_cast<long long>(L.n_in), static_cast<long long>(n_knots),
-                      static_cast<long long>(L.M), static_cast<long long>(k));
+  ET_KERNEL_CHECK_MSG(ctx, grid.dim() == 2, InvalidArgument, out,
+                      "lutham: grid must be 2-D, got %zd dims", grid.dim());
   ET_KERNEL_CHECK_MSG(ctx, is_contiguous(grid), InvalidArgument, out,
                       "lutham: grid must be contiguous");
   L.grid = grid.const_data_ptr<float>();
   L.shared_grid = grid.size(0) == 1;
   L.codebook = codebook.const_data_ptr<float>();
-  for (int64_t i = 0; i < grid.size(0); ++i) {
-    const float* g = L.grid + i * n_knots;
-    bool ok = std::isfinite(g[0]);
-    for (int64_t t = 1; t < n_knots; ++t) ok = ok && std::isfinite(g[t]) && g[t] > g[t - 1];
-    ET_KERNEL_CHECK_MSG(ctx, ok, InvalidArgument, out,
-                        "lutham: grid row %lld must be finite and strictly increasing",
-                        static_cast<long long>(i));
+  if (basis == kBasisBSpline) {
+    const int64_t n_knots = L.M + k + 1;
+    ET_KERNEL_CHECK_MSG(ctx,
+                        (grid.size(0) == L.n_in || grid.size(0) == 1) &&
+                            grid.size(1) == n_knots,
+                        InvalidArgument, out,
+                        "lutham: grid must have shape (n_in=%lld or 1, M+k+1=%lld) for M=%lld, "
+                        "k=%lld",
+                        static_cast<long long>(L.n_in), static_cast<long long>(n_knots),
+                        static_cast<long long>(L.M), static_cast<long long>(k));
+    for (int64_t i = 0; i < grid.size(0); ++i) {
+      const float* g = L.grid + i * n_knots;
+      bool ok = std::isfinite(g[0]);
+      for (int64_t t = 1; t < n_knots; ++t) ok = ok && std::isfinite(g[t]) && g[t] > g[t - 1];
+      ET_KERNEL_CHECK_MSG(ctx, ok, InvalidArgument, out,
+                          "lutham: grid row %lld must be finite and strictly increasing",
+                          static_cast<long long>(i));
+    }
+  } else if (basis == kBasisRbf) {
+    ET_KERNEL_CHECK_MSG(ctx,
+                        (grid.size(0) == L.n_in || grid.size(0) == 1) && grid.size(1) == L.M,
+                        InvalidArgument, out,
+                        "lutham: RBF centres must have shape (n_in=%lld or 1, M=%lld)",
+                        static_cast<long long>(L.n_in), static_cast<long long>(L.M));
+    bool ok = true;
+    for (int64_t t = 0; t < grid.size(0) * L.M; ++t) ok = ok && std::isfinite(L.grid[t]);
+    ET_KERNEL_CHECK_MSG(ctx, ok, InvalidArgument, out, "lutham: RBF centres must be finite");
   }
   // --- codes
   const ScalarType ct = codes.scalar_type();

@@ -364,6 +364,31 @@ def silu(x: np.ndarray) -> np.ndarray:
         return 0.5 * x * (1.0 + np.tanh(0.5 * x))
 
 
+def gelu(x: np.ndarray) -> np.ndarray:
+    """Exact GELU x/2 (1 + erf(x / sqrt 2)) in float64."""
+    from math import erf  # noqa: PLC0415
+
+    x = np.asarray(x, dtype=np.float64)
+    return 0.5 * x * (1.0 + np.vectorize(erf, otypes=[np.float64])(x / np.sqrt(2.0)))
+
+
+def rbf_basis(x: np.ndarray, centres: np.ndarray, h: float) -> np.ndarray:
+    """(B, n_in, M) Gaussian RBFs exp(-((x - c_m)/h)^2); centres (n_in or 1, M)."""
+    x = np.asarray(x, dtype=np.float64)
+    c = np.asarray(centres, dtype=np.float64)
+    c = np.broadcast_to(c, (x.shape[1], c.shape[1]))
+    return np.exp(-(((x[:, :, None] - c[None]) / float(h)) ** 2))
+
+
+def chebyshev_basis(x: np.ndarray, m: int) -> np.ndarray:
+    """(B, n_in, M) Chebyshev T_m(tanh x), m = 0..M-1, by the recurrence."""
+    t = np.tanh(np.asarray(x, dtype=np.float64))
+    out = [np.ones_like(t), t][:m]
+    while len(out) < m:
+        out.append(2.0 * t * out[-1] - out[-2])
+    return np.stack(out, axis=-1)
+
+
 def _per_out(scale, n_out):
     return np.ones(n_out) if scale is None else np.asarray(scale, dtype=np.float64)
 
@@ -401,8 +426,14 @@ def lutham_dense(
     out_bias=None,
     base_weight=None,
     base_scale=None,
+    basis_kind=0,
+    h=1.0,
+    base_act=0,
 ) -> np.ndarray:
     """(B, n_out) efficient-kan forward of the decoded layer, in float64.
+
+    basis_kind 0 = B-spline, 1 = RBF (grid = centres, width h), 2 = Chebyshev of tanh x;
+    base_act 0 = SiLU, 1 = exact GELU (ARCHITECTURE §4).
 
     y = SiLU(x) @ (base_weight * base_scale) + basis(x).reshape(B, n_in*M) @ w^ + out_bias.
     """
@@ -410,12 +441,17 @@ def lutham_dense(
     grid = np.asarray(grid, dtype=np.float64)
     w = decode_layer(codebook, codes, gains, gain_scale, edge_bias, edge_bias_scale)
     n_in, n_out, m = w.shape
-    basis = bspline_basis(x, grid, k)  # (B, n_in, M)
+    if basis_kind == 0:
+        basis = bspline_basis(x, grid, k)  # (B, n_in, M)
+    elif basis_kind == 1:
+        basis = rbf_basis(x, grid, np.float32(h))
+    else:
+        basis = chebyshev_basis(x, m)
     y = basis.reshape(x.shape[0], n_in * m) @ w.transpose(0, 2, 1).reshape(n_in * m, n_out)
     if base_weight is not None:
         bw = np.asarray(base_weight, dtype=np.float64) * _per_out(base_scale, n_out)[None, :]
         with np.errstate(invalid="ignore"):  # SiLU(-inf) = NaN, as in float arithmetic
-            y = y + silu(x) @ bw
+            y = y + (gelu(x) if base_act == 1 else silu(x)) @ bw
     if out_bias is not None:
         y = y + np.asarray(out_bias, dtype=np.float64)[None, :]
     return y

@@ -36,13 +36,17 @@ class RawLutham(torch.nn.Module):
     def __init__(self, tensors: dict, k: int) -> None:
         super().__init__()
         self.k = int(k)
+        # basis / h / base_act only when given (default B-spline + SiLU calls stay unchanged)
+        self.extra = tuple(t(tensors[n]) for n, t in (("basis", int), ("h", float),
+                                                          ("base_act", int)) if n in tensors)
         for name in BUFFERS:
             value = tensors.get(name)
             t = ops.absent() if value is None else torch.from_numpy(np.ascontiguousarray(value))
             self.register_buffer(name, t)
 
     def forward(self, x):
-        return torch.ops.sharekan.lutham(x, *(getattr(self, n) for n in BUFFERS), self.k)
+        return torch.ops.sharekan.lutham(x, *(getattr(self, n) for n in BUFFERS), self.k,
+                                         *self.extra)
 
 
 @pytest.fixture(scope="module")
@@ -334,3 +338,114 @@ def test_kernel_random_small_layers(runtime, tmp_path, seed):
         want = oracle.lutham_dense(x, **layer)
         np.testing.assert_allclose(got, want, atol=3e-5 * (np.abs(want).max() + 1e-6),
                                    rtol=1e-4)
+
+
+# ---- dense bases: RBF (FastKAN) and Chebyshev (ChebyKAN); GELU base (TorchKAN) ----------
+
+
+def dense_layer(rng, n_in, n_out, m, n_codes, basis, *, shared=False, code_dtype=np.uint8,
+                weight_kind="f32", with_edge_bias=True, with_out_bias=True, with_base=True,
+                base_act=0, h=0.57):
+    """A random_layer with an RBF (basis 1: centres (n_in or 1, M), width h) or Chebyshev
+    (basis 2: grid (1, 2) zeros, not read) basis of M functions."""
+    layer = random_layer(rng, n_in, n_out, max(m - 3, 1), 3, n_codes, code_dtype=code_dtype,
+                         weight_kind=weight_kind, with_edge_bias=with_edge_bias,
+                         with_out_bias=with_out_bias, with_base=with_base)
+    layer["codebook"] = rng.normal(size=(n_codes, m)).astype(np.float32)
+    if basis == 1:
+        rows = 1 if shared else n_in
+        c = np.sort(rng.uniform(-2, 2, size=(rows, m)), axis=1)
+        layer["grid"] = np.ascontiguousarray(c, dtype=np.float32)
+    else:
+        layer["grid"] = np.zeros((1, 2), dtype=np.float32)
+    layer.update(k=0, basis=basis, h=float(np.float32(h)), base_act=base_act)
+    return layer
+
+
+DENSE_CASES = [
+    # (basis, shared centres, code dtype, K, weight kind, edge bias, base, base_act, M)
+    (1, False, np.uint8, 37, "f32", True, True, 0, 8),
+    (1, True, np.uint8, 256, "int8", True, True, 0, 5),
+    (1, False, np.int16, 300, "int8", False, False, 0, 1),
+    (2, True, np.uint8, 16, "f32", False, True, 1, 6),
+    (2, True, np.int32, 5, "int8", True, True, 0, 1),
+    (2, True, np.uint8, 200, "int8", True, False, 0, 9),
+]
+
+
+@pytest.mark.parametrize("case", DENSE_CASES, ids=[
+    f"{'rbf' if c[0] == 1 else 'cheb'}-{'shared' if c[1] else 'rows'}-{c[2].__name__}-"
+    f"K{c[3]}-{c[4]}-act{c[7]}-M{c[8]}" for c in DENSE_CASES])
+def test_kernel_dense_bases_match_oracle_and_rust(runtime, tmp_path, case):
+    basis, shared, code_dtype, n_codes, kind, eb, base, act, m = case
+    rng = np.random.default_rng(abs(hash(case)) % 2**32)
+    n_in, n_out = 13, 7
+    layer = dense_layer(rng, n_in, n_out, m, n_codes, basis, shared=shared,
+                        code_dtype=code_dtype, weight_kind=kind, with_edge_bias=eb,
+                        with_base=base, base_act=act)
+    method = runtime.load_program(str(_export(layer, tmp_path / "d.pte", n_in))).load_method(
+        "forward")
+    for batch in BATCHES:
+        x = rng.normal(scale=1.5, size=(batch, n_in)).astype(np.float32)
+        if batch > 2:
+            x[1, :3] = [np.inf, -np.inf, 40.0]
+        got = method.execute([torch.from_numpy(x)])[0].numpy()
+        want = oracle.lutham_dense(x, **_oracle_kw(layer))
+        scale = np.abs(want[np.isfinite(want)]).max(initial=0.0) + 1e-6
+        assert got.shape == (batch, n_out)
+        np.testing.assert_allclose(got, want, atol=2e-5 * scale, rtol=1e-4)
+        np.testing.assert_allclose(got, _rust(x, layer), atol=2e-5 * scale, rtol=1e-4)
+        # the eager torch op (Rust) agrees too
+        eager = RawLutham({n: v for n, v in layer.items() if n != "k"}, 0)(torch.from_numpy(x))
+        np.testing.assert_allclose(eager.numpy(), got, atol=2e-5 * scale, rtol=1e-4)
+        # a NaN input gives NaN rows in all three
+        if batch == 3:
+            xn = x.copy()
+            xn[2, 0] = np.nan
+            gn = method.execute([torch.from_numpy(xn)])[0].numpy()
+            assert np.isnan(gn[2]).all() and np.isnan(_rust(xn, layer)[2]).all()
+            np.testing.assert_allclose(gn[:2], got[:2], atol=2e-5 * scale, rtol=1e-4)
+
+
+def _oracle_kw(layer: dict) -> dict:
+    kw = dict(layer)
+    kw["basis_kind"] = kw.pop("basis")
+    return kw
+
+
+def test_kernel_dense_bad_arguments(runtime, tmp_path):
+    rng = np.random.default_rng(23)
+    good = dense_layer(rng, 5, 4, 6, 12, 1)
+    cheb = dense_layer(rng, 5, 4, 6, 12, 2)
+    bad = {
+        "basis_3": {**good, "basis": 3},
+        "basis_negative": {**good, "basis": -1},
+        "base_act_2": {**good, "base_act": 2},
+        "h_zero": {**good, "h": 0.0},
+        "h_negative": {**good, "h": -1.0},
+        "h_nan": {**good, "h": float("nan")},
+        "h_inf": {**good, "h": float("inf")},
+        "h_huge": {**good, "h": 1e300},
+        "h_tiny": {**good, "h": 1e-300},
+        "centres_wrong_width": {**good, "grid": good["grid"][:, :-1].copy()},
+        "centres_two_rows": {**good, "grid": good["grid"][:2].copy()},
+        "centres_nan": {**good, "grid": np.where(good["grid"] > 0, np.nan,
+                                                 good["grid"]).astype(np.float32)},
+        "cheb_grid_float64": {**cheb, "grid": cheb["grid"].astype(np.float64)},
+    }
+    x = rng.normal(size=(3, 5)).astype(np.float32)
+    good_m = runtime.load_program(str(_export(good, tmp_path / "g.pte", 5))).load_method(
+        "forward")
+    want = good_m.execute([torch.from_numpy(x)])[0].numpy()
+    core = pytest.importorskip("sharekan._core")
+    from sharekan.errors import InvalidInputError
+    for name, layer in bad.items():
+        method = runtime.load_program(str(_export(layer, tmp_path / f"{name}.pte", 5))
+                                      ).load_method("forward")
+        for batch in (1, 13):
+            with pytest.raises(RuntimeError, match="0x12"):
+                method.execute([torch.from_numpy(np.resize(x, (batch, 5)))])
+        if name != "cheb_grid_float64":
+            with pytest.raises((InvalidInputError, TypeError, ValueError)):
+                core.lutham_forward(x, **layer)
+        np.testing.assert_array_equal(good_m.execute([torch.from_numpy(x)])[0].numpy(), want)

@@ -11,7 +11,7 @@
 use ndarray::Array2;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use sharekan_core::evaluator::{lutham_forward, LuthamInputs, Weights};
+use sharekan_core::evaluator::{lutham_forward, BaseAct, Basis, LuthamInputs, Weights};
 use sharekan_core::kmeans::{spherical_kmeans, KMeansParams, KMeansResult};
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -117,6 +117,8 @@ fn main() {
         out_bias: None,
         base_weight: None,
         base_scale: None,
+        basis: Basis::BSpline,
+        base_act: BaseAct::Silu,
     };
     let reps = 200;
     let t = Instant::now();

@@ -13,7 +13,7 @@
 use ndarray::{Array1, Array2};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use sharekan_core::evaluator::{lutham_forward, LuthamInputs, Weights};
+use sharekan_core::evaluator::{lutham_forward, BaseAct, Basis, LuthamInputs, Weights};
 use std::time::Instant;
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -79,6 +79,8 @@ fn main() {
             out_bias: Some(ob.view()),
             base_weight: Some(Weights::I8(base.view())),
             base_scale: Some(bs.view()),
+            basis: Basis::BSpline,
+            base_act: BaseAct::Silu,
         };
         let with_shared = LuthamInputs {
             grid: shared.view(),

@@ -105,6 +105,30 @@ impl Weights<'_> {
     }
 }
 
+/// Basis of the per-edge functions (ARCHITECTURE §4).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Basis {
+    /// B-splines of order `k` on the knots of `grid` (efficient-kan, pykan).
+    BSpline,
+    /// Gaussian RBFs `B_m(x) = exp(-((x - c_m) / h)^2)`; `grid` holds the centres `c_m`,
+    /// `(n_in or 1, M)` (FastKAN). `h` must be finite and positive.
+    Rbf {
+        /// Width `h`.
+        h: f32,
+    },
+    /// Chebyshev polynomials `T_m(tanh x)`, `m = 0..M` (ChebyKAN); `grid` is not read.
+    Chebyshev,
+}
+
+/// Activation of the base branch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BaseAct {
+    /// `SiLU(x) = x / (1 + exp(-x))` (efficient-kan, pykan, FastKAN).
+    Silu,
+    /// Exact GELU `x / 2 * (1 + erf(x / sqrt 2))` (TorchKAN).
+    Gelu,
+}
+
 /// Inputs of [`lutham_forward`]; names, shapes and meaning as in ARCHITECTURE §4.
 #[derive(Debug, Clone, Copy)]
 pub struct LuthamInputs<'a, C: Code> {
@@ -133,6 +157,10 @@ pub struct LuthamInputs<'a, C: Code> {
     pub base_weight: Option<Weights<'a>>,
     /// Per-output base-weight scale `(n_out,)`; `None` means ones.
     pub base_scale: Option<ArrayView1<'a, f32>>,
+    /// Basis kind ([`Basis::BSpline`] for the original efficient-kan layer).
+    pub basis: Basis,
+    /// Base-branch activation ([`BaseAct::Silu`] for efficient-kan).
+    pub base_act: BaseAct,
 }
 
 impl<'a, C: Code> LuthamInputs<'a, C> {
@@ -151,6 +179,8 @@ impl<'a, C: Code> LuthamInputs<'a, C> {
             out_bias: self.out_bias,
             base_weight: self.base_weight,
             base_scale: self.base_scale,
+            basis: self.basis,
+            base_act: self.base_act,
         }
     }
 }
@@ -254,6 +284,8 @@ struct Plan<'s, C: Code> {
     edge_bias_scale: Option<&'s [f32]>,
     out_bias: Option<&'s [f32]>,
     base_scale: Option<&'s [f32]>,
+    basis: Basis,
+    base_act: BaseAct,
 }
 
 impl<C: Code> Plan<'_, C> {
@@ -261,6 +293,48 @@ impl<C: Code> Plan<'_, C> {
     fn grid_row(&self, i: usize) -> &[f32] {
         let r = if self.shared_grid { 0 } else { i };
         &self.grid[r * self.ng..(r + 1) * self.ng]
+    }
+
+    /// Base-branch activation of `x`.
+    #[inline(always)]
+    fn act(&self, x: f32) -> f32 {
+        match self.base_act {
+            BaseAct::Silu => silu(x),
+            BaseAct::Gelu => gelu(x),
+        }
+    }
+
+    /// Dense basis values `b[m] = B_m(x_i)`, `m = 0..M` (RBF or Chebyshev), in f64 then
+    /// rounded to f32. NaN in, NaN out.
+    #[inline(always)]
+    fn dense_basis(&self, i: usize, x: f32, b: &mut [f32]) {
+        let xf = x as f64;
+        match self.basis {
+            Basis::Rbf { h } => {
+                let h = h as f64;
+                for (v, &c) in b.iter_mut().zip(self.grid_row(i)) {
+                    let d = (xf - c as f64) / h;
+                    *v = (-(d * d)).exp() as f32;
+                }
+            }
+            Basis::Chebyshev => {
+                let t = xf.tanh();
+                let (mut t0, mut t1) = (1.0f64, t);
+                for (m, v) in b.iter_mut().enumerate() {
+                    *v = match m {
+                        0 => 1.0,
+                        1 => t as f32,
+                        _ => {
+                            let t2 = 2.0 * t * t1 - t0;
+                            t0 = t1;
+                            t1 = t2;
+                            t2 as f32
+                        }
+                    };
+                }
+            }
+            Basis::BSpline => unreachable!("dense_basis is only called for dense bases"),
+        }
     }
 }
 
@@ -454,6 +528,41 @@ fn silu(x: f32) -> f32 {
     (x / (1.0 + (-x).exp())) as f32
 }
 
+/// `erf(x)` in f64: `2/sqrt(pi) exp(-x^2) sum_n 2^n x^(2n+1) / (2n+1)!!` (positive terms,
+/// no cancellation; relative error a few ulp) for `|x| < 6`, `sign(x)` beyond
+/// (`erfc(6) < 3e-17`).
+pub fn erf(x: f64) -> f64 {
+    if x.is_nan() {
+        return f64::NAN;
+    }
+    let ax = x.abs();
+    if ax >= 6.0 {
+        return x.signum();
+    }
+    let x2 = ax * ax;
+    let (mut term, mut sum) = (ax, ax);
+    for n in 1..400 {
+        term *= 2.0 * x2 / (2 * n + 1) as f64;
+        sum += term;
+        if term <= sum * 1e-17 {
+            break;
+        }
+    }
+    let r = (2.0 / std::f64::consts::PI.sqrt()) * (-x2).exp() * sum;
+    if x < 0.0 {
+        -r
+    } else {
+        r
+    }
+}
+
+/// Exact GELU `x / 2 * (1 + erf(x / sqrt 2))`, in f64, rounded to f32.
+#[inline(always)]
+fn gelu(x: f32) -> f32 {
+    let x = x as f64;
+    (0.5 * x * (1.0 + erf(x * std::f64::consts::FRAC_1_SQRT_2))) as f32
+}
+
 // ---------------------------------------------------------------------------------------
 // Hot loops (inlined into the portable and the AVX2 entry points).
 
@@ -603,6 +712,8 @@ fn scaled_row(out: &mut [f32], e: WSlice<'_>, scale: &[f32]) {
 struct ProjScratch {
     p: Vec<f32>,
     b: Vec<f64>,
+    /// Dense basis values (`M`, RBF / Chebyshev only).
+    bd: Vec<f32>,
     rows: Vec<usize>,
     c: Vec<f32>,
     acc_g: Vec<f32>,
@@ -615,12 +726,46 @@ impl ProjScratch {
         ProjScratch {
             p: vec![0.0; l.kt],
             b: vec![0.0; l.k + 1],
+            bd: vec![0.0; if l.basis == Basis::BSpline { 0 } else { l.m }],
             rows: vec![0; l.k + 1],
             c: vec![0.0; l.k + 1],
             acc_g: vec![0.0; l.n_out],
             acc_b: vec![0.0; l.n_out],
             acc_w: vec![0.0; l.n_out],
         }
+    }
+}
+
+/// One input of one row for a dense basis (RBF, Chebyshev): all `M` basis values,
+/// `P[q] = sum_m b_m C[q, m]` (in order of `m`), `S = sum_m b_m`, then the gathers and the
+/// edge-bias and base rows.
+#[inline(always)]
+fn dense_input<C: Code>(l: &Plan<'_, C>, i: usize, xi: f32, s: &mut ProjScratch) {
+    let (n_out, m, kc, kt) = (l.n_out, l.m, l.kc, l.kt);
+    let lo = i * n_out;
+    let bd = &mut s.bd[..m];
+    l.dense_basis(i, xi, bd);
+    let p = &mut s.p[..kc];
+    let row0 = &l.ct[..kc];
+    let c0 = bd[0];
+    for (pq, &w) in p.iter_mut().zip(row0) {
+        *pq = c0 * w;
+    }
+    let mut sum_b = c0;
+    for (mm, &c) in bd.iter().enumerate().skip(1) {
+        axpy(p, &l.ct[mm * kt..][..kc], c);
+        sum_b += c;
+    }
+    let codes = &l.codes[lo..lo + n_out];
+    match l.gains.range(lo, lo + n_out) {
+        WSlice::F32(g) => gather_axpy(&mut s.acc_g, g, codes, &s.p),
+        WSlice::I8(g) => gather_axpy(&mut s.acc_g, g, codes, &s.p),
+    }
+    if let Some(e) = l.edge_bias {
+        row_axpy(&mut s.acc_b, e.range(lo, lo + n_out), sum_b);
+    }
+    if let Some(w) = l.base_weight {
+        row_axpy(&mut s.acc_w, w.range(lo, lo + n_out), l.act(xi));
     }
 }
 
@@ -634,6 +779,10 @@ fn projection_rows_impl<C: Code>(l: &Plan<'_, C>, xs: &[f32], ys: &mut [f32], s:
         s.acc_w.fill(0.0);
         for (i, &xi) in x.iter().enumerate() {
             let lo = i * n_out;
+            if l.basis != Basis::BSpline {
+                dense_input(l, i, xi, s);
+                continue;
+            }
             let in_grid = basis_at(l.grid_row(i), k, xi, &mut s.b);
             let mut sum_b = 0.0f32;
             if let Some(j) = in_grid {
@@ -665,7 +814,7 @@ fn projection_rows_impl<C: Code>(l: &Plan<'_, C>, xs: &[f32], ys: &mut [f32], s:
             let eb = l.edge_bias.filter(|_| in_grid.is_some());
             match (eb, l.base_weight) {
                 (Some(e), Some(w)) => {
-                    let sw = silu(xi);
+                    let sw = l.act(xi);
                     match (e.range(lo, lo + n_out), w.range(lo, lo + n_out)) {
                         (WSlice::I8(e), WSlice::I8(w)) => {
                             axpy2(&mut s.acc_b, e, sum_b, &mut s.acc_w, w, sw)
@@ -680,7 +829,7 @@ fn projection_rows_impl<C: Code>(l: &Plan<'_, C>, xs: &[f32], ys: &mut [f32], s:
                     }
                 }
                 (Some(e), None) => row_axpy(&mut s.acc_b, e.range(lo, lo + n_out), sum_b),
-                (None, Some(w)) => row_axpy(&mut s.acc_w, w.range(lo, lo + n_out), silu(xi)),
+                (None, Some(w)) => row_axpy(&mut s.acc_w, w.range(lo, lo + n_out), l.act(xi)),
                 (None, None) => {}
             }
         }
@@ -753,7 +902,7 @@ fn decoded_tile_impl<C: Code>(l: &Plan<'_, C>, x: &[f32], y: &mut [f32], ones: &
         };
         if l.base_weight.is_some() {
             for (sv, &xi) in s_silu.iter_mut().zip(xs) {
-                *sv = silu(xi);
+                *sv = l.act(xi);
             }
         }
         let lo = i * n_out;
@@ -886,7 +1035,7 @@ fn run<C: Code>(l: &Plan<'_, C>, xs: &[f32], ys: &mut [f32], b: usize) {
     let parallel = b > 1
         && b.saturating_mul(n_in).saturating_mul(n_out) >= PAR_MIN_WORK
         && rayon::current_num_threads() > 1;
-    if b < DECODE_MIN_BATCH {
+    if b < DECODE_MIN_BATCH || l.basis != Basis::BSpline {
         if parallel {
             ys.par_chunks_mut(n_out)
                 .zip(xs.par_chunks(n_in))
@@ -1015,23 +1164,64 @@ fn find_bad_code<C: Code>(codes: &[C], kc: usize) -> Option<(usize, i64)> {
 /// scale, bias or float weight, [`Error::CodeOutOfRange`] for a code outside `0..K`,
 /// [`Error::InvalidValue`] for a scale given without its weights.
 pub fn lutham_forward<C: Code>(inp: &LuthamInputs<'_, C>) -> Result<Array2<f32>> {
-    let k = inp.k;
+    // The spline order is read by B-splines only.
+    let k = if inp.basis == Basis::BSpline {
+        inp.k
+    } else {
+        0
+    };
     let (n_in, n_out) = inp.codes.dim();
     let (grid_rows, ng) = inp.grid.dim();
-    let min_ng = 2 * k + 2;
-    if n_in == 0 || (grid_rows != n_in && grid_rows != 1) || ng < min_ng {
-        return Err(Error::shape(
-            "grid",
-            format!(
-                "(n_in, G + 2k + 1) or (1, G + 2k + 1) with n_in = {n_in} >= 1 (rows of \
-                 codes), G >= 1 and k = {k}, i.e. at least {min_ng} knots per row"
-            ),
-            fmt_shape(&[grid_rows, ng]),
-        ));
-    }
     let grid = contiguous(inp.grid);
-    check_grid(&grid, k)?;
-    let m = ng - k - 1;
+    let m = match inp.basis {
+        Basis::BSpline => {
+            let min_ng = 2 * k + 2;
+            if n_in == 0 || (grid_rows != n_in && grid_rows != 1) || ng < min_ng {
+                return Err(Error::shape(
+                    "grid",
+                    format!(
+                        "(n_in, G + 2k + 1) or (1, G + 2k + 1) with n_in = {n_in} >= 1 (rows \
+                         of codes), G >= 1 and k = {k}, i.e. at least {min_ng} knots per row"
+                    ),
+                    fmt_shape(&[grid_rows, ng]),
+                ));
+            }
+            check_grid(&grid, k)?;
+            ng - k - 1
+        }
+        Basis::Rbf { h } => {
+            if !(h.is_finite() && h > 0.0) {
+                return Err(Error::invalid(
+                    "h",
+                    format!("RBF width must be finite and > 0, got {h}"),
+                ));
+            }
+            let m = inp.codebook.ncols();
+            if n_in == 0 || (grid_rows != n_in && grid_rows != 1) || ng != m || m == 0 {
+                return Err(Error::shape(
+                    "grid",
+                    format!(
+                        "RBF centres (n_in, M) or (1, M) with n_in = {n_in} >= 1 (rows of \
+                         codes) and M = {m} >= 1 (codebook width)"
+                    ),
+                    fmt_shape(&[grid_rows, ng]),
+                ));
+            }
+            check_finite_slice("grid", as_slice(&grid))?;
+            m
+        }
+        Basis::Chebyshev => {
+            let m = inp.codebook.ncols();
+            if n_in == 0 || m == 0 {
+                return Err(Error::shape(
+                    "codebook",
+                    format!("(K, M) with M = degree + 1 >= 1 and n_in = {n_in} >= 1"),
+                    fmt_shape(&[inp.codebook.nrows(), m]),
+                ));
+            }
+            m
+        }
+    };
     let (b, xn) = inp.x.dim();
     if xn != n_in {
         return Err(Error::shape(
@@ -1044,7 +1234,9 @@ pub fn lutham_forward<C: Code>(inp: &LuthamInputs<'_, C>) -> Result<Array2<f32>>
     if kc == 0 || cm != m {
         return Err(Error::shape(
             "codebook",
-            format!("(K, M) with K >= 1 and M = G + k = {m}"),
+            format!(
+                "(K, M) with K >= 1 and M = {m} (G + k for B-splines, the number of RBF centres)"
+            ),
             fmt_shape(&[kc, cm]),
         ));
     }
@@ -1105,11 +1297,12 @@ pub fn lutham_forward<C: Code>(inp: &LuthamInputs<'_, C>) -> Result<Array2<f32>>
     }
     let grid_s = as_slice(&grid);
     let shared_grid = grid_rows == 1;
-    let shared_knots = (shared_grid && b >= DECODE_MIN_BATCH).then(|| {
-        let mut kn = Knots::new(ng, k);
-        kn.set(grid_s);
-        kn
-    });
+    let shared_knots =
+        (inp.basis == Basis::BSpline && shared_grid && b >= DECODE_MIN_BATCH).then(|| {
+            let mut kn = Knots::new(ng, k);
+            kn.set(grid_s);
+            kn
+        });
     let plan = Plan {
         n_in,
         n_out,
@@ -1130,6 +1323,8 @@ pub fn lutham_forward<C: Code>(inp: &LuthamInputs<'_, C>) -> Result<Array2<f32>>
         edge_bias_scale: edge_bias_scale.as_ref().map(as_slice),
         out_bias: out_bias.as_ref().map(as_slice),
         base_scale: base_scale.as_ref().map(as_slice),
+        basis: inp.basis,
+        base_act: inp.base_act,
     };
     let x = contiguous(inp.x);
     let ys = y
@@ -1247,6 +1442,8 @@ mod tests {
             out_bias: Some(ob.view()),
             base_weight: Some(Weights::F32(l.base.view())),
             base_scale: None,
+            basis: Basis::BSpline,
+            base_act: BaseAct::Silu,
         };
         let y = lutham_forward(&inp).unwrap();
         assert_eq!(y.dim(), (33, 4));
@@ -1358,6 +1555,8 @@ mod tests {
             out_bias: None,
             base_weight: Some(Weights::I8(wq.view())),
             base_scale: Some(ws.view()),
+            basis: Basis::BSpline,
+            base_act: BaseAct::Silu,
         };
         let y = lutham_forward(&inp).unwrap();
         assert_close(&y, &reference, 1e-4);
@@ -1390,6 +1589,8 @@ mod tests {
             out_bias: None,
             base_weight: None,
             base_scale: None,
+            basis: Basis::BSpline,
+            base_act: BaseAct::Silu,
         };
         let y = lutham_forward(&inp).unwrap();
         assert!(y.row(0).iter().all(|&v| v == 0.0));
@@ -1424,6 +1625,8 @@ mod tests {
             out_bias: None,
             base_weight: None,
             base_scale: None,
+            basis: Basis::BSpline,
+            base_act: BaseAct::Silu,
         };
         assert!(matches!(
             lutham_forward(&inp),
@@ -1579,7 +1782,175 @@ mod tests {
             out_bias: Some(e.ob.view()),
             base_weight: Some(Weights::I8(e.base.view())),
             base_scale: Some(e.scales[2].view()),
+            basis: Basis::BSpline,
+            base_act: BaseAct::Silu,
         }
+    }
+
+    /// Dense f64 reference for RBF / Chebyshev layers built by `edge_layer`.
+    fn dense_basis_ref(
+        e: &Edge,
+        x: &Array2<f32>,
+        centres: Option<(&Array2<f32>, f32)>,
+        gelu_act: bool,
+    ) -> Array2<f64> {
+        let (n_in, n_out) = e.codes.dim();
+        let m = e.cb.ncols();
+        let mut y = Array2::<f64>::zeros((x.nrows(), n_out));
+        for r in 0..x.nrows() {
+            for i in 0..n_in {
+                let xv = x[[r, i]] as f64;
+                let b: Vec<f64> = match centres {
+                    Some((c, h)) => {
+                        let row = if c.nrows() == 1 { 0 } else { i };
+                        (0..m)
+                            .map(|j| (-((xv - c[[row, j]] as f64) / h as f64).powi(2)).exp())
+                            .collect()
+                    }
+                    None => {
+                        let t = xv.tanh();
+                        let mut v = vec![1.0, t];
+                        while v.len() < m {
+                            let n = v.len();
+                            v.push(2.0 * t * v[n - 1] - v[n - 2]);
+                        }
+                        v.truncate(m);
+                        v
+                    }
+                };
+                let act = if gelu_act {
+                    0.5 * xv * (1.0 + erf(xv / 2f64.sqrt()))
+                } else {
+                    xv / (1.0 + (-xv).exp())
+                };
+                for o in 0..n_out {
+                    let q = e.codes[[i, o]] as usize;
+                    let g = e.gains[[i, o]] as f64 * e.scales[0][o] as f64;
+                    let eb = e.bias[[i, o]] as f64 * e.scales[1][o] as f64;
+                    let bw = e.base[[i, o]] as f64 * e.scales[2][o] as f64;
+                    let mut acc = bw * act;
+                    for (j, bj) in b.iter().enumerate() {
+                        acc += bj * (g * e.cb[[q, j]] as f64 + eb);
+                    }
+                    y[[r, o]] += acc;
+                }
+            }
+            for o in 0..n_out {
+                y[[r, o]] += e.ob[o] as f64;
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn erf_matches_known_values() {
+        for (x, want) in [
+            (0.0, 0.0),
+            (0.5, 0.520_499_877_813_046_5),
+            (1.0, 0.842_700_792_949_714_9),
+            (-2.0, -0.995_322_265_018_952_7),
+            (3.0, 0.999_977_909_503_001_4),
+            (5.5, 0.999_999_999_999_992_6),
+        ] {
+            assert!(
+                (erf(x) - want).abs() <= 4e-16 * want.abs().max(1e-300) + 1e-300,
+                "{x}: {}",
+                erf(x)
+            );
+        }
+        assert_eq!(erf(f64::INFINITY), 1.0);
+        assert_eq!(erf(-7.0), -1.0);
+        assert!(erf(f64::NAN).is_nan());
+    }
+
+    #[test]
+    fn dense_bases_match_reference_at_every_batch_size() {
+        let (n_in, n_out, m) = (6, 5, 7);
+        let e = edge_layer(n_in, n_out, m, 20, 3);
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let per_input = Array2::from_shape_fn((n_in, m), |_| rng.random::<f32>() * 4.0 - 2.0);
+        let shared = per_input.slice(ndarray::s![..1, ..]).to_owned();
+        let dummy = Array2::<f32>::zeros((1, 2));
+        for b in [1usize, 3, 12, 70] {
+            let mut x = inputs(b, n_in, 5 + b as u64).mapv(|v| v * 3.0);
+            x[[b - 1, 0]] = 60.0;
+            x[[0, 1]] = -40.0;
+            for gelu_act in [false, true] {
+                let act = if gelu_act {
+                    BaseAct::Gelu
+                } else {
+                    BaseAct::Silu
+                };
+                for c in [&per_input, &shared] {
+                    let inp = LuthamInputs {
+                        basis: Basis::Rbf { h: 0.7 },
+                        base_act: act,
+                        ..edge_inputs(&e, &x, c, 0)
+                    };
+                    let y = lutham_forward(&inp).unwrap();
+                    let r = dense_basis_ref(&e, &x, Some((c, 0.7)), gelu_act);
+                    assert_close(&y, &r, 1e-5);
+                    // row-wise: a row's result does not depend on the batch
+                    let y1 = lutham_forward(&LuthamInputs {
+                        x: x.slice(ndarray::s![..1, ..]),
+                        ..inp
+                    })
+                    .unwrap();
+                    assert_eq!(y1.row(0), y.row(0));
+                }
+                let inp = LuthamInputs {
+                    basis: Basis::Chebyshev,
+                    base_act: act,
+                    k: 99, // not read
+                    ..edge_inputs(&e, &x, &dummy, 0)
+                };
+                let y = lutham_forward(&inp).unwrap();
+                assert_close(&y, &dense_basis_ref(&e, &x, None, gelu_act), 1e-5);
+            }
+        }
+        // NaN input: NaN row.
+        let mut x = inputs(2, n_in, 1);
+        x[[1, 2]] = f32::NAN;
+        let y = lutham_forward(&LuthamInputs {
+            basis: Basis::Chebyshev,
+            ..edge_inputs(&e, &x, &dummy, 0)
+        })
+        .unwrap();
+        assert!(y.row(1).iter().all(|v| v.is_nan()) && y.row(0).iter().all(|v| v.is_finite()));
+    }
+
+    #[test]
+    fn dense_basis_validation() {
+        let (n_in, n_out, m) = (4, 3, 5);
+        let e = edge_layer(n_in, n_out, m, 6, 1);
+        let x = inputs(2, n_in, 0);
+        let c = Array2::from_shape_fn((n_in, m), |(i, j)| (i + j) as f32 * 0.1);
+        for h in [0.0f32, -1.0, f32::NAN, f32::INFINITY] {
+            let inp = LuthamInputs {
+                basis: Basis::Rbf { h },
+                ..edge_inputs(&e, &x, &c, 0)
+            };
+            assert!(
+                matches!(lutham_forward(&inp), Err(Error::InvalidValue { .. })),
+                "{h}"
+            );
+        }
+        let narrow = c.slice(ndarray::s![.., ..m - 1]).to_owned();
+        let two = c.slice(ndarray::s![..2, ..]).to_owned();
+        for g in [&narrow, &two] {
+            let inp = LuthamInputs {
+                basis: Basis::Rbf { h: 1.0 },
+                ..edge_inputs(&e, &x, g, 0)
+            };
+            assert!(matches!(lutham_forward(&inp), Err(Error::Shape { .. })));
+        }
+        let mut bad = c.clone();
+        bad[[1, 1]] = f32::NAN;
+        let inp = LuthamInputs {
+            basis: Basis::Rbf { h: 1.0 },
+            ..edge_inputs(&e, &x, &bad, 0)
+        };
+        assert!(matches!(lutham_forward(&inp), Err(Error::NonFinite { .. })));
     }
 
     #[test]
@@ -1678,6 +2049,8 @@ mod tests {
                 x: x.view(), grid: l.grid.view(), k, codebook: cb.view(), codes: codes.view(),
                 gains: Weights::F32(gains.view()), gain_scale: None, edge_bias: None,
                 edge_bias_scale: None, out_bias: None, base_weight: Some(Weights::F32(l.base.view())), base_scale: None,
+                basis: Basis::BSpline,
+                base_act: BaseAct::Silu,
             }).unwrap();
             let r = dense_ref(&l, &x, &cb.mapv(|v| v as f64), true, None);
             for (a, bb) in y.iter().zip(r.iter()) {
@@ -1701,6 +2074,8 @@ mod tests {
                 x: x.view(), grid: grid.view(), k, codebook: cb.view(), codes: codes.view(),
                 gains: Weights::F32(gains.view()), gain_scale: None, edge_bias: None,
                 edge_bias_scale: None, out_bias: None, base_weight: Some(Weights::F32(l.base.view())), base_scale: None,
+                basis: Basis::BSpline,
+                base_act: BaseAct::Silu,
             }).unwrap();
             let r = dense_ref(&l, &x, &cb.mapv(|v| v as f64), true, None);
             for (a, bb) in y.iter().zip(r.iter()) {

@@ -3,7 +3,9 @@
 
 use numpy::{IntoPyArray, PyArray2, PyReadonlyArray1, PyReadonlyArray2};
 use pyo3::prelude::*;
-use sharekan_core::evaluator::{lutham_forward as core_forward, Code, LuthamInputs, Weights};
+use sharekan_core::evaluator::{
+    lutham_forward as core_forward, BaseAct, Basis, Code, LuthamInputs, Weights,
+};
 
 use crate::arrays::{array1, array2, is_dtype};
 use crate::errors::{core_err, py_error};
@@ -67,6 +69,8 @@ struct Held<'py> {
     out_bias: Option<PyReadonlyArray1<'py, f32>>,
     base_weight: Option<HeldWeights<'py>>,
     base_scale: Option<PyReadonlyArray1<'py, f32>>,
+    basis: Basis,
+    base_act: BaseAct,
 }
 
 fn run<'py, C: Code + numpy::Element>(
@@ -89,6 +93,8 @@ fn run<'py, C: Code + numpy::Element>(
         out_bias: held.out_bias.as_ref().map(|a| a.as_array()),
         base_weight: held.base_weight.as_ref().map(|w| w.view()),
         base_scale: held.base_scale.as_ref().map(|a| a.as_array()),
+        basis: held.basis,
+        base_act: held.base_act,
     };
     let out = py
         .detach(|| core_forward(&inputs))
@@ -99,7 +105,8 @@ fn run<'py, C: Code + numpy::Element>(
 /// LUTHAM evaluation of one compressed layer: x (B, n_in) f32 -> (B, n_out) f32.
 #[pyfunction]
 #[pyo3(signature = (x, grid, k, codebook, codes, gains, gain_scale=None, edge_bias=None,
-    edge_bias_scale=None, out_bias=None, base_weight=None, base_scale=None))]
+    edge_bias_scale=None, out_bias=None, base_weight=None, base_scale=None, basis=0, h=1.0,
+    base_act=0))]
 #[allow(clippy::too_many_arguments)]
 pub fn lutham_forward<'py>(
     py: Python<'py>,
@@ -115,8 +122,34 @@ pub fn lutham_forward<'py>(
     out_bias: Option<&Bound<'py, PyAny>>,
     base_weight: Option<&Bound<'py, PyAny>>,
     base_scale: Option<&Bound<'py, PyAny>>,
+    basis: i64,
+    h: f64,
+    base_act: i64,
 ) -> PyResult<Bound<'py, PyArray2<f32>>> {
     let k = crate::count(py, k, "k")?;
+    let basis = match basis {
+        0 => Basis::BSpline,
+        1 => Basis::Rbf { h: h as f32 },
+        2 => Basis::Chebyshev,
+        _ => {
+            return Err(py_error(
+                py,
+                "InvalidInputError",
+                format!("basis: expected 0 (B-spline), 1 (RBF) or 2 (Chebyshev), got {basis}"),
+            ))
+        }
+    };
+    let base_act = match base_act {
+        0 => BaseAct::Silu,
+        1 => BaseAct::Gelu,
+        _ => {
+            return Err(py_error(
+                py,
+                "InvalidInputError",
+                format!("base_act: expected 0 (SiLU) or 1 (GELU), got {base_act}"),
+            ))
+        }
+    };
     let held = Held {
         x: array2::<f32>(x, "x")?,
         grid: array2::<f32>(grid, "grid")?,
@@ -128,6 +161,8 @@ pub fn lutham_forward<'py>(
         out_bias: opt_vec(out_bias, "out_bias")?,
         base_weight: opt_weights(base_weight, "base_weight")?,
         base_scale: opt_vec(base_scale, "base_scale")?,
+        basis,
+        base_act,
     };
     if is_dtype::<u8>(codes) {
         run::<u8>(py, &held, k, codes)

@@ -148,14 +148,19 @@ def markdown(rows):
         "Output error: relative L2 of the library's own forward pass on the decompressed "
         "state_dict (strict load) against the dense model, on 256 held-out inputs. "
         "'ratio' counts every stored byte of the state_dict (passthrough included) against "
-        "fp32; 'layers' only the KAN layers.",
+        "fp32; 'layers' only the KAN layers. 'evaluator': the largest difference between "
+        "sharekan's LUTHAM evaluator (`CompressedModel.forward`, the Rust evaluator; the "
+        "C++ kernel computes the same, tests/test_lutham_kernel.py) and the library's "
+        "forward on the decompressed weights, or why the evaluator refuses the layers "
+        "(reason of the first layer).",
         "",
         "| library | model source | basis | edges/layer | ratio | ratio (layers) | err (function metric) | SQNR dB | err (data metric) | SQNR dB | evaluator |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         f, d = r["function"], r["data"]
-        ev = f"LUTHAM, max abs diff {f['evaluator_vs_library_max_abs']:.1e}" if "evaluator_vs_library_max_abs" in f else "refused"
+        ev = (f"LUTHAM, max abs diff {f['evaluator_vs_library_max_abs']:.1e}"
+              if "evaluator_vs_library_max_abs" in f else f"refused: {r['evaluator']}")
         lines.append(
             f"| {r['library']} | {r['source']} | {r['basis']} | {', '.join(map(str, r['edges_per_layer']))} "
             f"| {f['ratio_vs_fp32']:.1f}x | {f['ratio_layers_vs_fp32']:.1f}x | {f['output_rel_err']:.4f} "

@@ -426,13 +426,13 @@ def lutham_dense(
     out_bias=None,
     base_weight=None,
     base_scale=None,
-    basis_kind=0,
+    basis=0,
     h=1.0,
     base_act=0,
 ) -> np.ndarray:
     """(B, n_out) efficient-kan forward of the decoded layer, in float64.
 
-    basis_kind 0 = B-spline, 1 = RBF (grid = centres, width h), 2 = Chebyshev of tanh x;
+    basis 0 = B-spline, 1 = RBF (grid = centres, width h), 2 = Chebyshev of tanh x;
     base_act 0 = SiLU, 1 = exact GELU (ARCHITECTURE §4).
 
     y = SiLU(x) @ (base_weight * base_scale) + basis(x).reshape(B, n_in*M) @ w^ + out_bias.
@@ -441,13 +441,13 @@ def lutham_dense(
     grid = np.asarray(grid, dtype=np.float64)
     w = decode_layer(codebook, codes, gains, gain_scale, edge_bias, edge_bias_scale)
     n_in, n_out, m = w.shape
-    if basis_kind == 0:
-        basis = bspline_basis(x, grid, k)  # (B, n_in, M)
-    elif basis_kind == 1:
-        basis = rbf_basis(x, grid, np.float32(h))
+    if basis == 0:
+        values = bspline_basis(x, grid, k)  # (B, n_in, M)
+    elif basis == 1:
+        values = rbf_basis(x, grid, np.float32(h))
     else:
-        basis = chebyshev_basis(x, m)
-    y = basis.reshape(x.shape[0], n_in * m) @ w.transpose(0, 2, 1).reshape(n_in * m, n_out)
+        values = chebyshev_basis(x, m)
+    y = values.reshape(x.shape[0], n_in * m) @ w.transpose(0, 2, 1).reshape(n_in * m, n_out)
     if base_weight is not None:
         bw = np.asarray(base_weight, dtype=np.float64) * _per_out(base_scale, n_out)[None, :]
         with np.errstate(invalid="ignore"):  # SiLU(-inf) = NaN, as in float arithmetic

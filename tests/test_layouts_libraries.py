@@ -34,6 +34,12 @@ CASES = {
 }
 
 
+#: Libraries whose every layer the LUTHAM evaluator runs exactly (the others keep parts
+#: outside the op: FastKAN's input LayerNorm + base bias, TorchKAN's LayerNorm after the
+#: sum, conv layers; they are refused with the reason).
+LUTHAM_RUNS = {"efficient-kan", "chebykan"}
+
+
 @pytest.fixture(scope="module")
 def trained():
     """name -> (module, inputs, numpy state_dict), trained a few steps, seeded."""
@@ -98,9 +104,10 @@ def test_compressed_round_trip_and_evaluator(name, trained, tmp_path):
     err = np.linalg.norm(y_lib - y_dense) / np.linalg.norm(y_dense)
     print(f"{name}: K=8 relative output error vs dense {err:.3g}")
     assert err < 0.5
-    if name == "efficient-kan":
+    if name in LUTHAM_RUNS:
         got = compressed.forward(x.numpy())
         np.testing.assert_allclose(got, y_lib, rtol=1e-4, atol=1e-4 * np.abs(y_lib).max())
+        assert all(r.evaluator == "lutham" for r in compressed.report.layers)
     else:
         with pytest.raises(UnsupportedLayerError, match="layers.0"):
             compressed.forward(x.numpy() if x.ndim == 2 else x.numpy().reshape(len(x), -1))
@@ -200,3 +207,43 @@ def test_compress_in_place_recognises_and_refuses_other_libraries(trained):
     with pytest.raises(UnsupportedLayerError, match="fastkan"):
         compress_(model, codebook_size=4)
     assert type(model.layers[0]).__name__ == "FastKANLayer"  # nothing swapped
+
+
+def test_chebykan_runs_through_lutham_numpy_torch_and_pte(trained, tmp_path):
+    """ChebyKAN (Chebyshev basis of tanh x, no base branch): CompressedModel.forward (Rust
+    evaluator), LuthamLinear modules (eager op) and an exported .pte (C++ kernel in the
+    ExecuTorch runtime) agree with the library's forward on the decompressed state_dict,
+    int8 and float storage, batch 1 and odd batches."""
+    pytest.importorskip("executorch.runtime")
+    from sharekan import lutham
+    from sharekan.errors import LuthamBuildError
+    from sharekan.export import export_pte
+    from sharekan.torch import LuthamLinear
+
+    try:
+        lutham.load_library()
+    except LuthamBuildError as exc:
+        pytest.skip(f"LUTHAM kernel library unavailable: {exc}")
+    from executorch.runtime import Runtime
+
+    model, x, sd = trained["chebykan"]
+    for cfg in (sharekan.Config(codebook_size=8), sharekan.Config(codebook_size=16, int8=False)):
+        compressed = sharekan.compress(sd, cfg)
+        lib = _load("chebykan", compressed.decompress())
+        net = torch.nn.Sequential(*(LuthamLinear.from_compressed(layer)
+                                    for layer in compressed.layers.values())).eval()
+        assert all(m.basis == 2 for m in net)
+        path = export_pte(net, (x[:2],), tmp_path / "cheby.pte")
+        method = Runtime.get().load_program(str(path)).load_method("forward")
+        for batch in (1, 3, 13, 64):
+            xb = x[:batch].contiguous()
+            want = _run(lib, xb)
+            tol = dict(rtol=1e-4, atol=2e-5 * np.abs(want).max())
+            np.testing.assert_allclose(compressed.forward(xb.numpy()), want, **tol)
+            with torch.no_grad():
+                np.testing.assert_allclose(net(xb).numpy(), want, **tol)
+            got = method.execute([xb])[0].numpy()
+            np.testing.assert_allclose(got, want, **tol)
+        # the module's state_dict round-trips the basis parameters
+        again = LuthamLinear.from_state_dict(net[0].state_dict())
+        assert (again.basis, again.base_act) == (2, 0)

@@ -390,7 +390,7 @@ def test_kernel_dense_bases_match_oracle_and_rust(runtime, tmp_path, case):
         if batch > 2:
             x[1, :3] = [np.inf, -np.inf, 40.0]
         got = method.execute([torch.from_numpy(x)])[0].numpy()
-        want = oracle.lutham_dense(x, **_oracle_kw(layer))
+        want = oracle.lutham_dense(x, **layer)
         scale = np.abs(want[np.isfinite(want)]).max(initial=0.0) + 1e-6
         assert got.shape == (batch, n_out)
         np.testing.assert_allclose(got, want, atol=2e-5 * scale, rtol=1e-4)
@@ -405,12 +405,6 @@ def test_kernel_dense_bases_match_oracle_and_rust(runtime, tmp_path, case):
             gn = method.execute([torch.from_numpy(xn)])[0].numpy()
             assert np.isnan(gn[2]).all() and np.isnan(_rust(xn, layer)[2]).all()
             np.testing.assert_allclose(gn[:2], got[:2], atol=2e-5 * scale, rtol=1e-4)
-
-
-def _oracle_kw(layer: dict) -> dict:
-    kw = dict(layer)
-    kw["basis_kind"] = kw.pop("basis")
-    return kw
 
 
 def test_kernel_dense_bad_arguments(runtime, tmp_path):

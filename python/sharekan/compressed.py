@@ -22,6 +22,7 @@ from .layouts import (
     evaluator_support,
     get_layout,
 )
+from .layouts.base import LUTHAM_BASE_ACT, LUTHAM_BASIS
 from .validation import float_array, to_numpy
 
 if TYPE_CHECKING:
@@ -143,21 +144,35 @@ class CompressedLayer:
         return self.edge_gains()[..., None] * shapes + self.edge_biases()[..., None]
 
     def lutham_inputs(self) -> dict[str, Any]:
-        """Keyword arguments of `sharekan._core.lutham_forward` (all but `x`); `grid` is
-        (1, G + 2k + 1) when every input has the same knots, else (n_in, G + 2k + 1).
+        """Keyword arguments of `sharekan._core.lutham_forward` (all but `x`).
+
+        B-splines: `grid` is (1, G + 2k + 1) when every input has the same knots, else
+        (n_in, G + 2k + 1). RBF (`basis=1`, width `h`): `grid` holds the centres, (1, M)
+        when shared, else (n_in, M). Chebyshev (`basis=2`): `grid` is zeros (1, 2) (not
+        read). `base_act` is 0 (SiLU) or 1 (exact GELU).
 
         Raises:
             UnsupportedLayerError: the evaluator does not implement this layer's basis or
                 semantics (see `unsupported_reason`)."""
         self.check_evaluator_support()
-        grid = np.ascontiguousarray(self.grid, dtype=np.float32)
-        if grid.shape[0] > 1 and bool((grid == grid[:1]).all()):
-            # the same knots for every input (efficient-kan's default grid): pass the row
-            # once, (1, G + 2k + 1); every LUTHAM implementation accepts it
-            grid = np.ascontiguousarray(grid[:1])
+        assert self.basis is not None
+        kind = LUTHAM_BASIS[self.basis.kind]
+        h = 1.0
+        if kind == 2:
+            grid = np.zeros((1, 2), dtype=np.float32)
+        else:
+            grid = np.ascontiguousarray(self.grid, dtype=np.float32)
+            if grid.shape[0] > 1 and bool((grid == grid[:1]).all()):
+                # the same knots / centres for every input (efficient-kan's default grid,
+                # FastKAN's shared centres): pass the row once; every LUTHAM
+                # implementation accepts it
+                grid = np.ascontiguousarray(grid[:1])
+            if kind == 1:
+                h = float(np.float32(self.basis.h))  # type: ignore[attr-defined]
+        act = self.semantics.base_activation if self.base_weight is not None else None
         return {
             "grid": grid,
-            "k": self.spline_order,
+            "k": self.spline_order if kind == 0 else 0,
             "codebook": self.codebook,
             "codes": self.codes.astype(code_dtype(self.codebook_size)),
             "gains": self.gains,
@@ -167,6 +182,9 @@ class CompressedLayer:
             "out_bias": self.out_bias,
             "base_weight": self.base_weight,
             "base_scale": self.base_scale,
+            "basis": kind,
+            "h": h,
+            "base_act": LUTHAM_BASE_ACT.get(act or "silu", 0),
         }
 
     def forward(self, x: Any) -> np.ndarray:

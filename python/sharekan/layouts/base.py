@@ -67,18 +67,28 @@ class Semantics:
         )
 
 
+#: Basis kinds the LUTHAM evaluator runs (the `basis` argument of ARCHITECTURE.md §4).
+LUTHAM_BASIS = {"bspline": 0, "rbf": 1, "chebyshev": 2}
+#: Base-branch activations the LUTHAM evaluator runs (the `base_act` argument).
+LUTHAM_BASE_ACT = {"silu": 0, "gelu": 1}
+
+
 def evaluator_support(basis: Basis, semantics: Semantics, has_base: bool) -> str | None:
     """None when the LUTHAM evaluator computes this layer exactly, else the reason it cannot.
 
-    The evaluator (ARCHITECTURE.md §4) computes B-spline edges plus a SiLU base branch on
-    the same inputs, per-output scales and one output bias; nothing else."""
+    The evaluator (ARCHITECTURE.md §4) computes B-spline, RBF or Chebyshev(tanh) edges plus
+    a SiLU or exact-GELU base branch on the same inputs, per-output scales and one output
+    bias; nothing else."""
     reasons = []
-    if basis.kind != "bspline":
-        reasons.append(f"basis {basis.describe()} (the evaluator implements B-splines only)")
-    if has_base and semantics.base_activation != "silu":
-        reasons.append(f"base activation {semantics.base_activation!r} (the evaluator applies SiLU)")
+    if basis.kind not in LUTHAM_BASIS:
+        reasons.append(f"basis {basis.describe()} (the evaluator implements "
+                       f"{', '.join(LUTHAM_BASIS)})")
+    if has_base and semantics.base_activation not in LUTHAM_BASE_ACT:
+        reasons.append(f"base activation {semantics.base_activation!r} (the evaluator applies "
+                       f"{' or '.join(LUTHAM_BASE_ACT)})")
     if semantics.input_norm:
-        reasons.append(f"{semantics.input_norm} on the spline input")
+        reasons.append(f"{semantics.input_norm} on the spline input while the base branch "
+                       "sees the raw input")
     if semantics.post:
         reasons.append("post-sum operations " + ", ".join(semantics.post))
     if semantics.conv is not None:

@@ -6,7 +6,7 @@ Per layer prefix p: `p.cheby_coeffs` (n_in, n_out, degree + 1), edge (i -> o) at
     t = tanh(x);  y_o = sum_i sum_d cheby_coeffs[i, o, d] * T_d(t_i)
 
 with T_0 = 1, T_1 = t, T_d = 2 t T_{d-1} - T_{d-2}. No base branch, no grid. sharekan's
-evaluator does not run these layers yet (Chebyshev basis).
+LUTHAM evaluator runs these layers exactly (`basis=2`, ARCHITECTURE.md §4).
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ Forward:
 
 The width h ("denominator") is not stored: it is re-derived from the centres as FastKAN
 does by default, or given with `denominator=`. LayerNorm and the base bias are stored
-unchanged; sharekan's evaluator does not run these layers (RBF basis, LayerNorm input).
+unchanged. The LUTHAM op runs the RBF basis (`basis=1`), but the layer is refused by
+the evaluator: its splines see LayerNorm(x) while its base branch sees the raw x and adds a
+bias, which the single-input op does not compute.
 """
 
 from __future__ import annotations

@@ -68,6 +68,10 @@ class LuthamLinear(nn.Module):
     `out_bias`, `base_weight` i8/f32 (n_in, n_out), `base_scale`. An absent optional buffer
     is an empty (0,) float32 tensor, so the state_dict always has the same keys and loads
     into any LuthamLinear (buffers take the shapes and dtypes of the loaded tensors).
+    `basis_params` f32 (3,) = (basis, h, base_act) of ARCHITECTURE.md §4: (0, 1, 0) for
+    B-splines + SiLU; (1, h, *) RBF centres in `grid` (n_in or 1, M); (2, 1, *) Chebyshev of
+    tanh x (`grid` (1, 2), not read); base_act 1 = exact GELU. A state_dict without it loads
+    as B-splines + SiLU.
 
     forward: x (..., n_in) -> (..., n_out) float32.
     """
@@ -76,6 +80,9 @@ class LuthamLinear(nn.Module):
         super().__init__()
         for name in BUFFERS:
             self.register_buffer(name, _tensor(tensors.get(name)))
+        params = [float(tensors.get("basis", 0)), float(tensors.get("h", 1.0)),
+                  float(tensors.get("base_act", 0))]
+        self.register_buffer("basis_params", torch.tensor(params, dtype=torch.float32))
         self._refresh()
 
     # ---- construction -------------------------------------------------------------------
@@ -84,6 +91,8 @@ class LuthamLinear(nn.Module):
         """Build from a `sharekan.CompressedLayer` (uses `layer.lutham_inputs()`)."""
         inputs = dict(layer.lutham_inputs())
         k = int(inputs.pop("k"))
+        if int(inputs.get("basis", 0)) != 0:
+            k = 0
         codes = np.asarray(inputs["codes"])
         if codes.dtype not in (np.uint8, np.int16, np.int32):  # e.g. u32 from the core
             narrow = {torch.uint8: np.uint8, torch.int16: np.int16, torch.int32: np.int32}
@@ -105,7 +114,11 @@ class LuthamLinear(nn.Module):
         missing = [prefix + n for n in BUFFERS if prefix + n not in state_dict]
         if missing:
             raise LayoutError(f"state_dict lacks LuthamLinear buffers: {missing}")
-        return cls({n: state_dict[prefix + n] for n in BUFFERS})
+        tensors: dict[str, Any] = {n: state_dict[prefix + n] for n in BUFFERS}
+        if prefix + "basis_params" in state_dict:
+            b, h, a = (float(v) for v in state_dict[prefix + "basis_params"])
+            tensors.update(basis=int(b), h=h, base_act=int(a))
+        return cls(tensors)
 
     # ---- properties -------------------------------------------------------------------------
     def _refresh(self) -> None:
@@ -119,6 +132,16 @@ class LuthamLinear(nn.Module):
         self.out_features = int(self.codes.shape[1])
         self.codebook_size = int(self.codebook.shape[0])
         n_coeffs = int(self.codebook.shape[1])
+        params = self.basis_params.tolist()
+        if len(params) != 3 or int(params[0]) not in (0, 1, 2) or int(params[2]) not in (0, 1):
+            raise ShapeError(
+                f"LuthamLinear.basis_params: expected (basis in 0..2, h, base_act in 0..1), "
+                f"got {params}"
+            )
+        self.basis, self.h, self.base_act = int(params[0]), float(params[1]), int(params[2])
+        if self.basis != 0:
+            self.spline_order, self.grid_size = 0, n_coeffs
+            return
         self.spline_order = int(self.grid.shape[1]) - n_coeffs - 1
         self.grid_size = n_coeffs - self.spline_order
         if self.spline_order < 0 or self.grid_size < 1:
@@ -128,7 +151,8 @@ class LuthamLinear(nn.Module):
             )
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+        kind = ("bspline", "rbf", "chebyshev")[self.basis]
+        return (f"basis={kind}, in_features={self.in_features}, out_features={self.out_features}, "
                 f"grid_size={self.grid_size}, spline_order={self.spline_order}, "
                 f"codebook_size={self.codebook_size}, codes={self.codes.dtype}, "
                 f"gains={self.gains.dtype}")
@@ -142,6 +166,8 @@ class LuthamLinear(nn.Module):
                               unexpected_keys, error_msgs):
         # Buffers take the shape and dtype of what is loaded (a layer of another size, an
         # absent optional tensor becoming present, int8 vs float gains).
+        if prefix + "basis_params" not in state_dict:  # saved before basis_params existed
+            state_dict[prefix + "basis_params"] = torch.tensor([0.0, 1.0, 0.0])
         for name in BUFFERS:
             key = prefix + name
             if key in state_dict:
@@ -160,7 +186,7 @@ class LuthamLinear(nn.Module):
         y = torch.ops.sharekan.lutham(
             x2, self.grid, self.codebook, self.codes, self.gains, self.gain_scale,
             self.edge_bias, self.edge_bias_scale, self.out_bias, self.base_weight,
-            self.base_scale, self.spline_order,
+            self.base_scale, self.spline_order, self.basis, self.h, self.base_act,
         )
         return y.reshape(*lead, self.out_features)
 
@@ -302,12 +328,13 @@ def compress_(model: nn.Module, config: Any = None, *,
     spans all of them) and swaps each layer for a `LuthamLinear`.
 
     Layers of every library sharekan reads are recognised (`kan_layer_kind`). Only layers
-    the LUTHAM evaluator computes exactly can be swapped (B-spline edges with a SiLU base
-    branch and nothing after the sum: efficient-kan); for any other recognised layer
-    (pykan's KANLayer, whose MultKAN consumes per-edge activations; RBF, Chebyshev, Gram
-    bases; GELU base branches; norms after the sum; conv layers) nothing is swapped and
-    UnsupportedLayerError says why. Compress those with `sharekan.compress(state_dict)`
-    and run `decompress()` in the source library.
+    the LUTHAM evaluator computes exactly can be swapped in place (efficient-kan layers);
+    for any other recognised layer (pykan's KANLayer, whose MultKAN consumes per-edge
+    activations; FastKAN's input LayerNorm; TorchKAN's norms after the sum; conv layers;
+    ChebyKAN, whose layers the evaluator does run, is compressed with
+    `sharekan.compress(state_dict)` and run as `LuthamLinear.from_compressed(layer)`)
+    nothing is swapped and UnsupportedLayerError says why. Compress those with
+    `sharekan.compress(state_dict)` and run `decompress()` in the source library.
 
     Args:
         model: a module containing KANLinear-like layers (or one such layer).

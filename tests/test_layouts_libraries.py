@@ -34,10 +34,10 @@ CASES = {
 }
 
 
-#: Libraries whose every layer the LUTHAM evaluator runs exactly (the others keep parts
-#: outside the op: FastKAN's input LayerNorm + base bias, TorchKAN's LayerNorm after the
-#: sum, conv layers; they are refused with the reason).
-LUTHAM_RUNS = {"efficient-kan", "chebykan"}
+#: Libraries whose every layer sharekan's evaluator runs exactly (FastKAN: the op on
+#: LayerNorm(x) + the base branch outside it; TorchKAN: the op then LayerNorm; conv layers
+#: are refused with the reason).
+LUTHAM_RUNS = {"efficient-kan", "chebykan", "fastkan", "torchkan"}
 
 
 @pytest.fixture(scope="module")
@@ -203,10 +203,13 @@ def test_conv_layers_keep_edge_biases_and_count_edges(trained):
 
 
 def test_compress_in_place_recognises_and_refuses_other_libraries(trained):
-    model, _, _ = trained["fastkan"]
-    with pytest.raises(UnsupportedLayerError, match="fastkan"):
+    model, _, _ = trained["torch-conv-kan"]
+    with pytest.raises(UnsupportedLayerError, match="torch-conv-kan"):
         compress_(model, codebook_size=4)
-    assert type(model.layers[0]).__name__ == "FastKANLayer"  # nothing swapped
+    assert type(model.layers[0]).__name__ == "KANConv2DLayer"  # nothing swapped
+    model, _, _ = trained["torchkan"]
+    with pytest.raises(UnsupportedLayerError, match="torchkan"):
+        compress_(model, codebook_size=4)
 
 
 def test_chebykan_runs_through_lutham_numpy_torch_and_pte(trained, tmp_path):

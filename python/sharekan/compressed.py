@@ -40,6 +40,17 @@ def _dequant(values: np.ndarray | None, scale: np.ndarray | None) -> np.ndarray 
     return out
 
 
+def _activation(name: str | None, x: np.ndarray) -> np.ndarray:
+    """Base-branch activation in float64: SiLU, exact (erf) GELU or identity."""
+    if name == "silu":
+        return x / (1.0 + np.exp(-x))
+    if name == "gelu":
+        from math import erf, sqrt
+
+        return 0.5 * x * (1.0 + np.vectorize(erf, otypes=[np.float64])(x / sqrt(2.0)))
+    return x
+
+
 def code_dtype(codebook_size: int) -> np.dtype:
     """Narrowest dtype LUTHAM accepts for codes of a K-word codebook (u8, i16 or i32)."""
     if codebook_size <= 256:
@@ -100,7 +111,8 @@ class CompressedLayer:
     def unsupported_reason(self) -> str | None:
         """Why the LUTHAM evaluator cannot run this layer exactly, or None when it can."""
         assert self.basis is not None
-        return evaluator_support(self.basis, self.semantics, self.base_weight is not None)
+        return evaluator_support(self.basis, self.semantics, self.base_weight is not None,
+                                 self.extras, self.layout_info)
 
     def check_evaluator_support(self) -> None:
         """Raise UnsupportedLayerError (an InvalidInputError) naming the layer and the
@@ -149,7 +161,9 @@ class CompressedLayer:
         B-splines: `grid` is (1, G + 2k + 1) when every input has the same knots, else
         (n_in, G + 2k + 1). RBF (`basis=1`, width `h`): `grid` holds the centres, (1, M)
         when shared, else (n_in, M). Chebyshev (`basis=2`): `grid` is zeros (1, 2) (not
-        read). `base_act` is 0 (SiLU) or 1 (exact GELU).
+        read). `base_act` is 0 (SiLU) or 1 (exact GELU). For a layer with an input
+        LayerNorm (FastKAN, `split_base`) these are the op's inputs on u = LayerNorm(x)
+        without the base branch; `forward` adds the rest (see `evaluator_support`).
 
         Raises:
             UnsupportedLayerError: the evaluator does not implement this layer's basis or
@@ -170,6 +184,9 @@ class CompressedLayer:
             if kind == 1:
                 h = float(np.float32(self.basis.h))  # type: ignore[attr-defined]
         act = self.semantics.base_activation if self.base_weight is not None else None
+        base_weight, base_scale = self.base_weight, self.base_scale
+        if self.split_base:  # FastKAN: the op sees LayerNorm(x); the base branch is outside
+            base_weight = base_scale = act = None
         return {
             "grid": grid,
             "k": self.spline_order if kind == 0 else 0,
@@ -180,19 +197,55 @@ class CompressedLayer:
             "edge_bias": self.edge_bias,
             "edge_bias_scale": self.edge_bias_scale,
             "out_bias": self.out_bias,
-            "base_weight": self.base_weight,
-            "base_scale": self.base_scale,
+            "base_weight": base_weight,
+            "base_scale": base_scale,
             "basis": kind,
             "h": h,
             "base_act": LUTHAM_BASE_ACT.get(act or "silu", 0),
         }
 
+    @property
+    def split_base(self) -> bool:
+        """True when the op runs on LayerNorm(x) and the base branch is computed outside it
+        (FastKAN: act(x) @ base + base bias on the raw x)."""
+        return self.semantics.input_norm == "layernorm"
+
+    def _norm(self, x: np.ndarray) -> np.ndarray:
+        """LayerNorm over the last axis with the layer's stored weight/bias/eps, in float32
+        (as torch computes it)."""
+        eps = np.float32(self.layout_info.get("layernorm_eps", 1e-5))
+        mean = x.mean(axis=-1, keepdims=True, dtype=np.float32)
+        var = np.square(x - mean).mean(axis=-1, keepdims=True, dtype=np.float32)
+        out = (x - mean) / np.sqrt(var + eps)
+        if "norm_weight" in self.extras:
+            out = out * self.extras["norm_weight"].astype(np.float32) + self.extras[
+                "norm_bias"].astype(np.float32)
+        return out.astype(np.float32)
+
     def forward(self, x: Any) -> np.ndarray:
-        """Evaluate the layer on x (batch, n_in) with the Rust LUTHAM evaluator -> (batch, n_out) f32."""
+        """Evaluate the layer on x (batch, n_in) with the Rust LUTHAM evaluator -> (batch, n_out) f32.
+
+        FastKAN (`split_base`): LUTHAM(LayerNorm(x)) + act(x) @ base + base bias, the base
+        weights dequantised with their per-output scales; TorchKAN (post "layernorm"):
+        LayerNorm(LUTHAM(x)). Both norms use the stored `norm_weight` / `norm_bias` extras
+        and `layout_info["layernorm_eps"]`."""
         arr = float_array(to_numpy(x, "x"), "x", dtype=np.float32, finite=False)
         if arr.ndim != 2 or arr.shape[1] != self.n_in:
             raise ShapeError(f"x: expected shape (batch, {self.n_in}), got {arr.shape}")
-        return _core.lutham_forward(arr, **self.lutham_inputs())
+        inputs = self.lutham_inputs()
+        if not self.split_base:
+            y = _core.lutham_forward(arr, **inputs)
+        else:
+            y = _core.lutham_forward(np.ascontiguousarray(self._norm(arr)), **inputs)
+            base = self.base_weights()
+            if base is not None:
+                act = _activation(self.semantics.base_activation, arr.astype(np.float64))
+                y = (y + act @ base).astype(np.float32)
+            if "base_bias" in self.extras:
+                y = (y + self.extras["base_bias"].astype(np.float32)).astype(np.float32)
+        if self.semantics.post == ("layernorm",):
+            y = self._norm(np.asarray(y, dtype=np.float32))
+        return np.asarray(y, dtype=np.float32)
 
     def stored_tensors(self) -> dict[str, np.ndarray]:
         """Tensors this layer stores (field name -> array), codes packed; codebook excluded."""

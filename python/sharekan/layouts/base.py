@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -31,12 +31,13 @@ class Semantics:
             "identity"), or None when the layer has no base branch.
         input_norm: "layernorm" when the spline branch sees LayerNorm(x) (FastKAN); the
             norm's tensors are passed through.
-        post: operations applied to the layer sum that sharekan stores (passed through) but
-            does not evaluate, e.g. ("layernorm",) for TorchKAN, ("node_affine",) for pykan
-            with non-identity node scales, ("instance_norm", "prelu") for KANConv.
+        post: operations applied to the layer sum (their tensors passed through), e.g.
+            ("layernorm",) for TorchKAN (evaluated after the op, see `evaluator_support`),
+            ("node_affine",) for pykan with non-identity node scales,
+            ("instance_norm", "prelu") for KANConv (not evaluated).
         conv: geometry of a convolution layer (ndim, kernel, groups, channels), or None.
         base_bias: the base branch adds a per-output bias (FastKAN's base_linear.bias;
-            passed through, added by the compiler's dense forward).
+            passed through; added outside the op by the evaluator).
     """
 
     base_activation: str | None = "silu"
@@ -73,28 +74,66 @@ LUTHAM_BASIS = {"bspline": 0, "rbf": 1, "chebyshev": 2}
 LUTHAM_BASE_ACT = {"silu": 0, "gelu": 1}
 
 
-def evaluator_support(basis: Basis, semantics: Semantics, has_base: bool) -> str | None:
-    """None when the LUTHAM evaluator computes this layer exactly, else the reason it cannot.
+#: Layer extras the evaluator needs for a LayerNorm (input norm of FastKAN, post-sum norm
+#: of TorchKAN) and for a base-branch bias (FastKAN); copies of passed-through tensors
+#: stored with the layer (`{layer}.extra_{name}` in the artifact).
+NORM_EXTRAS = ("norm_weight", "norm_bias")
+BASE_BIAS_EXTRA = "base_bias"
 
-    The evaluator (ARCHITECTURE.md §4) computes B-spline, RBF or Chebyshev(tanh) edges plus
+
+def evaluator_support(
+    basis: Basis, semantics: Semantics, has_base: bool,
+    extras: Collection[str] = (), info: Mapping[str, Any] | None = None,
+) -> str | None:
+    """None when sharekan's evaluator computes this layer exactly, else the reason it cannot.
+
+    The LUTHAM op (ARCHITECTURE.md §4) computes B-spline, RBF or Chebyshev(tanh) edges plus
     a SiLU or exact-GELU base branch on the same inputs, per-output scales and one output
-    bias; nothing else."""
+    bias. Around it, `CompressedLayer.forward` / `LuthamKANLayer` add: an input LayerNorm
+    (FastKAN: the op runs on LayerNorm(x) without its base branch; the base branch
+    act(x) @ base + base bias is computed outside the op on the raw x) and a LayerNorm
+    after the sum (TorchKAN). Those need the norm's weight and bias (`extras` names
+    `norm_weight`, `norm_bias`, unless `info["norm_affine"]` is False) and the base bias
+    (`base_bias`) stored with the layer; `info["layernorm_eps"]` is the norm's epsilon."""
+    info = info or {}
+    extras = set(extras)
+    split = semantics.input_norm == "layernorm"
     reasons = []
     if basis.kind not in LUTHAM_BASIS:
         reasons.append(f"basis {basis.describe()} (the evaluator implements "
                        f"{', '.join(LUTHAM_BASIS)})")
-    if has_base and semantics.base_activation not in LUTHAM_BASE_ACT:
+    base_acts = BASE_ACTIVATIONS if split else tuple(LUTHAM_BASE_ACT)
+    if has_base and semantics.base_activation not in base_acts:
         reasons.append(f"base activation {semantics.base_activation!r} (the evaluator applies "
-                       f"{' or '.join(LUTHAM_BASE_ACT)})")
-    if semantics.input_norm:
-        reasons.append(f"{semantics.input_norm} on the spline input while the base branch "
-                       "sees the raw input")
-    if semantics.post:
-        reasons.append("post-sum operations " + ", ".join(semantics.post))
+                       f"{' or '.join(base_acts)})")
+    norm_missing = [n for n in NORM_EXTRAS if n not in extras]
+    if info.get("norm_affine", True) is False:
+        norm_missing = []
+    if semantics.input_norm and not split:
+        reasons.append(f"{semantics.input_norm} on the spline input (the evaluator implements "
+                       "layernorm)")
+    elif split and norm_missing:
+        reasons.append("layernorm on the spline input, but its "
+                       + " and ".join(norm_missing) + " are not stored with the layer "
+                       "(an artifact from before sharekan evaluated it: recompress)")
+    post = list(semantics.post)
+    if post == ["layernorm"]:
+        if split:
+            reasons.append("a post-sum layernorm together with an input layernorm")
+        elif norm_missing:
+            reasons.append("post-sum layernorm, but its " + " and ".join(norm_missing)
+                           + " are not stored with the layer (an artifact from before sharekan "
+                           "evaluated it: recompress)")
+    elif post:
+        reasons.append("post-sum operations " + ", ".join(post))
     if semantics.conv is not None:
         reasons.append("convolution layer")
     if semantics.base_bias:
-        reasons.append("base-branch bias")
+        if not split:
+            reasons.append("base-branch bias without an input layernorm")
+        elif BASE_BIAS_EXTRA not in extras:
+            reasons.append("base-branch bias not stored with the layer (an artifact from "
+                           "before sharekan evaluated it: recompress)")
     return "; ".join(reasons) if reasons else None
 
 
@@ -168,7 +207,8 @@ class LayerSource:
 
     def unsupported_reason(self) -> str | None:
         """Why the LUTHAM evaluator cannot run this layer, or None."""
-        return evaluator_support(self.basis, self.semantics, self.base_weight is not None)
+        return evaluator_support(self.basis, self.semantics, self.base_weight is not None,
+                                 self.extras, self.info)
 
     def basis_inputs(self, x: np.ndarray) -> np.ndarray:
         """The values each input's basis sees, (rows, n_in) float64, from the layer's

@@ -10,9 +10,11 @@ Forward:
 
 The width h ("denominator") is not stored: it is re-derived from the centres as FastKAN
 does by default, or given with `denominator=`. LayerNorm and the base bias are stored
-unchanged. The LUTHAM op runs the RBF basis (`basis=1`), but the layer is refused by
-the evaluator: its splines see LayerNorm(x) while its base branch sees the raw x and adds a
-bias, which the single-input op does not compute.
+unchanged (the evaluator's float32 copies of them are stored with the layer as
+extras `norm_weight`, `norm_bias`, `base_bias`). sharekan's evaluator runs the layer as a
+split: the LUTHAM op (`basis=1`, no base branch) on u = LayerNorm(x), plus
+act(x) @ base + base bias computed outside the op on the raw x
+(`CompressedLayer.forward`, `sharekan.torch.LuthamKANLayer`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ from .bases import RBF
 
 NAME = "fastkan"
 _SPLINE = re.compile(r"^(?:(?P<prefix>.*)\.)?spline_linear\.weight$")
+
+
+def _f32(array: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(array, dtype=np.float32).copy()
 
 
 def layer_prefixes(sd: Mapping[str, np.ndarray]) -> list[str]:
@@ -106,19 +112,23 @@ class FastKanLayout:
             )
             tensors["base_weight"] = TensorInfo.of(key("base_linear.weight"), sd[key("base_linear.weight")])
         aux = {}
+        extras = {}  # float32 copies stored with the layer: the evaluator needs them
         if key("layernorm.weight") in sd:
             aux["ln_weight"] = tensor(sd, key("layernorm.weight"), (n_in,), "LayerNorm weight")
             aux["ln_bias"] = tensor(sd, key("layernorm.bias"), (n_in,), "LayerNorm bias")
+            extras["norm_weight"] = _f32(sd[key("layernorm.weight")])
+            extras["norm_bias"] = _f32(sd[key("layernorm.bias")])
         if key("base_linear.bias") in sd:
             aux["base_bias"] = tensor(sd, key("base_linear.bias"), (n_out,), "base bias")
+            extras["base_bias"] = _f32(sd[key("base_linear.bias")])
         semantics = Semantics(
             base_activation=self.base_activation if base is not None else None,
             input_norm="layernorm", base_bias="base_bias" in aux,
         )
         return LayerSource.with_basis(
             prefix or "layer", np.ascontiguousarray(spline.transpose(1, 0, 2)), RBF(centers, h),
-            base, tensors, semantics=semantics, aux=aux,
-            info={"layernorm_eps": self.layernorm_eps},
+            base, tensors, semantics=semantics, aux=aux, extras=extras,
+            info={"layernorm_eps": self.layernorm_eps, "norm_affine": "ln_weight" in aux},
         )
 
     def rebuild(

@@ -8,8 +8,10 @@ applied to every layer's output, `layer_norms.{l}.weight` / `.bias` (n_out). For
 
 with act = GELU by default (`base_activation=` option; not stored). The B-spline recursion
 is efficient-kan's. The scalers are folded into the coefficients (they come back as ones);
-the LayerNorm tensors are stored unchanged. sharekan's evaluator does not run these layers
-(GELU base branch, LayerNorm after the sum).
+the LayerNorm tensors are stored unchanged (float32 copies travel with the layer as extras
+`norm_weight`, `norm_bias`). sharekan's evaluator runs the layer: the LUTHAM op (B-splines,
+GELU or SiLU base branch) then the LayerNorm (`CompressedLayer.forward`,
+`sharekan.torch.LuthamKANLayer`).
 """
 
 from __future__ import annotations
@@ -45,16 +47,18 @@ class TorchKanLayout:
     Args:
         base_activation: the model's `base_activation` ("gelu", TorchKAN's default,
             "silu" or "identity").
+        layernorm_eps: epsilon of the LayerNorm after each layer (torch default 1e-5).
     """
 
     name = NAME
 
-    def __init__(self, base_activation: str = "gelu") -> None:
+    def __init__(self, base_activation: str = "gelu", layernorm_eps: float = 1e-5) -> None:
         if base_activation not in BASE_ACTIVATIONS:
             raise InvalidInputError(
                 f"torchkan base_activation={base_activation!r}; expected one of {list(BASE_ACTIVATIONS)}"
             )
         self.base_activation = base_activation
+        self.layernorm_eps = float(layernorm_eps)
 
     def detect(self, state_dict: Mapping[str, np.ndarray]) -> bool:
         return bool(_layers(state_dict))
@@ -95,10 +99,18 @@ class TorchKanLayout:
         if b_key in sd:
             base = np.ascontiguousarray(tensor(sd, b_key, (n_out, n_in), "base weight [out, in]").T)
             tensors["base_weight"] = TensorInfo.of(b_key, sd[b_key])
-        post = ("layernorm",) if key(f"layer_norms.{index}.weight") in sd else ()
+        post: tuple[str, ...] = ()
+        extras = {}  # float32 copies of the LayerNorm stored with the layer (the evaluator's)
+        if key(f"layer_norms.{index}.weight") in sd:
+            post = ("layernorm",)
+            for part in ("weight", "bias"):
+                n_key = key(f"layer_norms.{index}.{part}")
+                tensor(sd, n_key, (n_out,), f"LayerNorm {part}")
+                extras[f"norm_{part}"] = np.ascontiguousarray(sd[n_key], dtype=np.float32).copy()
         return LayerSource(
             key(f"layers.{index}"), np.ascontiguousarray(spline.transpose(1, 0, 2)), grid, k,
             base, tensors, semantics=Semantics(base_activation=self.base_activation, post=post),
+            extras=extras, info={"layernorm_eps": self.layernorm_eps} if post else {},
         )
 
     def rebuild(

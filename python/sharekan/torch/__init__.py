@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from .kan import KAN, KANLinear, bspline_basis
 from .modules import (
+    LuthamKANLayer,
     LuthamLinear,
     collect_calibration,
     compress_,
@@ -23,7 +24,7 @@ from .modules import (
 from .ops import lutham
 
 __all__ = [
-    "KAN", "KANLinear", "LuthamLinear", "bspline_basis", "collect_calibration", "compress_",
+    "KAN", "KANLinear", "LuthamKANLayer", "LuthamLinear", "bspline_basis", "collect_calibration", "compress_",
     "is_kan_linear", "kan_layer_kind",
     "load_compressed_", "lutham", "lutham_layers",
 ]

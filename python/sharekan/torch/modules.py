@@ -28,7 +28,7 @@ from ..errors import InvalidInputError, LayoutError, ShapeError
 from . import ops
 from .kan import KANLinear
 
-__all__ = ["LuthamLinear", "collect_calibration", "compress_", "is_kan_linear", "kan_layer_kind",
+__all__ = ["LuthamKANLayer", "LuthamLinear", "collect_calibration", "compress_", "is_kan_linear", "kan_layer_kind",
            "load_compressed_", "lutham_layers"]
 
 # Buffer names, in the operator's argument order.
@@ -191,6 +191,91 @@ class LuthamLinear(nn.Module):
         return y.reshape(*lead, self.out_features)
 
 
+class LuthamKANLayer(nn.Module):
+    """A compressed layer whose LUTHAM op is wrapped by parts computed around it.
+
+    FastKAN (`split`): y = lutham(LayerNorm(x)) + act(x) @ (base_weight * base_scale) +
+    base_bias, the op without its base branch; TorchKAN (`post_norm`):
+    y = LayerNorm(lutham(x)). Buffers: `norm_weight`, `norm_bias` f32 (n,) (the LayerNorm's;
+    empty when it has no affine), `base_weight` i8/f32 (n_in, n_out), `base_scale` f32
+    (n_out,) (ones for float weights), `base_bias` f32 (n_out,) (empty when absent). The op's
+    buffers are in the `lutham` submodule (`LuthamLinear`). Exportable with
+    `sharekan.export_pte` (LayerNorm, matmul and SiLU/GELU are standard ExecuTorch ops).
+
+    forward: x (..., n_in) -> (..., n_out) float32.
+    """
+
+    def __init__(self, lutham: LuthamLinear, *, split: bool, post_norm: bool, eps: float,
+                 activation: str | None, tensors: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.lutham = lutham
+        self.split, self.post_norm, self.eps = bool(split), bool(post_norm), float(eps)
+        self.activation = activation
+        for name in ("norm_weight", "norm_bias", "base_weight", "base_scale", "base_bias"):
+            self.register_buffer(name, _tensor(tensors.get(name)))
+        self.in_features, self.out_features = lutham.in_features, lutham.out_features
+        self.has_base = self.split and self.base_weight.numel() > 0
+        self.has_base_bias = self.base_bias.numel() > 0
+        self.has_affine = self.norm_weight.numel() > 0
+
+    @classmethod
+    def from_compressed(cls, layer: Any) -> nn.Module:
+        """The module running `layer` (a `sharekan.CompressedLayer`): a `LuthamKANLayer`
+        for layers with an input or post-sum LayerNorm, else a plain `LuthamLinear`."""
+        inner = LuthamLinear.from_compressed(layer)  # checks evaluator support
+        split = bool(layer.split_base)
+        post = tuple(layer.semantics.post) == ("layernorm",)
+        if not (split or post):
+            return inner
+        base = layer.base_weight if split else None
+        scale = layer.base_scale
+        if base is not None and scale is None:
+            scale = np.ones(layer.n_out, dtype=np.float32)
+        tensors = {
+            "norm_weight": layer.extras.get("norm_weight"),
+            "norm_bias": layer.extras.get("norm_bias"),
+            "base_weight": base,
+            "base_scale": scale if base is not None else None,
+            "base_bias": layer.extras.get("base_bias") if split else None,
+        }
+        mod = cls(inner, split=split, post_norm=post,
+                  eps=float(layer.layout_info.get("layernorm_eps", 1e-5)),
+                  activation=layer.semantics.base_activation, tensors=tensors)
+        mod.layer_name = str(getattr(layer, "name", ""))
+        return mod
+
+    def _norm(self, v: torch.Tensor) -> torch.Tensor:
+        if self.has_affine:
+            return torch.nn.functional.layer_norm(v, (v.shape[-1],), self.norm_weight,
+                                                  self.norm_bias, self.eps)
+        return torch.nn.functional.layer_norm(v, (v.shape[-1],), None, None, self.eps)
+
+    def extra_repr(self) -> str:
+        return (f"split={self.split}, post_norm={self.post_norm}, eps={self.eps}, "
+                f"activation={self.activation}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(torch.float32)
+        if not self.split:
+            y = self.lutham(x)
+        else:
+            y = self.lutham(self._norm(x))
+            if self.has_base:
+                if self.activation == "silu":
+                    a = torch.nn.functional.silu(x)
+                elif self.activation == "gelu":
+                    a = torch.nn.functional.gelu(x)
+                else:
+                    a = x
+                w = self.base_weight.to(torch.float32) * self.base_scale[None, :]
+                y = y + a @ w
+            if self.has_base_bias:
+                y = y + self.base_bias
+        if self.post_norm:
+            y = self._norm(y)
+        return y
+
+
 def is_kan_linear(module: nn.Module) -> bool:
     """True for efficient-kan-layout layers: `KANLinear` or any module with
     `spline_weight`, `base_weight`, `grid` and `spline_order` attributes."""
@@ -328,9 +413,10 @@ def compress_(model: nn.Module, config: Any = None, *,
     spans all of them) and swaps each layer for a `LuthamLinear`.
 
     Layers of every library sharekan reads are recognised (`kan_layer_kind`). Only layers
-    the LUTHAM evaluator computes exactly can be swapped in place (efficient-kan layers);
-    for any other recognised layer (pykan's KANLayer, whose MultKAN consumes per-edge
-    activations; FastKAN's input LayerNorm; TorchKAN's norms after the sum; conv layers;
+    the LUTHAM evaluator computes exactly can be swapped in place (efficient-kan layers
+    become `LuthamLinear`, FastKAN layers `LuthamKANLayer`); for any other recognised layer
+    (pykan's KANLayer, whose MultKAN consumes per-edge activations; TorchKAN, whose one
+    module holds every layer (run `LuthamKANLayer.from_compressed` per layer); conv layers;
     ChebyKAN, whose layers the evaluator does run, is compressed with
     `sharekan.compress(state_dict)` and run as `LuthamLinear.from_compressed(layer)`)
     nothing is swapped and UnsupportedLayerError says why. Compress those with
@@ -363,12 +449,13 @@ def compress_(model: nn.Module, config: Any = None, *,
         )
     kinds = {name: kan_layer_kind(mod) for name, mod in targets}
     refused = [f"{name or type(model).__name__} ({kind})" for name, kind in kinds.items()
-               if kind != "efficient-kan"]
+               if kind not in ("efficient-kan", "fastkan")]
     if refused:
         raise UnsupportedLayerError(
             "compress_: sharekan's LUTHAM evaluator cannot run these KAN layers exactly, so "
             f"nothing was swapped: {', '.join(refused)}. It implements B-spline edges with a "
-            "SiLU base branch (efficient-kan); pykan's KANLayer must also return per-edge "
+            "SiLU base branch (efficient-kan) and FastKAN layers (LuthamKANLayer); pykan's "
+            "KANLayer must also return per-edge "
             "activations to MultKAN. Compress their state_dict with sharekan.compress() and "
             "load decompress() into the library's module."
         )
@@ -380,7 +467,8 @@ def compress_(model: nn.Module, config: Any = None, *,
     result: nn.Module = model
     for name, _mod in targets:
         layer = compressed.layers[name or "layer"]
-        new = LuthamLinear.from_compressed(layer)
+        new = (LuthamKANLayer.from_compressed(layer) if kinds[name] == "fastkan"
+               else LuthamLinear.from_compressed(layer))
         if name:
             _set_submodule(model, name, new)
         else:

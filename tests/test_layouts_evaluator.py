@@ -1,0 +1,169 @@
+"""FastKAN and TorchKAN layers run through sharekan's evaluator: the LUTHAM op plus the
+parts around it (FastKAN: the op on LayerNorm(x), act(x) @ base + base bias outside it;
+TorchKAN: LayerNorm after the op), in NumPy (`CompressedModel.forward`), in torch
+(`LuthamKANLayer`, `compress_`) and in an exported .pte, against the library's forward on
+the decompressed state_dict; layers whose needed tensors are not stored are refused."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import sharekan  # noqa: E402
+from fixtures_kan_libraries import FastKAN, TorchKAN, train_briefly  # noqa: E402
+from sharekan.layouts import UnsupportedLayerError  # noqa: E402
+from sharekan.torch import LuthamKANLayer, LuthamLinear, compress_  # noqa: E402
+
+CASES = {
+    "fastkan": (lambda: FastKAN([4, 6, 3]), lambda g: torch.randn(64, 4, generator=g) * 1.5),
+    "torchkan": (lambda: TorchKAN([4, 6, 3]), lambda g: torch.rand(64, 4, generator=g) * 2.4 - 1.2),
+}
+CONFIGS = (sharekan.Config(codebook_size=8), sharekan.Config(codebook_size=16, int8=False),
+           sharekan.Config(codebook_size=8, base="int4", bias="edge"))
+
+
+@pytest.fixture(scope="module")
+def trained():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = {}
+    try:
+        for name, (make, inputs) in CASES.items():
+            torch.manual_seed(3)
+            model = make()
+            x = inputs(torch.Generator().manual_seed(0))
+            train_briefly(model, x, steps=5)
+            model.eval()
+            out[name] = (model, x, {k: v.detach().numpy().copy() for k, v in model.state_dict().items()})
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def _load(name, state_dict):
+    torch.manual_seed(7)
+    model = CASES[name][0]()
+    model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state_dict.items()},
+                          strict=True)
+    return model.eval()
+
+
+def _run(model, x):
+    with torch.no_grad():
+        return model(x).double().numpy()
+
+
+def _tol(want):
+    return dict(rtol=1e-4, atol=2e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_numpy_and_torch_match_the_library_on_the_decompressed_state_dict(name, trained, tmp_path):
+    model, x, sd = trained[name]
+    for cfg in CONFIGS:
+        compressed = sharekan.compress(sd, cfg)
+        assert all(r.evaluator == "lutham" for r in compressed.report.layers)
+        lib = _load(name, compressed.decompress())
+        net = torch.nn.Sequential(*(LuthamKANLayer.from_compressed(layer)
+                                    for layer in compressed.layers.values())).eval()
+        assert all(isinstance(m, LuthamKANLayer) for m in net)
+        for batch in (1, 3, 64):
+            xb = x[:batch].contiguous()
+            want = _run(lib, xb)
+            np.testing.assert_allclose(compressed.forward(xb.numpy()), want, **_tol(want))
+            np.testing.assert_allclose(_run(net, xb), want, **_tol(want))
+        # inputs far outside the fixture's range (RBF tails, B-spline outside the grid)
+        xf = x[:8] * 4
+        want = _run(lib, xf)
+        np.testing.assert_allclose(compressed.forward(xf.numpy()), want, **_tol(want))
+        # the saved artifact keeps the extras: the reloaded model runs the same
+        path = str(tmp_path / f"{name}.sharekan")
+        compressed.save(path)
+        again = sharekan.load(path)
+        np.testing.assert_array_equal(again.forward(x.numpy()), compressed.forward(x.numpy()))
+
+
+def test_fastkan_layer_without_base_branch_or_bias(trained):
+    _, x, sd = trained["fastkan"]
+    sd = {k: v for k, v in sd.items() if "base_linear" not in k}
+    compressed = sharekan.compress(sd, codebook_size=8)
+    assert all(r.evaluator == "lutham" for r in compressed.report.layers)
+    model = FastKAN([4, 6, 3])
+    for layer in model.layers:
+        layer.base_linear = None
+        layer.forward = (lambda lyr: lambda v: lyr.spline_linear(  # noqa: E731
+            lyr.rbf(lyr.layernorm(v)).reshape(len(v), -1)))(layer)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in compressed.decompress().items()})
+    want = _run(model.eval(), x)
+    np.testing.assert_allclose(compressed.forward(x.numpy()), want, **_tol(want))
+
+
+def test_compress_in_place_swaps_fastkan_layers(trained):
+    model, x, sd = trained["fastkan"]
+    model = copy.deepcopy(model)
+    compress_(model, codebook_size=8)
+    assert all(isinstance(m, LuthamKANLayer) for m in model.layers)
+    compressed = model._sharekan_compressed
+    want = _run(_load("fastkan", compressed.decompress()), x)
+    np.testing.assert_allclose(_run(model, x), want, **_tol(want))
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_exported_pte_matches(name, trained, tmp_path):
+    pytest.importorskip("executorch.runtime")
+    from sharekan import lutham
+    from sharekan.errors import LuthamBuildError
+    from sharekan.export import export_pte
+
+    try:
+        lutham.load_library()
+    except LuthamBuildError as exc:
+        pytest.skip(f"LUTHAM kernel library unavailable: {exc}")
+    from executorch.runtime import Runtime
+
+    _, x, sd = trained[name]
+    compressed = sharekan.compress(sd, codebook_size=8)
+    lib = _load(name, compressed.decompress())
+    net = torch.nn.Sequential(*(LuthamKANLayer.from_compressed(layer)
+                                for layer in compressed.layers.values())).eval()
+    path = export_pte(net, (x[:2],), tmp_path / f"{name}.pte")
+    method = Runtime.get().load_program(str(path)).load_method("forward")
+    for batch in (1, 2, 13):
+        xb = x[:batch].contiguous()
+        want = _run(lib, xb)
+        np.testing.assert_allclose(method.execute([xb])[0].numpy(), want, **_tol(want))
+
+
+@pytest.mark.parametrize(("name", "drop", "match"), [
+    ("fastkan", ("norm_weight",), "layernorm on the spline input, but its norm_weight"),
+    ("fastkan", ("norm_weight", "norm_bias"), "norm_weight and norm_bias are not stored"),
+    ("fastkan", ("base_bias",), "base-branch bias not stored with the layer"),
+    ("torchkan", ("norm_bias",), "post-sum layernorm, but its norm_bias"),
+])
+def test_layers_without_their_tensors_are_refused(name, drop, match, trained):
+    _, x, sd = trained[name]
+    compressed = sharekan.compress(sd, codebook_size=8)
+    layer = compressed.layers["layers.0"]
+    stripped = dataclasses.replace(layer, extras={k: v for k, v in layer.extras.items()
+                                                  if k not in drop})
+    assert match in stripped.unsupported_reason()
+    with pytest.raises(UnsupportedLayerError, match="layers.0"):
+        stripped.forward(x.numpy())
+    with pytest.raises(UnsupportedLayerError, match=match):
+        LuthamKANLayer.from_compressed(stripped)
+    compressed.layers["layers.0"] = stripped
+    with pytest.raises(UnsupportedLayerError, match="layers.0"):
+        compressed.forward(x.numpy())
+
+
+def test_a_plain_layer_builds_a_plain_luthamlinear(trained):
+    _, _, sd = trained["torchkan"]
+    compressed = sharekan.compress(sd, codebook_size=8)
+    layer = compressed.layers["layers.0"]
+    plain = dataclasses.replace(layer, semantics=dataclasses.replace(layer.semantics, post=()))
+    assert isinstance(LuthamKANLayer.from_compressed(plain), LuthamLinear)

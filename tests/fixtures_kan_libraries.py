@@ -8,6 +8,7 @@ libraries', so their state_dicts are the libraries' checkpoints. efficient-kan's
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -214,3 +215,38 @@ def train_briefly(model: nn.Module, x: torch.Tensor, steps: int = 15, lr: float 
         loss.backward()
         opt.step()
     return model
+
+
+def train_cases(cases: dict, seed: int) -> dict:
+    """name -> (module, inputs, numpy state_dict) for {name: (make, inputs)} cases, each
+    built with torch seed `seed`, trained a few steps single-threaded, put in eval mode."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = {}
+    try:
+        for name, (make, inputs) in cases.items():
+            torch.manual_seed(seed)
+            model = make()
+            x = inputs(torch.Generator().manual_seed(0))
+            train_briefly(model, x, steps=5)
+            model.eval()
+            out[name] = (model, x, {k: v.detach().numpy().copy() for k, v in model.state_dict().items()})
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def load_case(make, state_dict: dict) -> nn.Module:
+    """A fresh module from `make()` (different init) loaded strictly from a numpy state_dict."""
+    torch.manual_seed(7)  # different init: every value must come from the state_dict
+    model = make()
+    model.load_state_dict(
+        {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state_dict.items()}, strict=True
+    )
+    return model.eval()
+
+
+def run_case(model: nn.Module, x: torch.Tensor):
+    """The module's forward pass as float64 numpy."""
+    with torch.no_grad():
+        return model(x).double().numpy()

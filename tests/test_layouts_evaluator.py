@@ -15,7 +15,13 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import sharekan  # noqa: E402
-from fixtures_kan_libraries import FastKAN, TorchKAN, train_briefly  # noqa: E402
+from fixtures_kan_libraries import (  # noqa: E402
+    FastKAN,
+    TorchKAN,
+    load_case,
+    run_case,
+    train_cases,
+)
 from sharekan.layouts import UnsupportedLayerError  # noqa: E402
 from sharekan.torch import LuthamKANLayer, LuthamLinear, compress_  # noqa: E402
 
@@ -29,33 +35,15 @@ CONFIGS = (sharekan.Config(codebook_size=8), sharekan.Config(codebook_size=16, i
 
 @pytest.fixture(scope="module")
 def trained():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    out = {}
-    try:
-        for name, (make, inputs) in CASES.items():
-            torch.manual_seed(3)
-            model = make()
-            x = inputs(torch.Generator().manual_seed(0))
-            train_briefly(model, x, steps=5)
-            model.eval()
-            out[name] = (model, x, {k: v.detach().numpy().copy() for k, v in model.state_dict().items()})
-    finally:
-        torch.set_num_threads(threads)
-    return out
+    return train_cases(CASES, seed=3)
 
 
 def _load(name, state_dict):
-    torch.manual_seed(7)
-    model = CASES[name][0]()
-    model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state_dict.items()},
-                          strict=True)
-    return model.eval()
+    return load_case(CASES[name][0], state_dict)
 
 
 def _run(model, x):
-    with torch.no_grad():
-        return model(x).double().numpy()
+    return run_case(model, x)
 
 
 def _tol(want):

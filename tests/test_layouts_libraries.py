@@ -18,7 +18,9 @@ from fixtures_kan_libraries import (  # noqa: E402
     KAGNConv2DLayer,
     KANConv2DLayer,
     TorchKAN,
-    train_briefly,
+    load_case,
+    run_case,
+    train_cases,
 )
 from sharekan.compiler import dense_layer_forward  # noqa: E402
 from sharekan.layouts import UnsupportedLayerError, detect_layout  # noqa: E402
@@ -43,32 +45,15 @@ LUTHAM_RUNS = {"efficient-kan", "chebykan", "fastkan", "torchkan"}
 @pytest.fixture(scope="module")
 def trained():
     """name -> (module, inputs, numpy state_dict), trained a few steps, seeded."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    out = {}
-    try:
-        for name, (make, inputs) in CASES.items():
-            torch.manual_seed(1)
-            model = make()
-            x = inputs(torch.Generator().manual_seed(0))
-            train_briefly(model, x, steps=5)
-            model.eval()
-            out[name] = (model, x, {k: v.detach().numpy().copy() for k, v in model.state_dict().items()})
-    finally:
-        torch.set_num_threads(threads)
-    return out
+    return train_cases(CASES, seed=1)
 
 
 def _load(name, state_dict):
-    torch.manual_seed(7)  # different init: every value must come from the state_dict
-    model = CASES[name][0]()
-    model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state_dict.items()}, strict=True)
-    return model.eval()
+    return load_case(CASES[name][0], state_dict)
 
 
 def _run(model, x):
-    with torch.no_grad():
-        return model(x).double().numpy()
+    return run_case(model, x)
 
 
 @pytest.mark.parametrize("name", list(CASES))

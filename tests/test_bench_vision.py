@@ -106,10 +106,13 @@ def test_multihead_tiny(tmp_path):
     cfg = MultiHeadConfig(ns=(1, 3), hidden=2, epochs=1, codebook_sizes=(4,), sample_heads=2)
     res = run_multihead(tmp_path, data, cfg, log=lambda s: None)
     rows = res["rows"]
-    assert len(rows) == 2 * 2 * 2  # N x base fold x share
-    three = {(r["share"], r["base_folded"]): r for r in rows if r["heads"] == 3}
+    assert len(rows) == 2 * 3 * 2  # N x variant (int8, fold, fold+gain4) x share
+    three = {(r["share"], r["variant"]): r for r in rows if r["heads"] == 3}
     # one shared codebook is smaller than one per layer per head
-    assert three[("model", False)]["file_bytes"] < three[("layer", False)]["file_bytes"]
+    assert three[("model", "int8")]["file_bytes"] < three[("layer", "int8")]["file_bytes"]
+    # the compiler's base fold and 4-bit gains shrink the artifact further
+    assert three[("model", "fold+gain4")]["file_bytes"] < three[("model", "fold")]["file_bytes"] \
+        < three[("model", "int8")]["file_bytes"]
     assert all(r["file_bytes"] > 0 and 0 <= r["agreement"] <= 100 for r in rows)
 
 

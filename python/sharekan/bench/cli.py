@@ -1,9 +1,11 @@
 """`python -m sharekan.bench`: run the benchmarks and write results (JSON, Markdown, PNG).
 
-    python -m sharekan.bench all           # classification + regression -> benches/results/vision*
+    python -m sharekan.bench all           # every benchmark below -> benches/results/vision*
     python -m sharekan.bench vision        # classification only
     python -m sharekan.bench regression    # formula regression only
     python -m sharekan.bench multihead     # N = 1, 5, 10, 50 task heads, shared codebooks
+    python -m sharekan.bench detection     # generated VOC-20 set, mAP@0.5, shifted sets
+    python -m sharekan.bench transfer      # classification heads on shifted Fashion-MNIST
     python -m sharekan.bench demo          # the end-to-end demo (same as `sharekan demo`)
     python -m sharekan.bench report        # rebuild vision.md + plots from the saved JSONs
 
@@ -25,7 +27,7 @@ from typing import Any
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sharekan.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", nargs="?", default="all", choices=("all", "vision", "regression", "multihead", "demo", "report"))
+    p.add_argument("what", nargs="?", default="all", choices=("all", "vision", "regression", "multihead", "detection", "transfer", "demo", "report"))
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--out", default="benches/results")
     p.add_argument("--quick", action="store_true")
@@ -89,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
 
         for fname, render in (("vision_classification.json", report.classification_markdown),
                               ("vision_regression.json", report.regression_markdown),
-                              ("vision_multihead.json", report.multihead_markdown)):
+                              ("vision_multihead.json", report.multihead_markdown),
+                              ("vision_detection.json", report.detection_markdown),
+                              ("vision_transfer.json", report.transfer_markdown)):
             if (out / fname).exists():
                 res = json.loads((out / fname).read_text(), parse_constant=float)
                 res = _floats(res)
@@ -140,6 +144,25 @@ def main(argv: list[str] | None = None) -> int:
         mres["command"] = command
         report.write_json(mres, out / "vision_multihead.json")
         md.append(report.multihead_markdown(mres))
+    if args.what in ("all", "detection"):
+        from .detection import DetConfig, quick_config as det_quick, run_detection
+
+        log("detection (generated VOC-20):")
+        dres = run_detection(cache, det_quick() if args.quick else DetConfig(), log)
+        dres["environment"] = env
+        dres["command"] = command
+        report.write_json(dres, out / "vision_detection.json")
+        md.append(report.detection_markdown(dres))
+    if args.what in ("all", "transfer"):
+        from .transfer import TransferConfig, run_transfer
+
+        log("transfer (shifted Fashion-MNIST):")
+        tcfg = TransferConfig(n=500, ks=(16,), heads=("kan",)) if args.quick else TransferConfig()
+        tres = run_transfer(cache, tcfg, log)
+        tres["environment"] = env
+        tres["command"] = command
+        report.write_json(tres, out / "vision_transfer.json")
+        md.append(report.transfer_markdown(tres))
     md.append(f"Total wall time: {time.perf_counter() - started:.0f} s.")
     name = "vision.md" if args.what == "all" else f"vision_{args.what}.md"
     (out / name).write_text("\n".join(md) + "\n")

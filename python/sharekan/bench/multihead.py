@@ -6,7 +6,9 @@ one-vs-rest tasks (classes 0-4), 50 in all. Each head is a KAN 1280 -> 8 -> 2 (G
 k = 3), trained (seeded, cached) on the training images of its task. For N = 1, 5, 10, 50
 the first N heads are merged into one state_dict (`head{n}.layers.{l}.*`) and compressed
 with `share="layer"` (one codebook per layer per head) or `share="model"` (one codebook
-shared by every layer of every head); storage is the size of the saved artifact. Fidelity
+shared by every layer of every head), each with the compiler's options: plain Int8,
+`base="fold"` (first-layer SiLU base branch folded into the splines) and that with
+`gain_bits=4`; storage is the size of the saved artifact. Fidelity
 (accuracy, agreement, output SQNR vs the dense head) is measured on each task's test images
 for a sample of heads.
 """
@@ -47,6 +49,11 @@ class MultiHeadConfig:
     codebook_sizes: tuple[int, ...] = (16, 256)
     sample_heads: int = 5
     seed: int = 0
+    variants: tuple[tuple[str, dict[str, Any]], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.variants:
+            object.__setattr__(self, "variants", VARIANTS)
 
 
 def _task_data(data: dict[str, np.ndarray], pos, neg, split: str, limit: int | None, seed: int):
@@ -96,21 +103,31 @@ def head_forward(model: Any, i: int, x: np.ndarray) -> np.ndarray:
     return h
 
 
+# (name, compiler options): every variant is a plain `sharekan.compress` call
+VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("int8", {}),
+    ("fold", {"base": "fold"}),
+    ("fold+gain4", {"base": "fold", "gain_bits": 4}),
+)
+
+
 def run_multihead(cache: Path, data: dict[str, np.ndarray], cfg: MultiHeadConfig = MultiHeadConfig(),
                   log: Callable[[str], None] = print) -> dict[str, Any]:
-    from .lowbit import fold_base
-
     import sharekan
 
     started = time.perf_counter()
     heads = train_heads(cache, data, cfg, max(cfg.ns), log)
     calibs = [_task_data(data, pos, neg, "train", 512, cfg.seed)[0] for _, pos, neg in tasks(max(cfg.ns))]
+    tests = [_task_data(data, pos, neg, "test", None, 0) for _, pos, neg in tasks(min(max(cfg.ns), cfg.sample_heads))]
+    refs = [kan_forward(heads[i], x) for i, (x, _) in enumerate(tests)]
     rows = []
     for n in cfg.ns:
         dense_bytes = sum(M.dense_bytes(sd) for sd in heads[:n])
-        for fold in (False, True):
-            merged = merge(heads[:n], (lambda sd: fold_base(sd, ("layers.0",))) if fold else None)
-            calib = {f"head{i}.layers.0": calibs[i] for i in range(n)}
+        merged = merge(heads[:n])
+        # calibration of each head's first layer (its inputs: the task's training features);
+        # it also tells bias="auto" / base="fold" that these inputs stay inside the grid
+        calib = {f"head{i}.layers.0": calibs[i] for i in range(n)}
+        for variant, opts in cfg.variants:
             for share in ("layer", "model"):
                 for k in cfg.codebook_sizes:
                     if share == "layer" and k > cfg.hidden * 2:
@@ -119,31 +136,31 @@ def run_multihead(cache: Path, data: dict[str, np.ndarray], cfg: MultiHeadConfig
                         over = {}
                     t = time.perf_counter()
                     model = sharekan.compress(merged, calibration=calib, codebook_size=k,
-                                              share=share, seed=cfg.seed, overrides=over)
+                                              share=share, seed=cfg.seed, overrides=over, **opts)
                     with tempfile.TemporaryDirectory() as tmp:
                         path = os.path.join(tmp, "heads.sharekan")
                         model.save(path)
                         file_bytes = os.path.getsize(path)
                     fids = []
-                    for i in range(min(n, cfg.sample_heads)):
-                        _, pos, neg = tasks(n)[i]
-                        x, y = _task_data(data, pos, neg, "test", None, 0)
-                        ref = kan_forward(heads[i], x)
+                    for i, ((x, y), ref) in enumerate(zip(tests[:n], refs)):
                         fids.append(M.fidelity(ref, head_forward(model, i, x), y)
                                     | {"dense_accuracy": M.fidelity(ref, ref, y)["accuracy"]})
-                    r = {"heads": n, "share": share, "K": k, "base_folded": fold,
+                    r = {"heads": n, "share": share, "K": k, "variant": variant, "options": opts,
+                         "base_folded": opts.get("base") == "fold",
                          "dense_bytes": dense_bytes, "bytes": int(model.nbytes), "file_bytes": file_bytes,
                          "ratio": dense_bytes / file_bytes,
                          "agreement": float(np.mean([f["agreement"] for f in fids])),
+                         "min_agreement": float(np.min([f["agreement"] for f in fids])),
                          "sqnr_db": float(np.mean([f["sqnr_db"] for f in fids])),
                          "delta_accuracy": float(np.mean([f["accuracy"] - f["dense_accuracy"] for f in fids])),
                          "sampled_heads": len(fids), "seconds": round(time.perf_counter() - t, 1)}
                     rows.append(r)
-                    log(f"  N={n:2d} share={share:5s} K={k:4d} base_folded={fold!s:5s} "
+                    log(f"  N={n:2d} share={share:5s} K={k:4d} {variant:10s} "
                         f"{file_bytes:>10,d} B {r['ratio']:5.1f}x agree {r['agreement']:6.2f} "
                         f"SQNR {r['sqnr_db']:5.1f} dB")
-    return {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.__dict__.items()},
-            "tasks": [t[0] for t in tasks(max(cfg.ns))], "rows": rows,
+    conf = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.__dict__.items()}
+    conf["variants"] = [[name, opts] for name, opts in cfg.variants]
+    return {"config": conf, "tasks": [t[0] for t in tasks(max(cfg.ns))], "rows": rows,
             "seconds": round(time.perf_counter() - started, 1)}
 
 

@@ -243,22 +243,128 @@ def multihead_markdown(res: dict[str, Any]) -> str:
     c = res["config"]
     lines = ["## Multi-head: N task heads on one backbone (storage from saved artifacts)", "",
              f"Heads: KAN 1280 -> {c['hidden']} -> 2, G = 10, k = 3, one per task (one-vs-one class "
-             f"pairs, then one-vs-rest), {c['epochs']} epochs each. `share=layer`: one codebook per "
-             "layer per head; `share=model`: one codebook for all heads. Int8, bias=auto. "
-             "`base folded`: each head's first-layer base branch folded into its splines before "
-             f"compression. Fidelity: mean over the first {c['sample_heads']} heads on their tasks' test images.", "",
-             "| N heads | share | K | base folded | dense bytes | artifact bytes | ratio | agreement % | "
+             f"pairs, then one-vs-rest), {c['epochs']} epochs each on at most {c['max_train']:,} training "
+             "features of its task. The N heads are merged into one state_dict "
+             "(`head{n}.layers.{l}.*`) and compiled by one `sharekan.compress` call: `share=layer`: "
+             "one codebook per layer per head; `share=model`: one codebook for all layers of all heads. "
+             "Variants are compiler options only: `int8` (Int8, bias=auto, int8 base weights), `fold` "
+             "(`base=\"fold\"`: the first layers' SiLU base branch folded into the splines, as "
+             "calibration shows their inputs inside the grid; the second layers keep int8 base "
+             "weights), `fold+gain4` (also `gain_bits=4`). Calibration: 512 training features per "
+             f"task. Bytes: the saved artifact's file size. Fidelity: mean over the first "
+             f"{c['sample_heads']} heads on their tasks' test images (min agreement in brackets).", "",
+             "| N heads | share | K | variant | dense bytes | artifact bytes | ratio | agreement % (min) | "
              "SQNR dB | accuracy change |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
-        lines.append(f"| {r['heads']} | {r['share']} | {r['K']} | {'yes' if r['base_folded'] else 'no'} | "
+        variant = r.get("variant", "fold" if r.get("base_folded") else "int8")
+        mn = f" ({r['min_agreement']:.2f})" if "min_agreement" in r else ""
+        lines.append(f"| {r['heads']} | {r['share']} | {r['K']} | {variant} | "
                      f"{r['dense_bytes']:,} | {r['file_bytes']:,} | {r['ratio']:.1f}x | "
-                     f"{r['agreement']:.2f} | {_f(r['sqnr_db'])} | {r['delta_accuracy']:+.2f} |")
+                     f"{r['agreement']:.2f}{mn} | {_f(r['sqnr_db'])} | {r['delta_accuracy']:+.2f} |")
     big = [r for r in res["rows"] if r["heads"] == max(c["ns"]) and r["share"] == "model"]
     if big:
-        best = max(big, key=lambda r: r["ratio"])
+        ok_rows = [r for r in big if r["ratio"] >= 25 and r["agreement"] >= 99]
+        best = max(ok_rows or big, key=lambda r: (r["agreement"] if ok_rows else r["ratio"]))
         ok = best["ratio"] >= 25
-        lines += ["", f"Target (N = {best['heads']} heads at >= 25x with a shared codebook): "
-                  f"{'**met**' if ok else '**missed**'}: best {best['ratio']:.1f}x "
-                  f"(K = {best['K']}, base folded: {best['base_folded']}, agreement "
-                  f"{best['agreement']:.2f} %). Paper: 2.9 GB -> 211 MB (13.9x)."]
+        lines += ["", f"Target (N = {best['heads']} heads at >= 25x total compression with a shared "
+                  f"codebook): {'**met**' if ok else '**missed**'}: {best['ratio']:.1f}x "
+                  f"(K = {best['K']}, {best.get('variant', '?')}, mean agreement {best['agreement']:.2f} %, "
+                  f"SQNR {_f(best['sqnr_db'])} dB). Paper: 2.9 GB -> 211 MB (13.9x)."]
+    return "\n".join(lines) + "\n"
+
+
+def detection_markdown(res: dict[str, Any]) -> str:
+    c = res["config"]
+    rows = res["rows"]
+    dense = rows[0]
+    n_img, n_obj = res["images"], res["objects"]
+    lines = ["## Detection: generated VOC-20 set, mAP@0.5", "",
+             f"Data (seeded, regenerated, not committed; `python/sharekan/bench/detection.py`): the 20 "
+             "VOC classes as Noto Color Emoji glyphs (Pillow `embedded_color=True`, size 109), pasted "
+             "with random scale, rotation (+-25 deg), flips and flat occluders (30 % of objects) on "
+             "random crops of the colour photos of `skimage.data` and sklearn's sample images; exact "
+             f"boxes from the alpha mask; {c['image_px']} px, 1-{c['max_objects']} objects per image. "
+             f"Train {n_img['train']:,} images ({n_obj['train']:,} objects), test {n_img['test']:,} "
+             f"({n_obj['test']:,}); objects {c['obj_px'][0]}-{c['obj_px'][1]} px. Shifted sets (zero-shot): "
+             f"`bg` {n_img['bg']} images on unseen greyscale photos/textures of `skimage.data`, `small` "
+             f"{n_img['small']} images with objects of {c['small_px'][0]}-{c['small_px'][1]} px.", "",
+             f"Model: frozen MobileNetV2 feature map 1280 x 4 x 4, per-cell KAN head 1280 -> {c['hidden']} "
+             f"-> 25 (objectness, 20 classes, box), YOLO-v1 style assignment, {c['epochs']} epochs "
+             f"({res['train_seconds']:.0f} s). Score: VOC mAP@0.5 with all-point interpolated AP "
+             "(VOC 2010-2012 devkit / `voc_eval(use_07_metric=False)`); 11-point VOC 2007 AP on the test "
+             "split in its own column. Compression: `sharekan.compress` with 2,048 training cells as "
+             "calibration; ratio = dense FP32 bytes / `CompressedModel.nbytes`. Retention = mAP of the "
+             "compressed head on a shifted set as % of the dense head's mAP on it.", "",
+             "| method | K | bytes | ratio | mAP test | change | 11-pt mAP | SQNR dB | mAP bg | retention bg % "
+             "| mAP small | retention small % |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['method']} | {_f(r['K'])} | {r['bytes']:,} | {r['ratio']:.1f}x | "
+                     f"{r['map_test']:.2f} | {r['map_test'] - dense['map_test']:+.2f} | {r['map07_test']:.2f} | "
+                     f"{_f(r['sqnr_test'])} | {r['map_bg']:.2f} | {_ret(r['retention_bg'])} | "
+                     f"{r['map_small']:.2f} | {_ret(r['retention_small'])} |")
+    ok = [r for r in rows[1:] if r["ratio"] >= 15 and dense["map_test"] - r["map_test"] <= 1.0]
+    best = max(ok, key=lambda r: r["ratio"]) if ok else None
+    lines += ["", "Target (mAP@0.5 loss <= 1 point at >= 15x): " + (
+        f"**met**: up to {best['ratio']:.1f}x ({best['method']}, K = {best['K']}, "
+        f"{best['map_test'] - dense['map_test']:+.2f} points)." if best else "**missed**.")]
+    if dense["map_test"] < 30:
+        lines += ["", f"Caveat: the dense head is a weak detector (test mAP@0.5 {dense['map_test']:.2f}: it "
+                  "overfits its few thousand training images, and a frozen 1280 x 4 x 4 map localises "
+                  "coarsely; see benches/vision/README.md), so a 1-point budget is a large fraction of its "
+                  "mAP and the mAP changes between rows are of the order of the ranking noise; the output "
+                  "SQNR column is the steadier measure. Retention is left out (`-`) where the dense "
+                  "head's mAP on a shifted set is below 1 point."]
+    lines += _retention_lines([(f"K = {r['K']}", r) for r in rows[1:]], ("bg", "small"))
+    return "\n".join(lines) + "\n"
+
+
+def _ret(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def _retention_lines(rows: list[tuple[str, dict[str, Any]]], shifts: tuple[str, ...]) -> list[str]:
+    """Int8 vs FP32 codebook retention at the same K (target: Int8 costs <= 0.5 points more)."""
+    fp = {tag: r for tag, r in rows if r["method"] == "SHARe-KAN FP32 codebook"}
+    out = []
+    for tag, r in rows:
+        if r["method"] != "SHARe-KAN Int8" or tag not in fp:
+            continue
+        for s in shifts:
+            if r.get(f"retention_{s}") is None or fp[tag].get(f"retention_{s}") is None:
+                continue
+            cost = fp[tag][f"retention_{s}"] - r[f"retention_{s}"]
+            out.append(f"{tag}, {s}: FP32 codebook {fp[tag][f'retention_{s}']:.2f} %, Int8 "
+                       f"{r[f'retention_{s}']:.2f} %: Int8 costs {cost:+.2f} points "
+                       f"({'met' if cost <= 0.5 else 'missed'})")
+    if out:
+        worst = all(line.endswith("(met)") for line in out)
+        return ["", f"Transfer target (Int8 retention within 0.5 points of FP32 codebooks): "
+                f"{'**met**' if worst else '**missed**'} in every case below." if worst else
+                "Transfer target (Int8 retention within 0.5 points of FP32 codebooks): **missed** where marked.",
+                ""] + [f"- {line}" for line in out]
+    return []
+
+
+def transfer_markdown(res: dict[str, Any]) -> str:
+    c = res["config"]
+    lines = ["## Transfer: classification heads zero-shot on shifted Fashion-MNIST", "",
+             f"The classification benchmark's cached heads (trained on the unshifted features), compressed by "
+             f"`sharekan.compress` (2,048 training features as calibration), evaluated on the first "
+             f"{c['n']:,} test images: `test` unshifted, `scale` items shrunk to 18 of 28 px at random "
+             "offsets, `bg` black background replaced by greyscale `skimage.data` photos/textures at 45 % "
+             "intensity (`python/sharekan/bench/transfer.py`). Retention = accuracy as % of the dense "
+             "head's accuracy on the same set; agreement with the dense head on the shifted set.", ""]
+    tagged = []
+    for head, h in res["heads"].items():
+        lines += [f"**{head}** ({h['dense_bytes'] / 1e6:.2f} MB dense)", "",
+                  "| method | K | ratio | acc test | acc scale | retention scale % | agreement scale % "
+                  "| acc bg | retention bg % | agreement bg % |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in h["rows"]:
+            lines.append(f"| {r['method']} | {_f(r['K'])} | {r['ratio']:.1f}x | {r['acc_test']:.2f} | "
+                         f"{r['acc_scale']:.2f} | {r['retention_scale']:.2f} | {_f(r.get('agreement_scale'))} | "
+                         f"{r['acc_bg']:.2f} | {r['retention_bg']:.2f} | {_f(r.get('agreement_bg'))} |")
+            if r["K"] is not None:
+                tagged.append((f"{head} K = {r['K']}", r))
+        lines.append("")
+    lines += _retention_lines(tagged, ("scale", "bg"))
     return "\n".join(lines) + "\n"

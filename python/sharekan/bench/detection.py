@@ -279,30 +279,14 @@ def train_det_head(x: np.ndarray, t: np.ndarray, cfg: DetConfig, log: Callable[[
     import torch
 
     from ..torch import KAN
+    from .heads import fit_minibatches
 
     torch.manual_seed(cfg.seed)
     model = KAN([x.shape[1], cfg.hidden, N_OUT], grid_size=10, spline_order=3)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    steps = cfg.epochs * ((len(x) + cfg.batch_size - 1) // cfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    xt, tt = torch.from_numpy(x), torch.from_numpy(t)
-    started = time.perf_counter()
-    for epoch in range(cfg.epochs):
-        order = torch.randperm(len(x), generator=gen)
-        total = 0.0
-        model.train()
-        for s in range(0, len(x), cfg.batch_size):
-            idx = order[s: s + cfg.batch_size]
-            loss = detection_loss(model(xt[idx]), tt[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(idx)
-        log(f"  detection head epoch {epoch + 1}/{cfg.epochs}: loss {total / len(x):.4f} "
-            f"({time.perf_counter() - started:.0f} s)")
-    return model.eval()
+    return fit_minibatches(
+        model, x, t, detection_loss, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+        seed=cfg.seed, label="detection head", log=log,
+    )
 
 
 def decode(out: np.ndarray, n_images: int, px: int, score_min: float = 1e-3, nms_iou: float = 0.45

@@ -76,32 +76,45 @@ def build_head(recipe: HeadRecipe):  # -> torch.nn.Module
 def train_head(recipe: HeadRecipe, x: np.ndarray, y: np.ndarray,
                log: Callable[[str], None] = print):  # -> torch.nn.Module
     """Train a head with Adam and cross-entropy (seeded; shuffles with a fixed generator)."""
-    import torch
     from torch.nn import functional as F
 
     if recipe.train_rows is not None:
         x, y = x[: recipe.train_rows], y[: recipe.train_rows]
     model = build_head(recipe)
+    return fit_minibatches(
+        model, x, y, F.cross_entropy, epochs=recipe.epochs, batch_size=recipe.batch_size,
+        lr=recipe.lr, seed=recipe.seed, weight_decay=recipe.weight_decay, label=recipe.kind,
+        log=log,
+    )
+
+
+def fit_minibatches(model, x: np.ndarray, y: np.ndarray, loss_fn: Callable, *, epochs: int,
+                    batch_size: int, lr: float, seed: int, weight_decay: float = 0.0,
+                    label: str = "head", log: Callable[[str], None] = print):
+    """Adam with a one-cycle schedule over shuffled minibatches (fixed generator), logging
+    the mean loss per epoch; returns the model in eval mode."""
+    import torch
+
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    steps = recipe.epochs * ((len(x) + recipe.batch_size - 1) // recipe.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=steps)
-    gen = torch.Generator().manual_seed(recipe.seed)
+    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    steps = epochs * ((len(x) + batch_size - 1) // batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    gen = torch.Generator().manual_seed(seed)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     started = time.perf_counter()
-    for epoch in range(recipe.epochs):
+    for epoch in range(epochs):
         order = torch.randperm(len(x), generator=gen)
         total = 0.0
         model.train()
-        for start in range(0, len(x), recipe.batch_size):
-            idx = order[start : start + recipe.batch_size]
-            loss = F.cross_entropy(model(xt[idx]), yt[idx])
+        for start in range(0, len(x), batch_size):
+            idx = order[start : start + batch_size]
+            loss = loss_fn(model(xt[idx]), yt[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             total += float(loss.detach()) * len(idx)
-        log(f"  {recipe.kind} epoch {epoch + 1}/{recipe.epochs}: loss {total / len(x):.4f} "
+        log(f"  {label} epoch {epoch + 1}/{epochs}: loss {total / len(x):.4f} "
             f"({time.perf_counter() - started:.0f} s)")
     return model.eval()
 

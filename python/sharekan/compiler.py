@@ -323,13 +323,14 @@ def _compile_group(
     offset = 0
     for index, (source, metric) in enumerate(zip(members, metrics)):
         started = time.perf_counter()
+        lcfg = cfg.for_layer(source.name)
         e = source.n_in * source.n_out
         codes = np.ascontiguousarray(fit.codes[offset : offset + e])
         flat_gain = fit.gains[offset : offset + e]
         offset += e
         layer, extra = _compile_layer(
             source,
-            cfg.for_layer(source.name),
+            lcfg,
             group,
             book,
             book_q,
@@ -341,10 +342,12 @@ def _compile_group(
         report = _layer_report(
             source,
             layer,
-            cfg.for_layer(source.name),
+            lcfg,
             fit,
             flat_gain,
             extra,
+            # the function metric the fit used is the Gram the report needs: reuse it
+            function_gram=metric if gcfg.metric == "function" else None,
             with_codebook=index == 0,
             calib=calib,
             seconds=fit_seconds + time.perf_counter() - started,
@@ -433,6 +436,7 @@ def _layer_report(
     flat_gain: np.ndarray,
     extra: dict[str, Any],
     *,
+    function_gram: np.ndarray | None,
     with_codebook: bool,
     calib: Mapping[str, np.ndarray],
     seconds: float,
@@ -443,7 +447,7 @@ def _layer_report(
     w_hat += extra["prefold_biases"][..., None]
     diff = (w - w_hat).reshape(-1, w.shape[-1])
     flat_w = w.reshape(-1, w.shape[-1])
-    gram = function_metric(source)
+    gram = function_gram if function_gram is not None else function_metric(source)
     func_num = float(np.sum((diff @ gram) * diff))
     func_den = float(np.sum((flat_w @ gram) * flat_w))
     tensor_bytes = {f: int(a.nbytes) for f, a in layer.stored_tensors().items()}

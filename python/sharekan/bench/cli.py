@@ -1,7 +1,7 @@
 """`python -m sharekan.bench`: run the benchmarks and write results (JSON, Markdown, PNG).
 
     python -m sharekan.bench all           # every benchmark below -> benches/results/vision*
-    python -m sharekan.bench vision        # classification only
+    python -m sharekan.bench vision        # classification only (MobileNetV2 + EfficientNet-Lite0)
     python -m sharekan.bench regression    # formula regression only
     python -m sharekan.bench multihead     # N = 1, 5, 10, 50 task heads, shared codebooks
     python -m sharekan.bench detection     # generated VOC-20 set, mAP@0.5, shifted sets
@@ -10,13 +10,16 @@
     python -m sharekan.bench report        # rebuild vision.md + plots from the saved JSONs
 
 Options: --cache-dir DIR (default $SHAREKAN_CACHE_DIR or ~/.cache/sharekan/bench),
---out DIR (default benches/results), --quick (one head, short sweep), --threads N.
+--out DIR (default benches/results), --quick (one head, short sweep), --threads N,
+--second-backbone NAME (classification: the second frozen backbone, default
+efficientnet_lite0; `none` runs MobileNetV2 only).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import replace
 import platform
 import sys
 import time
@@ -32,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="benches/results")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--threads", type=int, default=None, help="torch/rayon threads (default: all cores)")
+    p.add_argument("--second-backbone", default="efficientnet_lite0",
+                   help="classification (vision/all): second frozen backbone for the `kan` head "
+                        "and the MLP (efficientnet_lite0, or none)")
     return p
 
 
@@ -110,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         from .vision import VisionConfig, quick_config, run_classification
 
         cfg = quick_config() if args.quick else VisionConfig()
+        second = () if args.second_backbone in ("", "none") else (args.second_backbone,)
+        cfg = replace(cfg, second_backbones=second)
         res = run_classification(cache, cfg, log)
         res["environment"] = env
         res["command"] = command

@@ -31,6 +31,21 @@ def _bytes(n: int | None) -> str:
 def classification_markdown(res: dict[str, Any]) -> str:
     lines = [f"## Classification: {res['dataset']}, {res['backbone']} features at "
              f"{res['input_px']} px", ""]
+    lines += _classification_body(res)
+    for name, sub in res.get("backbones", {}).items():
+        lines += [f"## Classification, second backbone: {sub['dataset']}, {sub['backbone']} "
+                  f"features at {sub['input_px']} px", "",
+                  f"The same frozen-feature pipeline (z-score + tanh), head recipes, methods and "
+                  f"calibration as above, on `{name}` features (`python/sharekan/bench/features.py`; "
+                  f"inputs {sub['input_px']} px, scaled to the backbone's own normalisation).", ""]
+        lines += _classification_body(sub, prefix=f"{name} ")
+        lines += _backbone_comparison(res, name, sub)
+    return "\n".join(lines)
+
+
+def _classification_body(res: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dense/MLP summary, per-head method tables, sweeps and target verdicts of one backbone."""
+    lines = []
     mlp = res["mlp"]
     lines.append("| head | MB (FP32) | test accuracy % | accuracy with spline path zeroed % |")
     lines.append("|---|---|---|---|")
@@ -42,7 +57,7 @@ def classification_markdown(res: dict[str, Any]) -> str:
                      f"{h['spline_zeroed']['sqnr_db']:.1f} dB) |")
     lines.append("")
     for name, h in res["heads"].items():
-        lines += [f"### Head `{name}`: methods (test split, 10,000 images)", "",
+        lines += [f"### {prefix}Head `{name}`: methods (test split, 10,000 images)", "",
                   "| method | bytes | artifact file bytes | ratio | accuracy % | change | "
                   "top-1 agreement % | output SQNR dB |", "|---|---|---|---|---|---|---|---|"]
         for r in h["rows"]:
@@ -51,7 +66,7 @@ def classification_markdown(res: dict[str, Any]) -> str:
                          f"{r['agreement']:.2f} | {_f(r['sqnr_db'])} |")
         lines.append("")
         if h["sweep"]:
-            lines += [f"Pareto sweep, SHARe-KAN Int8 bias=auto (head `{name}`):", "",
+            lines += [f"Pareto sweep, SHARe-KAN Int8 bias=auto ({prefix}head `{name}`):", "",
                       "| metric | K | bytes | ratio | accuracy % | change | agreement % | SQNR dB | compile+eval s |",
                       "|---|---|---|---|---|---|---|---|---|"]
             for r in h["sweep"]:
@@ -59,17 +74,43 @@ def classification_markdown(res: dict[str, Any]) -> str:
                              f"{r['accuracy']:.2f} | {r['delta_accuracy']:+.2f} | {r['agreement']:.2f} | "
                              f"{_f(r['sqnr_db'])} | {r['seconds']:.0f} |")
             lines.append("")
-        lines += _classification_targets(name, h)
-    return "\n".join(lines)
+        lines += _classification_targets(name, h, where=prefix.strip())
+    return lines
 
 
-def _classification_targets(name: str, h: dict[str, Any]) -> list[str]:
+def _backbone_comparison(res: dict[str, Any], name: str, sub: dict[str, Any]) -> list[str]:
+    """The heads both backbones ran, method by method: ratio, accuracy change, agreement, SQNR."""
+    out = []
+    for head, h2 in sub["heads"].items():
+        h1 = res["heads"].get(head)
+        if h1 is None:
+            continue
+        first = {r["method"]: r for r in h1["rows"]}
+        out += [f"Backbone comparison, head `{head}` (dense accuracy {h1['dense_accuracy']:.2f} % on "
+                f"MobileNetV2, {h2['dense_accuracy']:.2f} % on {name}; MLP {res['mlp']['accuracy']:.2f} / "
+                f"{sub['mlp']['accuracy']:.2f} %):", "",
+                f"| method | ratio MobileNetV2 / {name} | change | agreement % | SQNR dB |",
+                "|---|---|---|---|---|"]
+        for r in h2["rows"]:
+            a = first.get(r["method"])
+            if a is None:
+                continue
+            out.append(f"| {r['method']} | {a['ratio']:.1f}x / {r['ratio']:.1f}x | "
+                       f"{a['delta_accuracy']:+.2f} / {r['delta_accuracy']:+.2f} | "
+                       f"{a['agreement']:.2f} / {r['agreement']:.2f} | "
+                       f"{_f(a['sqnr_db'])} / {_f(r['sqnr_db'])} |")
+        out.append("")
+    return out
+
+
+def _classification_targets(name: str, h: dict[str, Any], where: str = "") -> list[str]:
     t = TARGET_CLASSIFICATION
     rows = h["rows"] + h["sweep"]
     ok = [r for r in rows if r["ratio"] >= t["ratio"] and r["delta_accuracy"] >= -t["max_loss"]
           and r["agreement"] >= t["min_agreement"]]
     big = [r for r in rows if r["ratio"] >= t["ratio"]]
-    out = [f"Target (head `{name}`): >= {t['ratio']:.0f}x with <= {t['max_loss']} points loss and "
+    on = f" on {where}" if where else ""
+    out = [f"Target (head `{name}`{on}): >= {t['ratio']:.0f}x with <= {t['max_loss']} points loss and "
            f">= {t['min_agreement']:.0f} % agreement: "]
     if ok:
         best = max(ok, key=lambda r: r["ratio"])
@@ -131,7 +172,8 @@ def plot_classification(res: dict[str, Any], out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     paths = []
-    heads = list(res["heads"].items())
+    heads = list(res["heads"].items()) + [(f"{bb}_{name}", h) for bb, sub in res.get("backbones", {}).items()
+                                          for name, h in sub["heads"].items()]
     for what, ylabel, fname in (("sqnr_db", "output SQNR vs dense (dB)", "vision_fidelity_vs_size.png"),
                                 ("delta_accuracy", "accuracy change (points)", "vision_accuracy_vs_size.png"),
                                 ("agreement", "top-1 agreement with dense (%)", "vision_agreement_vs_size.png")):

@@ -96,7 +96,8 @@ def fit_minibatches(model, x: np.ndarray, y: np.ndarray, loss_fn: Callable, *, e
     import torch
 
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    # fused: one kernel per step instead of ~10 passes over the 4M spline coefficients
+    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
     steps = epochs * ((len(x) + batch_size - 1) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     gen = torch.Generator().manual_seed(seed)

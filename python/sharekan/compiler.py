@@ -16,6 +16,14 @@ from .compressed import CompressedLayer, CompressedModel
 from .config import Config
 from .errors import InvalidInputError, LayoutError, ShapeError
 from .layouts import LayerSource, Layout, detect_layout, get_layout
+from .refine import (
+    check_chain,
+    compensate_output,
+    edge_gain_bias,
+    edge_metrics,
+    lloyd_refine,
+    output_sensitivities,
+)
 from .report import LayerReport, Report
 from .validation import as_state_dict, float_array, to_numpy
 
@@ -49,7 +57,8 @@ def compress(
             inputs (propagated through the dense layers where sharekan can evaluate them),
             or {layer name: that layer's inputs}, (batch, n_in) for dense layers and
             (batch, C, *spatial) for conv layers, e.g. from
-            `sharekan.torch.collect_calibration(model, x)`.
+            `sharekan.torch.collect_calibration(model, x)`. `metric="output"` and
+            `compensate=True` need the array of model inputs (the layers are a chain).
         layout: force an adapter by name (see `sharekan.layouts.LAYOUTS`) or pass an
             adapter instance (e.g. `sharekan.layouts.GenericLayout(...)`) instead of
             detecting the layout.
@@ -88,23 +97,41 @@ def compress(
         raise LayoutError(f"layout {adapter.name!r} found no KAN layer in the state_dict")
     sources = extraction.layers
     calib = _calibration_inputs(sources, calibration)
+    uses_output = any(cfg.for_layer(s.name).metric == "output" for s in sources)
+    uses_compensate = any(cfg.for_layer(s.name).compensate for s in sources)
+    model_inputs = None
+    if uses_output or uses_compensate:
+        what = "metric='output'" if uses_output else "compensate=True"
+        if calibration is None or isinstance(calibration, Mapping):
+            raise InvalidInputError(
+                f"{what} needs calibration=<model inputs>: an array (batch, "
+                f"{sources[0].n_in}) propagated through the layers in order"
+            )
+        check_chain(sources, what)
+        model_inputs = calib[sources[0].name]
     folded: dict[str, str] = {}
     if any(cfg.for_layer(src.name).base == "fold" for src in sources):
         sources, folded = _fold_base_branches(sources, cfg, calib)
+    sensitivities = output_sensitivities(sources, model_inputs) if model_inputs is not None else {}
 
     notify = _progress(progress, len(sources))
-    compiled: dict[str, tuple[CompressedLayer, LayerReport]] = {}
+    compiled: dict[str, tuple[CompressedLayer, dict[str, Any], Callable[..., LayerReport]]] = {}
     for group, members in _codebook_groups(sources, cfg).items():
-        for layer, report in _compile_group(group, members, cfg, calib, notify):
-            compiled[layer.name] = (layer, report)
+        for layer, extra, make_report in _compile_group(
+            group, members, cfg, calib, notify, sensitivities
+        ):
+            compiled[layer.name] = (layer, extra, make_report)
+    if uses_compensate:
+        _compensate(sources, compiled, cfg, model_inputs, sensitivities)
     notify(None)
 
     layers = {s.name: compiled[s.name][0] for s in sources}
+    reports = {s.name: compiled[s.name][2](compiled[s.name][0], compiled[s.name][1]) for s in sources}
     for name, outcome in folded.items():
-        compiled[name][1].base = outcome
+        reports[name].base = outcome
     report = Report(
         layout=adapter.name,
-        layers=[compiled[s.name][1] for s in sources],
+        layers=[reports[s.name] for s in sources],
         tensors=extraction.entries,
         bytes_passthrough=sum(int(a.nbytes) for a in extraction.passthrough.values()),
         seconds=time.perf_counter() - started,
@@ -288,7 +315,10 @@ def _compile_group(
     cfg: Config,
     calib: Mapping[str, np.ndarray],
     notify: Callable[[str | None], None],
-) -> Iterable[tuple[CompressedLayer, LayerReport]]:
+    sensitivities: Mapping[str, np.ndarray],
+) -> Iterable[tuple[CompressedLayer, dict[str, Any], Callable[..., LayerReport]]]:
+    """Fit the group's codebook and compile each member; yields (layer, extra, report
+    builder) per member, the report built later from the final (possibly compensated) layer."""
     gcfg = cfg.for_layer(members[0].name)
     edges = sum(s.n_in * s.n_out for s in members)
     k = gcfg.codebook_size
@@ -300,7 +330,14 @@ def _compile_group(
             f"{{'codebook_size': {min(edges, 16)}}}}})"
         )
     started = time.perf_counter()
-    metrics = [layer_metric(s, gcfg.metric, calib) for s in members]
+    per_edge: list[np.ndarray | None] = [None] * len(members)
+    if gcfg.metric == "output":
+        # one metric per edge (first-order model-output error); the k-means starts from
+        # their mean, then Lloyd iterations refine the codebook under the per-edge metrics
+        per_edge = [edge_metrics(s, calib[s.name], sensitivities[s.name]) for s in members]
+        metrics = [r.mean(axis=0) for r in per_edge]  # type: ignore[union-attr]
+    else:
+        metrics = [layer_metric(s, gcfg.metric, calib) for s in members]
     weights = np.array([s.n_in * s.n_out for s in members], dtype=np.float64)
     group_metric = np.einsum("l,lij->ij", weights / weights.sum(), np.stack(metrics))
     coeffs = np.concatenate([s.coeffs.reshape(-1, s.n_coeffs) for s in members])  # (E, M)
@@ -313,6 +350,11 @@ def _compile_group(
         bool(raw["converged"]),
         [float(v) for v in raw["objective"]],
     )
+    if gcfg.metric == "output":
+        all_edges = np.concatenate(per_edge)  # type: ignore[arg-type]  # (E, M, M)
+        book, codes, _ = lloyd_refine(all_edges, coeffs, fit.codebook, fit.codes)
+        gains, _ = edge_gain_bias(all_edges, coeffs, book, codes.astype(np.int64))
+        fit = dataclasses.replace(fit, codebook=book, codes=codes, gains=gains)
     if gcfg.int8:
         book_q, book_scale = _core.quantize_i8(fit.codebook, 0)
         book = (book_q.astype(np.float32) * book_scale[:, None]).astype(np.float32)
@@ -321,7 +363,7 @@ def _compile_group(
     fit_seconds = (time.perf_counter() - started) / len(members)
 
     offset = 0
-    for index, (source, metric) in enumerate(zip(members, metrics)):
+    for index, (source, metric, edge_metric) in enumerate(zip(members, metrics, per_edge)):
         started = time.perf_counter()
         lcfg = cfg.for_layer(source.name)
         e = source.n_in * source.n_out
@@ -338,22 +380,35 @@ def _compile_group(
             codes,
             metric,
             calib,
+            edge_metric,
         )
-        report = _layer_report(
-            source,
-            layer,
-            lcfg,
-            fit,
-            flat_gain,
-            extra,
-            # the function metric the fit used is the Gram the report needs: reuse it
-            function_gram=metric if gcfg.metric == "function" else None,
-            with_codebook=index == 0,
-            calib=calib,
-            seconds=fit_seconds + time.perf_counter() - started,
-        )
+        extra["seconds"] = fit_seconds + time.perf_counter() - started
+
+        def make_report(
+            layer: CompressedLayer,
+            extra: dict[str, Any],
+            source: LayerSource = source,
+            lcfg: Config = lcfg,
+            flat_gain: np.ndarray = flat_gain,
+            metric: np.ndarray = metric,
+            index: int = index,
+        ) -> LayerReport:
+            return _layer_report(
+                source,
+                layer,
+                lcfg,
+                fit,
+                flat_gain,
+                extra,
+                # the function metric the fit used is the Gram the report needs: reuse it
+                function_gram=metric if gcfg.metric == "function" else None,
+                with_codebook=index == 0,
+                calib=calib,
+                seconds=extra["seconds"],
+            )
+
         notify(source.name)  # one step per finished layer
-        yield layer, report
+        yield layer, extra, make_report
 
 
 def _compile_layer(
@@ -366,35 +421,31 @@ def _compile_layer(
     codes: np.ndarray,
     metric: np.ndarray,
     calib: Mapping[str, np.ndarray],
+    edge_metric: np.ndarray | None = None,
 ) -> tuple[CompressedLayer, dict[str, Any]]:
     n_in, n_out, m = source.coeffs.shape
     coeffs = source.coeffs.reshape(-1, m)
     # Gains and biases are refit against the codebook as stored (int8-rounded or f32).
-    gains, biases = _core.refit_gain_bias(coeffs, metric, book.astype(np.float64), codes)
+    if edge_metric is not None:  # metric="output": one metric per edge
+        gains, biases = edge_gain_bias(
+            edge_metric, coeffs, book.astype(np.float64), codes.astype(np.int64)
+        )
+    else:
+        gains, biases = _core.refit_gain_bias(coeffs, metric, book.astype(np.float64), codes)
     gains = gains.reshape(n_in, n_out)
     biases = biases.reshape(n_in, n_out)
-    if cfg.int8:
-        gains_stored, gains_scale = _core.quantize_sym(gains, 1, cfg.gain_bits)
-    else:
-        gains_stored, gains_scale = gains.astype(np.float32), np.ones(n_out, dtype=np.float32)
     bias_mode = cfg.bias
     if not can_fold(source):
         bias_mode = "edge"
     if bias_mode == "auto":
         bias_mode = "fold" if inputs_inside_grid(source, cfg, calib) else "edge"
-    edge_bias = edge_bias_scale = out_bias = None
-    if bias_mode == "fold":
-        out_bias = biases.sum(axis=0).astype(np.float32)
-    elif cfg.int8:
-        edge_bias, edge_bias_scale = _core.quantize_i8(biases, 1)
-    else:
-        edge_bias = biases.astype(np.float32)
-    base = base_scale = None
-    if source.base_weight is not None:
-        if cfg.base in ("int8", "int4", "fold"):  # "fold" lands here only where it was refused
-            base, base_scale = _core.quantize_sym(source.base_weight, 1, 4 if cfg.base == "int4" else 8)
-        else:
-            base = source.base_weight.astype(np.float32)
+    stored = _store_scalars(
+        cfg,
+        gains,
+        biases.sum(axis=0) if bias_mode == "fold" else biases,
+        bias_mode == "fold",
+        source.base_weight,
+    )
     layer = CompressedLayer(
         name=source.name,
         n_in=n_in,
@@ -412,13 +463,7 @@ def _compile_layer(
         codebook_q=book_q,
         codebook_scale=book_scale,
         codes=codes.reshape(n_in, n_out),
-        gains=gains_stored,
-        gains_scale=gains_scale,
-        edge_bias=edge_bias,
-        edge_bias_scale=edge_bias_scale,
-        out_bias=out_bias,
-        base_weight=base,
-        base_scale=base_scale,
+        **stored,
         source=dict(source.tensors),
         basis=source.basis,
         semantics=source.semantics,
@@ -426,6 +471,96 @@ def _compile_layer(
         extras=dict(source.extras),
     )
     return layer, {"bias_mode": bias_mode, "prefold_biases": biases}
+
+
+def _store_scalars(
+    cfg: Config,
+    gains: np.ndarray,
+    bias: np.ndarray,
+    folded: bool,
+    base_weight: np.ndarray | None,
+) -> dict[str, Any]:
+    """The stored (quantised) gains (n_in, n_out), biases ((n_out,) folded or (n_in, n_out))
+    and base weights (n_in, n_out) or None, as CompressedLayer fields."""
+    n_out = gains.shape[1]
+    if cfg.int8:
+        gains_stored, gains_scale = _core.quantize_sym(np.ascontiguousarray(gains), 1, cfg.gain_bits)
+    else:
+        gains_stored, gains_scale = gains.astype(np.float32), np.ones(n_out, dtype=np.float32)
+    edge_bias = edge_bias_scale = out_bias = None
+    if folded:
+        out_bias = bias.astype(np.float32)
+    elif cfg.int8:
+        edge_bias, edge_bias_scale = _core.quantize_i8(np.ascontiguousarray(bias), 1)
+    else:
+        edge_bias = bias.astype(np.float32)
+    base = base_scale = None
+    if base_weight is not None:
+        if cfg.base in ("int8", "int4", "fold"):  # "fold" lands here only where it was refused
+            bits = 4 if cfg.base == "int4" else 8
+            base, base_scale = _core.quantize_sym(np.ascontiguousarray(base_weight), 1, bits)
+        else:
+            base = base_weight.astype(np.float32)
+    return {
+        "gains": gains_stored,
+        "gains_scale": gains_scale,
+        "edge_bias": edge_bias,
+        "edge_bias_scale": edge_bias_scale,
+        "out_bias": out_bias,
+        "base_weight": base,
+        "base_scale": base_scale,
+    }
+
+
+def _compressed_forward(source: LayerSource, layer: CompressedLayer, x: np.ndarray) -> np.ndarray:
+    """The compressed layer on x (batch, n_in) -> (batch, n_out) float64 (LUTHAM where it runs)."""
+    if layer.unsupported_reason() is None:
+        return layer.forward(x).astype(np.float64)
+    return dense_layer_forward(source, x, layer.decoded_coeffs(), layer.base_weights())
+
+
+def _compensate(
+    sources: list[LayerSource],
+    compiled: dict[str, tuple[CompressedLayer, dict[str, Any], Callable[..., LayerReport]]],
+    cfg: Config,
+    x: np.ndarray,
+    sensitivities: Mapping[str, np.ndarray],
+) -> None:
+    """compensate=True: in forward order, refit each layer's gains, base weights and biases
+    (codes and codebook fixed) so that on the compressed model's activations it matches the
+    dense layer on the dense activations, weighted by the output sensitivities; then store
+    them quantised as `_compile_layer` does. Replaces the entries of `compiled`."""
+    dense_x, comp_x = x, x
+    for source in sources:
+        layer, extra, make_report = compiled[source.name]
+        target = dense_layer_forward(source, dense_x)
+        lcfg = cfg.for_layer(source.name)
+        if lcfg.compensate:
+            started = time.perf_counter()
+            folded = layer.edge_bias is None
+            bias0 = layer.out_bias.astype(np.float64) if folded else layer.edge_biases()  # type: ignore[union-attr]
+            gains, base, bias = compensate_output(
+                source,
+                comp_x,
+                target,
+                sensitivities[source.name],
+                layer.codebook.astype(np.float64)[layer.codes],
+                layer.edge_gains(),
+                layer.base_weights(),
+                bias0,
+                folded,
+            )
+            stored = _store_scalars(lcfg, gains, bias, folded, base)
+            layer = dataclasses.replace(layer, **stored)
+            extra = dict(extra)
+            if folded:  # the report measures per-edge biases: spread the change over inputs
+                extra["prefold_biases"] = extra["prefold_biases"] + (bias - bias0) / source.n_in
+            else:
+                extra["prefold_biases"] = layer.edge_biases()
+            extra["seconds"] += time.perf_counter() - started
+            compiled[source.name] = (layer, extra, make_report)
+        comp_x = _compressed_forward(source, layer, comp_x)
+        dense_x = target
 
 
 def _layer_report(

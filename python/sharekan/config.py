@@ -11,7 +11,7 @@ from typing import Any
 
 from .errors import InvalidInputError
 
-METRICS = ("coefficient", "function", "data")
+METRICS = ("coefficient", "function", "data", "output")
 SHARES = ("layer", "model")
 BIAS_MODES = ("auto", "fold", "edge")
 BASE_MODES = ("int8", "int4", "float", "fold")
@@ -29,8 +29,13 @@ class Config:
         share: "layer" (one codebook per layer) or "model" (one codebook for every
             layer with the same number of coefficients per edge M).
         metric: error minimised by the fit: "coefficient" (plain L2 of coefficients),
-            "function" (L2 of the edge function over its grid range, data-free) or "data"
-            (expected squared error on calibration inputs; pass `calibration=`).
+            "function" (L2 of the edge function over its grid range, data-free), "data"
+            (expected squared error on calibration inputs; pass `calibration=`) or
+            "output" (first-order squared error each edge causes in the model outputs: one
+            metric per edge, E_x[s_o(x) B(x_i) B(x_i)^T] with s_o the squared sensitivity of
+            the model outputs to the edge's output, from calibration model inputs through
+            the dense layers; the k-means is then refined by Lloyd iterations under these
+            metrics; needs `calibration=<model inputs>` and a chain of plain KAN layers).
         int8: store codebook, gains and per-edge biases as int8 with float scales.
         bias: "fold" (one float per output; exact while inputs stay inside the grid),
             "edge" (one value per edge; exact everywhere) or "auto" (fold only where
@@ -41,6 +46,12 @@ class Config:
             "fold" adds w_base * SiLU, fitted in the layer's B-spline basis, to the
             coefficients and drops the base weights, where inputs are known to stay inside
             the grid (as for bias="auto"); elsewhere it stores them as int8.
+        compensate: sequential error compensation (needs `calibration=<model inputs>`):
+            in forward order, each layer's gains, base weights and biases are refit by
+            ridge least squares, per output and weighted by the output sensitivities, so
+            that the layer fed the compressed model's activations matches the dense layer
+            on the dense activations; codes and codebook are unchanged, the scalars are
+            quantised afterwards as usual.
         n_iter: maximum k-means iterations.
         tol: stop when the relative objective improvement falls below this.
         init: k-means initialisation ("kmeans++").
@@ -63,6 +74,7 @@ class Config:
     bias: str = "auto"
     gain_bits: int = 8
     base: str = "int8"
+    compensate: bool = False
     n_iter: int = 25
     tol: float = 1e-4
     init: str = "kmeans++"
@@ -143,6 +155,8 @@ def _check_fields(cfg: Config) -> None:
     choice("init", INITS)
     if not isinstance(cfg.int8, bool):
         raise InvalidInputError(f"Config.int8={cfg.int8!r}; expected True or False")
+    if not isinstance(cfg.compensate, bool):
+        raise InvalidInputError(f"Config.compensate={cfg.compensate!r}; expected True or False")
     if isinstance(cfg.n_iter, bool) or not isinstance(cfg.n_iter, int) or cfg.n_iter < 0:
         raise InvalidInputError(f"Config.n_iter={cfg.n_iter!r}; expected an integer >= 0")
     if not isinstance(cfg.tol, (int, float)) or not cfg.tol >= 0:

@@ -54,6 +54,38 @@ def test_targets_decode_roundtrip():
     assert D.voc_map(dets, boxes, labels)["map"] == pytest.approx(100.0)
 
 
+def test_cell_inputs_layout_and_norm():
+    # s16 map (1, 2, 8, 8): value = 100 * channel + 10 * y + x; grid 4 x 4 of 2 x 2 sub-cells
+    c, y, x = np.meshgrid(np.arange(2), np.arange(8), np.arange(8), indexing="ij")
+    maps = {"s16": (100 * c + 10 * y + x)[None].astype(np.float16),
+            "top": np.arange(16, dtype=np.float16).reshape(1, 1, 4, 4)}
+    rows = D.cell_inputs(maps, "top+s16", 4)
+    assert rows.shape == (16, 1 + 8) and rows.dtype == np.float32
+    gy, gx = 2, 1
+    r = rows[gy * 4 + gx]
+    assert r[0] == gy * 4 + gx  # top map value of that cell
+    # sub-cells in (dy, dx) order, channels innermost
+    want = [100 * ch + 10 * (2 * gy + dy) + (2 * gx + dx) for dy in (0, 1) for dx in (0, 1) for ch in (0, 1)]
+    assert r[1:].tolist() == want
+    cells = np.random.default_rng(0).normal(size=(500, 12)).astype(np.float32) * np.arange(1, 13)
+    z = D.CellNorm(cells)(cells)
+    assert z.shape == (500, 12) and np.abs(z).max() < 1
+    zp = D.CellNorm(cells, pca=5)
+    assert zp(cells).shape == (500, 5) and np.abs(zp(cells)).max() < 1
+    proj = ((cells - zp.mean) / zp.std) @ zp.proj  # whitened: unit variance, uncorrelated
+    assert np.allclose(np.cov(proj.T, bias=True), np.eye(5), atol=1e-3)
+
+
+def test_iou_matrix_matches_iou():
+    rng = np.random.default_rng(0)
+    a = np.sort(rng.uniform(0, 100, (5, 2, 2)), axis=1).transpose(0, 2, 1).reshape(5, 4)[:, [0, 2, 1, 3]]
+    b = np.sort(rng.uniform(0, 100, (3, 2, 2)), axis=1).transpose(0, 2, 1).reshape(3, 4)[:, [0, 2, 1, 3]]
+    m = D.iou_matrix(a, b)
+    for i in range(5):
+        for j in range(3):
+            assert m[i, j] == pytest.approx(D.iou(a[i], b[j]))
+
+
 @pytest.mark.skipif(not os.path.exists(D.EMOJI_FONT), reason="fonts-noto-color-emoji not installed")
 def test_make_set_exact_boxes():
     pytest.importorskip("skimage")
@@ -91,7 +123,9 @@ def test_detection_and_transfer_markdown():
         **{f"retention_{s}": mp for s in ("test", "bg", "small")}}
     d = {**dense, **row("dense FP32", None, 1.0, 100.0)}
     res = {"config": {"image_px": 128, "max_objects": 3, "obj_px": [36, 72], "small_px": [18, 34],
-                      "hidden": 32, "epochs": 1},
+                      "inputs": "s16", "pca": None, "hidden": 32, "grid_size": 10, "epochs": 1,
+                      "calib_rows": 2048},
+           "dense_bytes": 1000, "head_widths": [384, 32, 25],
            "images": {"train": 1, "test": 1, "bg": 1, "small": 1}, "objects": {"train": 1, "test": 1, "bg": 1, "small": 1},
            "train_seconds": 1.0,
            "rows": [d, row("SHARe-KAN FP32 codebook", 16, 10.0, 99.6), row("SHARe-KAN Int8", 16, 20.0, 99.5)]}

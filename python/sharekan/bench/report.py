@@ -330,11 +330,17 @@ def detection_markdown(res: dict[str, Any]) -> str:
              f"({n_obj['test']:,}); objects {c['obj_px'][0]}-{c['obj_px'][1]} px. Shifted sets (zero-shot): "
              f"`bg` {n_img['bg']} images on unseen greyscale photos/textures of `skimage.data`, `small` "
              f"{n_img['small']} images with objects of {c['small_px'][0]}-{c['small_px'][1]} px.", "",
-             f"Model: frozen MobileNetV2 feature map 1280 x 4 x 4, per-cell KAN head 1280 -> {c['hidden']} "
-             f"-> 25 (objectness, 20 classes, box), YOLO-v1 style assignment, {c['epochs']} epochs "
-             f"({res['train_seconds']:.0f} s). Score: VOC mAP@0.5 with all-point interpolated AP "
+             f"Model: frozen MobileNetV2 at {c['image_px']} px, a {c['image_px'] // 32} x {c['image_px'] // 32} grid "
+             f"of 32-px cells; each cell's input is {_det_inputs(c)}; front end (frozen, fit on the training "
+             f"cells): per-input z-score{', whitened PCA to ' + str(c['pca']) + ' components' if c.get('pca') else ''}"
+             f", tanh. Per-cell KAN head {res.get('head_widths', ['?', c['hidden'], 25])[0]} -> {c['hidden']} -> 25 "
+             f"(G = {c.get('grid_size', 10)}, k = 3; objectness, 20 class logits, box: centre offset in the cell and "
+             f"log size), {res['dense_bytes']:,} bytes dense; YOLO-v1 assignment (an object belongs to the cell "
+             f"holding its centre; one object centre per cell), score = objectness x class probability, top "
+             f"100 per image, NMS per class at IoU 0.45; {c['epochs']} epochs ({res['train_seconds']:.0f} s). "
+             "Score: VOC mAP@0.5 with all-point interpolated AP "
              "(VOC 2010-2012 devkit / `voc_eval(use_07_metric=False)`); 11-point VOC 2007 AP on the test "
-             "split in its own column. Compression: `sharekan.compress` with 2,048 training cells as "
+             f"split in its own column. Compression: `sharekan.compress` with {c['calib_rows']:,} training cells as "
              "calibration; ratio = dense FP32 bytes / `CompressedModel.nbytes`. Retention = mAP of the "
              "compressed head on a shifted set as % of the dense head's mAP on it.", "",
              "| method | K | bytes | ratio | mAP test | change | 11-pt mAP | SQNR dB | mAP bg | retention bg % "
@@ -350,14 +356,19 @@ def detection_markdown(res: dict[str, Any]) -> str:
         f"**met**: up to {best['ratio']:.1f}x ({best['method']}, K = {best['K']}, "
         f"{best['map_test'] - dense['map_test']:+.2f} points)." if best else "**missed**.")]
     if dense["map_test"] < 30:
-        lines += ["", f"Caveat: the dense head is a weak detector (test mAP@0.5 {dense['map_test']:.2f}: it "
-                  "overfits its few thousand training images, and a frozen 1280 x 4 x 4 map localises "
-                  "coarsely; see benches/vision/README.md), so a 1-point budget is a large fraction of its "
-                  "mAP and the mAP changes between rows are of the order of the ranking noise; the output "
-                  "SQNR column is the steadier measure. Retention is left out (`-`) where the dense "
-                  "head's mAP on a shifted set is below 1 point."]
+        lines += ["", f"Caveat: the dense head is a weak detector (test mAP@0.5 {dense['map_test']:.2f}), so a "
+                  "1-point budget is a large fraction of its mAP and the mAP changes between rows are of the "
+                  "order of the ranking noise; the output SQNR column is the steadier measure."]
+    lines += ["", "Retention is left out (`-`) where the dense head's mAP on a shifted set is below 1 point."]
     lines += _retention_lines([(f"K = {r['K']}", r) for r in rows[1:]], ("bg", "small"))
     return "\n".join(lines) + "\n"
+
+
+def _det_inputs(c: dict[str, Any]) -> str:
+    names = {"top": "the trunk's 1280-channel stride-32 output (block 18)",
+             "s32": "the 320-channel stride-32 block 17 output",
+             "s16": "the 2 x 2 stride-16 sub-cells of the 96-channel block 13 output (384)"}
+    return " + ".join(names.get(n, n) for n in c.get("inputs", "top").split("+"))
 
 
 def _ret(v: float | None) -> str:

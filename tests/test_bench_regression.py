@@ -13,7 +13,9 @@ from sharekan.bench import report  # noqa: E402
 from sharekan.bench.regression import FORMULAS, RegressionConfig, make_data, run_regression  # noqa: E402
 
 TINY = RegressionConfig(hidden=(4,), grid_size=4, n_train=128, n_test=64, steps=60, ks=(2, 8),
-                        metrics=("data",))
+                        metrics=("data",), n_calibration=64,
+                        calibrated=(("output+comp", (4, 4), ()), ("output+comp", (2, 2), ())),
+                        min_ratio=1.0)
 
 
 def test_formulas_are_deterministic():
@@ -34,8 +36,12 @@ def test_run_regression_tiny(tmp_path):
     # cached: a second run loads the trained model and gives the same numbers
     again = run_regression(tmp_path, TINY, log=lambda s: None, formulas=(name,))
     assert again["formulas"][name]["dense_rmse"] == f["dense_rmse"]
+    calibrated = [r for r in f["rows"] if r.get("calibrated")]
+    assert len(calibrated) == 2 and all(r["val_sqnr_db"] is not None for r in calibrated)
+    assert f["chosen"] == max(calibrated, key=lambda r: r["val_sqnr_db"])["method"]
     md = report.regression_markdown(res)
     assert "Target" in md and name in md
+    assert "chosen on validation" in md and "Target per formula" in md
     report.write_json(res, tmp_path / "r.json")
     json.loads((tmp_path / "r.json").read_text())
     assert report.plot_regression(res, tmp_path).exists()

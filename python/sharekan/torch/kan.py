@@ -31,7 +31,9 @@ def bspline_basis(x: torch.Tensor, grid: torch.Tensor, spline_order: int) -> tor
     computed, then scattered, which is several times cheaper in training than the full
     recursion. Both agree to float rounding (tests/test_torch_kan.py).
     """
-    if spline_order >= 1 and _shared_uniform(grid):
+    # under torch.export / torch.compile the data-dependent checks cannot run: the recursion
+    # traces to plain tensor ops, which is also what a .pte of the dense model should hold
+    if spline_order >= 1 and not torch.compiler.is_compiling() and _shared_uniform(grid):
         return _uniform_basis(x, grid, spline_order)
     return bspline_basis_recursion(x, grid, spline_order)
 

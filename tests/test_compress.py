@@ -255,3 +255,31 @@ def test_base_fold_moves_silu_into_the_splines(rng):
     assert kept.layers["layers.0"].base_weight is not None
     assert "refused" in kept.report.layers[0].base
     assert folded.nbytes < kept.nbytes
+
+
+def test_shared_codebook_scale_saves_bytes_at_full_int8_resolution(small_sd, rng, tmp_path):
+    x = rng.uniform(-1, 1, size=(64, 6))
+    want = dense_forward(small_sd, x)
+    per_word = sharekan.compress(small_sd, codebook_size=8)
+    shared = sharekan.compress(small_sd, codebook_size=8, codebook_scale="shared")
+    # one f32 scale per codebook instead of one per codeword: 4 (K - 1) bytes per layer
+    assert per_word.nbytes - shared.nbytes == 2 * 4 * (8 - 1)
+    for layer in shared.layers.values():
+        assert layer.codebook_scale.shape == (1,)
+        # every codeword uses the full int8 range (its scale lives in the gains)
+        assert np.all(np.abs(layer.codebook_q).max(axis=1) == 127)
+        np.testing.assert_array_equal(
+            layer.codebook, layer.codebook_q.astype(np.float32) * layer.codebook_scale[0]
+        )
+    err = {}
+    for name, model in (("codeword", per_word), ("shared", shared)):
+        got = model.forward(x.astype(np.float32))
+        err[name] = np.linalg.norm(got - want) / np.linalg.norm(want)
+    assert err["shared"] < 1.2 * err["codeword"] + 1e-4
+    path = str(tmp_path / "shared.sharekan")
+    shared.save(path)
+    loaded = sharekan.load(path)
+    assert loaded.config.codebook_scale == "shared"
+    np.testing.assert_array_equal(loaded.forward(x.astype(np.float32)), shared.forward(x.astype(np.float32)))
+    with pytest.raises(sharekan.errors.InvalidInputError, match="codebook_scale"):
+        sharekan.Config(codebook_scale="row")

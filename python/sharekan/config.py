@@ -16,6 +16,7 @@ SHARES = ("layer", "model")
 BIAS_MODES = ("auto", "fold", "edge")
 BASE_MODES = ("int8", "int4", "float", "fold")
 GAIN_BITS = (4, 8)
+CODEBOOK_SCALES = ("codeword", "shared")
 INITS = ("kmeans++",)
 MAX_CODEBOOK_SIZE = 1 << 16
 
@@ -40,6 +41,10 @@ class Config:
         bias: "fold" (one float per output; exact while inputs stay inside the grid),
             "edge" (one value per edge; exact everywhere) or "auto" (fold only where
             calibration data or `input_range` shows inputs stay inside the grid).
+        codebook_scale: scales of the int8 codebook: "codeword" (one f32 scale per
+            codeword) or "shared" (every codeword normalised to max |C[q, m]| = 1, its scale
+            moved into the gains, and one f32 scale for the codebook: 4 (K - 1) bytes less
+            per codebook at the same int8 resolution of each codeword).
         gain_bits: bits of the int8-mode gains, 8 or 4 (per-output scales; 4-bit values
             are stored two per byte and use the least-squares clipping of each column).
         base: base-branch weights as "int8" or "int4" (per output channel) or "float";
@@ -73,6 +78,7 @@ class Config:
     int8: bool = True
     bias: str = "auto"
     gain_bits: int = 8
+    codebook_scale: str = "codeword"
     base: str = "int8"
     compensate: bool = False
     n_iter: int = 25
@@ -150,6 +156,7 @@ def _check_fields(cfg: Config) -> None:
     choice("metric", METRICS)
     choice("bias", BIAS_MODES)
     choice("base", BASE_MODES)
+    choice("codebook_scale", CODEBOOK_SCALES)
     if cfg.gain_bits not in GAIN_BITS or isinstance(cfg.gain_bits, bool):
         raise InvalidInputError(f"Config.gain_bits={cfg.gain_bits!r}; expected one of {list(GAIN_BITS)}")
     choice("init", INITS)

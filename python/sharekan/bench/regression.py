@@ -54,21 +54,23 @@ FORMULAS: dict[str, tuple[int, Callable[[np.ndarray], np.ndarray]]] = {
 #: Candidates of the calibrated rows: metric="output" + compensate=True, one codebook per
 #: layer with K per layer (first, hidden..., last; capped at each layer's edges, duplicates
 #: after capping dropped), Int8, default bias; extra options per candidate (base="fold":
-#: SiLU base branch folded where calibration shows inputs inside the grid). The allocations
-#: were picked in a sweep judged on the validation split (training points 1024..2000).
+#: SiLU base branch folded where calibration shows inputs inside the grid;
+#: codebook_scale="shared": one f32 scale per codebook). The allocations were picked in a
+#: sweep judged on the validation split (training points 1024..2000), not on the test split.
 CALIBRATED: tuple[tuple[str, tuple[int, ...], tuple[tuple[str, Any], ...]], ...] = (
     ("output+comp", (32, 64, 16), ()),
     ("output+comp", (64, 64, 32), ()),
-    ("output+comp", (64, 48, 16), ()),
     ("output+comp", (64, 56, 8), ()),
     ("output+comp", (128, 64, 8), ()),
-    ("output+comp", (128, 56, 8), ()),
-    ("output+comp fold", (32, 64, 16), (("base", "fold"),)),
     ("output+comp fold", (64, 96, 32), (("base", "fold"),)),
-    ("output+comp fold", (64, 128, 32), (("base", "fold"),)),
-    ("output+comp fold", (128, 128, 16), (("base", "fold"),)),
-    ("output+comp fold", (160, 96, 16), (("base", "fold"),)),
     ("output+comp fold", (192, 64, 16), (("base", "fold"),)),
+    ("output+comp shared-scale", (64, 64, 32), (("codebook_scale", "shared"),)),
+    ("output+comp shared-scale", (64, 56, 8), (("codebook_scale", "shared"),)),
+    ("output+comp shared-scale", (128, 64, 8), (("codebook_scale", "shared"),)),
+    ("output+comp shared-scale", (160, 64, 16), (("codebook_scale", "shared"),)),
+    ("output+comp shared-scale", (192, 64, 8), (("codebook_scale", "shared"),)),
+    ("output+comp shared-scale fold", (64, 96, 32), (("codebook_scale", "shared"), ("base", "fold"))),
+    ("output+comp shared-scale fold", (192, 128, 16), (("codebook_scale", "shared"), ("base", "fold"))),
 )
 
 

@@ -12,7 +12,10 @@ code, and computed a different way where that is possible:
 - gain/bias refit: `numpy.linalg.lstsq` on the whitened system, where the core solves the
   2x2 normal equations;
 - evaluation: the dense efficient-kan forward pass on decoded coefficients, where the core
-  uses per-input projection tables.
+  uses per-input projection tables;
+- Lloyd refinement under per-edge metrics (`refine_*`): the vectorised NumPy code that
+  `sharekan.refine` ran before it moved to Rust (einsum sums, `numpy.linalg.solve`), where
+  the core uses matrix products per edge block and its own LU solve.
 
 Only tests import this module. Nothing here is fast.
 """
@@ -455,3 +458,132 @@ def lutham_dense(
     if out_bias is not None:
         y = y + np.asarray(out_bias, dtype=np.float64)[None, :]
     return y
+
+
+# ---------------------------------------------------------------------------------------
+# Lloyd refinement under per-edge metrics (metric="output"): the vectorised NumPy version
+# python/sharekan/refine.py ran before the loops moved to Rust (sharekan-core refine.rs).
+# Same math, summed in NumPy's (einsum / BLAS) order, solved by numpy.linalg.solve.
+# ---------------------------------------------------------------------------------------
+
+#: Rough number of float64 values per temporary block.
+_REFINE_BLOCK = 4_000_000
+
+
+def refine_normal_terms(metrics: np.ndarray, coeffs: np.ndarray, shapes: np.ndarray):
+    """Per edge: a = C^T R C, c = C^T R 1, d = 1^T R 1, p = C^T R w, s = 1^T R w."""
+    rc = np.einsum("eml,el->em", metrics, shapes)
+    a = np.einsum("em,em->e", shapes, rc)
+    c = rc.sum(axis=1)
+    d = metrics.sum(axis=(1, 2))
+    p = np.einsum("em,em->e", rc, coeffs)
+    s = np.einsum("eml,el->e", metrics, coeffs)
+    return a, c, d, p, s
+
+
+def refine_edge_gain_bias(
+    metrics: np.ndarray, coeffs: np.ndarray, codebook: np.ndarray, codes: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per edge, (g, b) minimising (w - g C[q] - b 1)^T R_e (w - g C[q] - b 1): the 2x2 least
+    squares of `gsb.refit_gain_bias` with one metric per edge. metrics (E, M, M), coeffs (E, M),
+    codebook (K, M), codes (E,) -> gains (E,), biases (E,); degenerate systems give g = 0."""
+    gains = np.empty(len(coeffs))
+    biases = np.empty(len(coeffs))
+    step = max(1, _REFINE_BLOCK // max(1, coeffs.shape[1] ** 2))
+    for start in range(0, len(coeffs), step):
+        sl = slice(start, start + step)
+        a, c, d, p, s = refine_normal_terms(metrics[sl], coeffs[sl], codebook[codes[sl]])
+        det = a * d - c * c
+        ok = (det > 1e-12 * a * d) & np.isfinite(det)
+        safe = np.where(ok, det, 1.0)
+        gains[sl] = np.where(ok, (d * p - c * s) / safe, 0.0)
+        biases[sl] = np.where(ok, (a * s - c * p) / safe, s / d)
+    return gains, biases
+
+
+def refine_assign(metrics: np.ndarray, coeffs: np.ndarray, codebook: np.ndarray,
+            codes: np.ndarray) -> np.ndarray:
+    """Best code per edge under its own metric with free gain and bias; an edge keeps its
+    code unless another is strictly better (ties to the lowest index)."""
+    k, m = codebook.shape
+    new = codes.copy()
+    step = max(1, _REFINE_BLOCK // max(1, k * m))
+    for start in range(0, len(coeffs), step):
+        sl = slice(start, start + step)
+        r, w = metrics[sl], coeffs[sl]
+        rc = np.einsum("eml,kl->ekm", r, codebook)  # (e, K, M)
+        a = np.einsum("km,ekm->ek", codebook, rc)
+        c = rc.sum(axis=2)
+        d = r.sum(axis=(1, 2))[:, None]
+        s = np.einsum("eml,el->e", r, w)[:, None]
+        p = np.einsum("ekm,em->ek", rc, w)
+        det = a * d - c * c
+        ok = (det > 1e-12 * a * d) & np.isfinite(det)
+        # explained part of w^T R w: what the best (g, b) removes for each code
+        explained = np.where(ok, (d * p * p - 2 * c * p * s + a * s * s) / np.where(ok, det, 1.0),
+                             s * s / d)
+        best = explained.argmax(axis=1)
+        rows = np.arange(len(best))
+        better = explained[rows, best] > explained[rows, codes[sl]]
+        new[sl] = np.where(better, best, codes[sl])
+    return new
+
+
+def refine_update(metrics: np.ndarray, coeffs: np.ndarray, codebook: np.ndarray, codes: np.ndarray,
+            gains: np.ndarray, biases: np.ndarray) -> np.ndarray:
+    """Codewords minimising sum_e (w_e - g_e C_q - b_e 1)^T R_e (...) for fixed codes, gains
+    and biases: (sum g^2 R_e) C_q = sum g R_e (w_e - b_e 1). Clusters without a usable system
+    keep their codeword."""
+    k, m = codebook.shape
+    lhs = np.zeros((k, m, m))
+    rhs = np.zeros((k, m))
+    step = max(1, _REFINE_BLOCK // max(1, m * m))
+    for start in range(0, len(coeffs), step):
+        sl = slice(start, start + step)
+        g, r = gains[sl], metrics[sl]
+        np.add.at(lhs, codes[sl], (g * g)[:, None, None] * r)
+        target = coeffs[sl] - biases[sl, None]
+        np.add.at(rhs, codes[sl], g[:, None] * np.einsum("eml,el->em", r, target))
+    out = codebook.copy()
+    for q in range(k):
+        scale = np.trace(lhs[q])
+        if not scale > 0 or not np.isfinite(scale):
+            continue
+        try:
+            out[q] = np.linalg.solve(lhs[q] + 1e-12 * scale * np.eye(m), rhs[q])
+        except np.linalg.LinAlgError:
+            continue
+    return out
+
+
+def refine_objective(metrics, coeffs, codebook, codes, gains, biases) -> float:
+    diff = coeffs - gains[:, None] * codebook[codes] - biases[:, None]
+    return float(np.einsum("em,eml,el->", diff, metrics, diff))
+
+
+def refine_lloyd(
+    metrics: np.ndarray, coeffs: np.ndarray, codebook: np.ndarray, codes: np.ndarray,
+    n_iter: int = 8,
+) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """Lloyd iterations (gain/bias solve, codeword update, reassignment) under per-edge
+    metrics. metrics (E, M, M), coeffs (E, M), codebook (K, M) coefficient space, codes (E,)
+    -> (codebook, codes, objective after each iteration). A step is kept only if it does not
+    increase the objective, so the result is never worse than the start."""
+    codebook = np.array(codebook, dtype=np.float64, copy=True)
+    codes = np.asarray(codes, dtype=np.int64).copy()
+    gains, biases = refine_edge_gain_bias(metrics, coeffs, codebook, codes)
+    best = refine_objective(metrics, coeffs, codebook, codes, gains, biases)
+    history = [best]
+    for _ in range(n_iter):
+        cand_book = refine_update(metrics, coeffs, codebook, codes, gains, biases)
+        cand_codes = refine_assign(metrics, coeffs, cand_book, codes)
+        g, b = refine_edge_gain_bias(metrics, coeffs, cand_book, cand_codes)
+        value = refine_objective(metrics, coeffs, cand_book, cand_codes, g, b)
+        if not value <= best:
+            break
+        improved = best - value
+        codebook, codes, gains, biases, best = cand_book, cand_codes, g, b, value
+        history.append(best)
+        if improved <= 1e-9 * max(best, 1e-300):
+            break
+    return codebook, codes.astype(np.uint32), history

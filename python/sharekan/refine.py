@@ -19,8 +19,10 @@ forward order, and every layer evaluable in NumPy (`compiler.dense_evaluable`).
   independent fit) so that the layer, fed the *compressed* model's activations, matches the
   dense layer on the dense activations (`compensate_output`); then quantised as usual.
 
-The loops here are small dense linear algebra per layer (M x M metrics, one least-squares
-system per output), vectorised with NumPy like the other calibration code of the compiler.
+The Lloyd refinement and the per-edge gain/bias solve run in Rust (`sharekan_core::refine`,
+E x K x M^2 work per pass); the rest is small dense linear algebra per layer (one
+least-squares system per output), vectorised with NumPy like the other calibration code of
+the compiler.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .errors import InvalidInputError
+from . import _core
+from .errors import CodeRangeError, DTypeError, InvalidInputError
 from .layouts import LayerSource
 
 #: Ridge of the per-edge output metric, relative to the layer's mean metric trace / M.
@@ -125,95 +128,45 @@ def edge_metrics(source: LayerSource, x: np.ndarray, weights: np.ndarray) -> np.
     return out.reshape(n_in * n_out, m, m)
 
 
-def _normal_terms(metrics: np.ndarray, coeffs: np.ndarray, shapes: np.ndarray):
-    """Per edge: a = C^T R C, c = C^T R 1, d = 1^T R 1, p = C^T R w, s = 1^T R w."""
-    rc = np.einsum("eml,el->em", metrics, shapes)
-    a = np.einsum("em,em->e", shapes, rc)
-    c = rc.sum(axis=1)
-    d = metrics.sum(axis=(1, 2))
-    p = np.einsum("em,em->e", rc, coeffs)
-    s = np.einsum("eml,el->e", metrics, coeffs)
-    return a, c, d, p, s
+def _edge_arrays(metrics, coeffs, codebook, codes) -> tuple[np.ndarray, ...]:
+    """float64 / uint32 C-contiguous copies-if-needed for the core (which re-checks shapes,
+    finiteness and code ranges); negative codes are refused here, before the uint32 cast."""
+    codes = np.asarray(codes)
+    if codes.dtype.kind not in "iu":
+        raise DTypeError(f"codes: expected an integer array, got dtype {codes.dtype}")
+    if codes.size and codes.min() < 0:
+        index = int(np.argmax(codes < 0))
+        raise CodeRangeError(f"codes: code {int(codes.flat[index])} at index {index} is negative")
+    return (
+        np.ascontiguousarray(metrics, dtype=np.float64),
+        np.ascontiguousarray(coeffs, dtype=np.float64),
+        np.ascontiguousarray(codebook, dtype=np.float64),
+        np.ascontiguousarray(codes, dtype=np.uint32),
+    )
 
 
 def edge_gain_bias(
     metrics: np.ndarray, coeffs: np.ndarray, codebook: np.ndarray, codes: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per edge, (g, b) minimising (w - g C[q] - b 1)^T R_e (w - g C[q] - b 1): the 2x2 least
-    squares of `gsb.refit_gain_bias` with one metric per edge. metrics (E, M, M), coeffs (E, M),
-    codebook (K, M), codes (E,) -> gains (E,), biases (E,); degenerate systems give g = 0."""
-    gains = np.empty(len(coeffs))
-    biases = np.empty(len(coeffs))
-    step = max(1, _BLOCK // max(1, coeffs.shape[1] ** 2))
-    for start in range(0, len(coeffs), step):
-        sl = slice(start, start + step)
-        a, c, d, p, s = _normal_terms(metrics[sl], coeffs[sl], codebook[codes[sl]])
-        det = a * d - c * c
-        ok = (det > 1e-12 * a * d) & np.isfinite(det)
-        safe = np.where(ok, det, 1.0)
-        gains[sl] = np.where(ok, (d * p - c * s) / safe, 0.0)
-        biases[sl] = np.where(ok, (a * s - c * p) / safe, s / d)
-    return gains, biases
+    squares of `gsb.refit_gain_bias` with one metric per edge (Rust).
 
+    Args:
+        metrics: (E, M, M) float per-edge metrics R_e.
+        coeffs: (E, M) float coefficients w_e.
+        codebook: (K, M) float codewords C (coefficient space).
+        codes: (E,) integer codes in [0, K).
 
-def _assign(metrics: np.ndarray, coeffs: np.ndarray, codebook: np.ndarray,
-            codes: np.ndarray) -> np.ndarray:
-    """Best code per edge under its own metric with free gain and bias; an edge keeps its
-    code unless another is strictly better (ties to the lowest index)."""
-    k, m = codebook.shape
-    new = codes.copy()
-    step = max(1, _BLOCK // max(1, k * m))
-    for start in range(0, len(coeffs), step):
-        sl = slice(start, start + step)
-        r, w = metrics[sl], coeffs[sl]
-        rc = np.einsum("eml,kl->ekm", r, codebook)  # (e, K, M)
-        a = np.einsum("km,ekm->ek", codebook, rc)
-        c = rc.sum(axis=2)
-        d = r.sum(axis=(1, 2))[:, None]
-        s = np.einsum("eml,el->e", r, w)[:, None]
-        p = np.einsum("ekm,em->ek", rc, w)
-        det = a * d - c * c
-        ok = (det > 1e-12 * a * d) & np.isfinite(det)
-        # explained part of w^T R w: what the best (g, b) removes for each code
-        explained = np.where(ok, (d * p * p - 2 * c * p * s + a * s * s) / np.where(ok, det, 1.0),
-                             s * s / d)
-        best = explained.argmax(axis=1)
-        rows = np.arange(len(best))
-        better = explained[rows, best] > explained[rows, codes[sl]]
-        new[sl] = np.where(better, best, codes[sl])
-    return new
+    Returns:
+        gains (E,) float64, biases (E,) float64; degenerate systems give g = 0, b = s / d.
 
+    Raises:
+        ShapeError, NonFiniteError, DTypeError, CodeRangeError on bad input.
 
-def _update(metrics: np.ndarray, coeffs: np.ndarray, codebook: np.ndarray, codes: np.ndarray,
-            gains: np.ndarray, biases: np.ndarray) -> np.ndarray:
-    """Codewords minimising sum_e (w_e - g_e C_q - b_e 1)^T R_e (...) for fixed codes, gains
-    and biases: (sum g^2 R_e) C_q = sum g R_e (w_e - b_e 1). Clusters without a usable system
-    keep their codeword."""
-    k, m = codebook.shape
-    lhs = np.zeros((k, m, m))
-    rhs = np.zeros((k, m))
-    step = max(1, _BLOCK // max(1, m * m))
-    for start in range(0, len(coeffs), step):
-        sl = slice(start, start + step)
-        g, r = gains[sl], metrics[sl]
-        np.add.at(lhs, codes[sl], (g * g)[:, None, None] * r)
-        target = coeffs[sl] - biases[sl, None]
-        np.add.at(rhs, codes[sl], g[:, None] * np.einsum("eml,el->em", r, target))
-    out = codebook.copy()
-    for q in range(k):
-        scale = np.trace(lhs[q])
-        if not scale > 0 or not np.isfinite(scale):
-            continue
-        try:
-            out[q] = np.linalg.solve(lhs[q] + 1e-12 * scale * np.eye(m), rhs[q])
-        except np.linalg.LinAlgError:
-            continue
-    return out
-
-
-def _objective(metrics, coeffs, codebook, codes, gains, biases) -> float:
-    diff = coeffs - gains[:, None] * codebook[codes] - biases[:, None]
-    return float(np.einsum("em,eml,el->", diff, metrics, diff))
+    Example:
+        >>> g, b = edge_gain_bias(np.eye(3)[None], np.ones((1, 3)), np.eye(3)[:1], [0])
+    """
+    return _core.edge_gain_bias(*_edge_arrays(metrics, coeffs, codebook, codes))
 
 
 def lloyd_refine(
@@ -221,27 +174,34 @@ def lloyd_refine(
     n_iter: int = REFINE_ITERS,
 ) -> tuple[np.ndarray, np.ndarray, list[float]]:
     """Lloyd iterations (gain/bias solve, codeword update, reassignment) under per-edge
-    metrics. metrics (E, M, M), coeffs (E, M), codebook (K, M) coefficient space, codes (E,)
-    -> (codebook, codes, objective after each iteration). A step is kept only if it does not
-    increase the objective, so the result is never worse than the start."""
-    codebook = np.array(codebook, dtype=np.float64, copy=True)
-    codes = np.asarray(codes, dtype=np.int64).copy()
-    gains, biases = edge_gain_bias(metrics, coeffs, codebook, codes)
-    best = _objective(metrics, coeffs, codebook, codes, gains, biases)
-    history = [best]
-    for _ in range(n_iter):
-        cand_book = _update(metrics, coeffs, codebook, codes, gains, biases)
-        cand_codes = _assign(metrics, coeffs, cand_book, codes)
-        g, b = edge_gain_bias(metrics, coeffs, cand_book, cand_codes)
-        value = _objective(metrics, coeffs, cand_book, cand_codes, g, b)
-        if not value <= best:
-            break
-        improved = best - value
-        codebook, codes, gains, biases, best = cand_book, cand_codes, g, b, value
-        history.append(best)
-        if improved <= 1e-9 * max(best, 1e-300):
-            break
-    return codebook, codes.astype(np.uint32), history
+    metrics, in Rust (`sharekan_core::refine`; bit-identical for any thread count).
+
+    Per iteration: codewords `(sum g^2 R_e) C_q = sum g R_e (w_e - b_e 1)` over each
+    cluster (clusters without a usable system keep theirs), reassignment (an edge keeps its
+    code unless another explains strictly more of w^T R w; ties to the lowest index), then
+    the per-edge (g, b). A step is kept only if it does not increase the objective, so the
+    result is never worse than the start; the loop stops after `n_iter` iterations or when
+    the decrease is at most 1e-9 of the objective.
+
+    Args:
+        metrics: (E, M, M) float per-edge metrics R_e.
+        coeffs: (E, M) float coefficients w_e.
+        codebook: (K, M) float start codebook (coefficient space).
+        codes: (E,) integer start codes in [0, K).
+        n_iter: most iterations (>= 0).
+
+    Returns:
+        (codebook (K, M) float64, codes (E,) uint32, objective after the start and after
+        each kept iteration).
+
+    Raises:
+        ShapeError, NonFiniteError, DTypeError, CodeRangeError, InvalidInputError (n_iter < 0).
+
+    Example:
+        >>> book, codes, history = lloyd_refine(metrics, coeffs, book0, codes0)  # doctest: +SKIP
+    """
+    out = _core.lloyd_refine(*_edge_arrays(metrics, coeffs, codebook, codes), int(n_iter))
+    return out["codebook"], out["codes"], [float(v) for v in out["objective"]]
 
 
 def compensate_output(

@@ -2,7 +2,8 @@
 //!
 //! Modules mirror the Python package: [`bspline`] (bases and the function metric),
 //! [`gsb`] (gain-shape-bias decomposition and fit), [`kmeans`] (weighted sign-invariant
-//! spherical k-means), [`quant`] (int8 and bit packing), [`evaluator`] (the LUTHAM
+//! spherical k-means), [`refine`] (Lloyd refinement under per-edge metrics), [`quant`]
+//! (int8 and bit packing), [`evaluator`] (the LUTHAM
 //! reference evaluator), [`artifact`] (safetensors files) and [`linalg`] (tiny dense
 //! helpers). Every public function validates its input and returns [`Error`] instead of
 //! panicking; every random choice takes an explicit seed, and results are bit-identical
@@ -17,6 +18,7 @@ pub mod gsb;
 pub mod kmeans;
 pub mod linalg;
 pub mod quant;
+pub mod refine;
 
 pub use error::{Error, Result};
 pub use evaluator::{lutham_forward, Code, LuthamInputs, Weights};

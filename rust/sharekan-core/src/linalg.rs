@@ -203,10 +203,78 @@ pub fn fix_sign(v: &mut [f64]) {
     }
 }
 
+/// Solves `A x = b` in place by LU with partial pivoting (row-major `a`, n x n, is
+/// overwritten by its factors, `b` becomes `x`), like LAPACK's `gesv`: the pivot is the
+/// first largest `|.|` in its column. Returns `false` (leaving `b` unspecified) when a
+/// pivot is exactly zero or not a number; the solution may still be non-finite for
+/// nearly singular or huge systems.
+pub fn solve_lu(a: &mut [f64], n: usize, b: &mut [f64]) -> bool {
+    if a.len() < n * n || b.len() < n {
+        return false;
+    }
+    for col in 0..n {
+        let mut piv = col;
+        let mut piv_abs = a[col * n + col].abs();
+        for r in (col + 1)..n {
+            let v = a[r * n + col].abs();
+            if v > piv_abs {
+                piv = r;
+                piv_abs = v;
+            }
+        }
+        if piv_abs.is_nan() || piv_abs == 0.0 {
+            return false;
+        }
+        if piv != col {
+            for j in 0..n {
+                a.swap(col * n + j, piv * n + j);
+            }
+            b.swap(col, piv);
+        }
+        let p = a[col * n + col];
+        for r in (col + 1)..n {
+            let f = a[r * n + col] / p;
+            if f != 0.0 {
+                for j in (col + 1)..n {
+                    a[r * n + j] -= f * a[col * n + j];
+                }
+                b[r] -= f * b[col];
+            }
+            a[r * n + col] = f;
+        }
+    }
+    for r in (0..n).rev() {
+        let mut s = b[r];
+        for c in (r + 1)..n {
+            s -= a[r * n + c] * b[c];
+        }
+        b[r] = s / a[r * n + r];
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use ndarray::array;
+
+    #[test]
+    fn lu_solves_and_reports_singular() {
+        // needs a row swap: zero leading pivot
+        let mut a = vec![0.0, 2.0, 1.0, 1.0, 1.0, 0.0, 2.0, 0.0, 3.0];
+        let orig = a.clone();
+        let x_true = [1.0, -2.0, 0.5];
+        let mut b: Vec<f64> = (0..3)
+            .map(|r| dot(&orig[r * 3..r * 3 + 3], &x_true))
+            .collect();
+        assert!(solve_lu(&mut a, 3, &mut b));
+        for (x, y) in b.iter().zip(&x_true) {
+            assert!((x - y).abs() < 1e-12);
+        }
+        let mut s = vec![1.0, 2.0, 2.0, 4.0];
+        assert!(!solve_lu(&mut s, 2, &mut [1.0, 1.0]));
+        assert!(!solve_lu(&mut [1.0], 2, &mut [1.0, 1.0]));
+    }
 
     #[test]
     fn cholesky_reconstructs() {

@@ -2,7 +2,7 @@
 
 use numpy::{
     Element, PyArrayDescrMethods, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2,
-    PyUntypedArray, PyUntypedArrayMethods,
+    PyReadonlyArray3, PyUntypedArray, PyUntypedArrayMethods,
 };
 use pyo3::prelude::*;
 use sharekan_core::artifact::{DType, Tensor};
@@ -85,6 +85,14 @@ pub fn array2<'py, T: Element>(
     name: &str,
 ) -> PyResult<PyReadonlyArray2<'py, T>> {
     Ok(typed::<T, ndarray::Ix2>(obj, name, 2)?.readonly())
+}
+
+/// A read-only 3-D view of `obj` with dtype `T`, C-contiguous.
+pub fn array3<'py, T: Element>(
+    obj: &Bound<'py, PyAny>,
+    name: &str,
+) -> PyResult<PyReadonlyArray3<'py, T>> {
+    Ok(typed::<T, ndarray::Ix3>(obj, name, 3)?.readonly())
 }
 
 /// Whether `obj` is a numpy array of dtype `T`.

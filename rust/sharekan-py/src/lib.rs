@@ -7,6 +7,7 @@
 mod arrays;
 mod errors;
 mod evaluator;
+mod refine;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -322,6 +323,11 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(spherical_kmeans, m)?)?;
     m.add_function(wrap_pyfunction!(gsb_fit, m)?)?;
     m.add_function(wrap_pyfunction!(refit_gain_bias, m)?)?;
+    m.add_function(wrap_pyfunction!(refine::edge_gain_bias, m)?)?;
+    m.add_function(wrap_pyfunction!(refine::refine_assign, m)?)?;
+    m.add_function(wrap_pyfunction!(refine::refine_update, m)?)?;
+    m.add_function(wrap_pyfunction!(refine::refine_objective, m)?)?;
+    m.add_function(wrap_pyfunction!(refine::lloyd_refine, m)?)?;
     m.add_function(wrap_pyfunction!(quantize_i8, m)?)?;
     m.add_function(wrap_pyfunction!(quantize_sym, m)?)?;
     m.add_function(wrap_pyfunction!(pack_nibbles, m)?)?;

@@ -1,6 +1,7 @@
 """metric="output" and compensate=True (python/sharekan/refine.py): sensitivities against
 torch autograd, the per-edge least squares against NumPy lstsq, the Lloyd refinement's
-objective, the compensation solve, end-to-end fidelity, determinism and bad options."""
+objective, the Rust refinement against the NumPy reference (tests/oracle.py refine_*), the
+compensation solve, end-to-end fidelity, determinism and bad options."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import pytest
 
 import sharekan
 from kan_fixtures import dense_forward, efficient_kan_state_dict
-from sharekan import refine
-from sharekan.errors import InvalidInputError
+import oracle
+from sharekan import _core, refine
+from sharekan.errors import CodeRangeError, InvalidInputError, NonFiniteError, ShapeError
 from sharekan.layouts import detect_layout
 
 
@@ -92,6 +94,96 @@ def test_lloyd_refine_never_increases_the_objective(rng):
     assert np.einsum("em,eml,el->", diff, metrics, diff) == pytest.approx(history[-1])
 
 
+def _refine_case(seed, e, m, k, degenerate):
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(e, m, m))
+    metrics = a @ a.transpose(0, 2, 1) / m + 0.05 * np.eye(m)
+    coeffs = rng.normal(size=(e, m))
+    book = rng.normal(size=(k, m))
+    # codes use only the first half of the codebook: the rest starts as empty clusters
+    codes = rng.integers(0, max(1, k // 2), size=e)
+    if degenerate:
+        coeffs[::3] = 0.0  # zero-norm edges
+        book[0] = 0.0  # zero codeword
+        if k > 2:
+            book[-1] = 1.3  # parallel to the ones vector
+            book[-2] = book[1]  # duplicate codeword: ties go to the lowest index
+    return metrics, coeffs, book, codes
+
+
+# (E, M, K): ordinary, K = 1, K = E, K > E, a bench-like middle layer
+_REFINE_SHAPES = [(60, 7, 4), (40, 5, 1), (12, 6, 12), (9, 4, 20), (1024, 13, 64)]
+
+
+@pytest.mark.parametrize("degenerate", [False, True])
+@pytest.mark.parametrize("e,m,k", _REFINE_SHAPES)
+def test_rust_refine_matches_numpy_reference(e, m, k, degenerate):
+    for seed in range(3):
+        metrics, coeffs, book, codes = _refine_case(seed, e, m, k, degenerate)
+        c32 = codes.astype(np.uint32)
+        g_ref, b_ref = oracle.refine_edge_gain_bias(metrics, coeffs, book, codes)
+        g, b = refine.edge_gain_bias(metrics, coeffs, book, codes)
+        np.testing.assert_allclose(g, g_ref, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(b, b_ref, rtol=1e-9, atol=1e-12)
+        new = _core.refine_assign(metrics, coeffs, book, c32)
+        np.testing.assert_array_equal(new, oracle.refine_assign(metrics, coeffs, book, codes))
+        zero = ~coeffs.any(axis=1)
+        np.testing.assert_array_equal(new[zero], codes[zero])  # nothing to explain: kept
+        np.testing.assert_allclose(
+            _core.refine_update(metrics, coeffs, book, c32, g_ref, b_ref),
+            oracle.refine_update(metrics, coeffs, book, codes, g_ref, b_ref),
+            rtol=1e-9, atol=1e-12,
+        )
+        want = oracle.refine_objective(metrics, coeffs, book, codes, g_ref, b_ref)
+        assert _core.refine_objective(metrics, coeffs, book, c32, g_ref, b_ref) == pytest.approx(want, rel=1e-12)
+
+        book_ref, codes_ref, hist_ref = oracle.refine_lloyd(metrics, coeffs, book, codes, n_iter=8)
+        new_book, new_codes, hist = refine.lloyd_refine(metrics, coeffs, book, codes, n_iter=8)
+        assert new_codes.dtype == np.uint32 and new_book.shape == (k, m)
+        np.testing.assert_array_equal(new_codes, codes_ref)
+        np.testing.assert_allclose(new_book, book_ref, rtol=1e-9, atol=1e-12)
+        assert len(hist) == len(hist_ref)
+        np.testing.assert_allclose(hist, hist_ref, rtol=1e-9, atol=1e-12 * hist_ref[0])
+
+
+def test_constant_edges_stay_exact_under_lloyd():
+    # A constant edge is explained exactly by its bias with any code: the codes tie
+    # mathematically and rounding picks among them (so neither implementation's choice is
+    # compared with the other's), but the reconstruction stays exact and the objective
+    # never increases.
+    metrics, coeffs, book, codes = _refine_case(5, 40, 6, 5, True)
+    coeffs[1::4] = 0.7
+    new_book, new_codes, hist = refine.lloyd_refine(metrics, coeffs, book, codes)
+    assert all(b <= a for a, b in zip(hist, hist[1:]))
+    g, b = refine.edge_gain_bias(metrics, coeffs, new_book, new_codes)
+    recon = g[:, None] * new_book[new_codes] + b[:, None]
+    np.testing.assert_allclose(recon[1::4], coeffs[1::4], atol=1e-9)
+
+
+def test_refine_bad_inputs_raise_typed_errors():
+    metrics, coeffs, book, codes = _refine_case(0, 10, 4, 3, False)
+    with pytest.raises(CodeRangeError, match="negative"):
+        refine.lloyd_refine(metrics, coeffs, book, np.where(np.arange(10) == 4, -1, codes))
+    with pytest.raises(CodeRangeError, match="codes"):
+        refine.edge_gain_bias(metrics, coeffs, book, np.full(10, 3))
+    with pytest.raises(ShapeError, match="coeffs"):
+        refine.lloyd_refine(metrics, coeffs[:9], book, codes)
+    with pytest.raises(ShapeError, match="metrics"):
+        refine.lloyd_refine(metrics[:, :3], coeffs, book, codes)
+    with pytest.raises(ShapeError, match="codebook"):
+        refine.edge_gain_bias(metrics, coeffs, book[:, :3], codes)
+    with pytest.raises(ShapeError, match="codes"):
+        refine.edge_gain_bias(metrics, coeffs, book, codes[:5])
+    bad = metrics.copy()
+    bad[2, 1, 1] = np.nan
+    with pytest.raises(NonFiniteError, match="metrics"):
+        refine.lloyd_refine(bad, coeffs, book, codes)
+    with pytest.raises(InvalidInputError, match="n_iter"):
+        refine.lloyd_refine(metrics, coeffs, book, codes, n_iter=-1)
+    with pytest.raises(InvalidInputError, match="codes"):
+        refine.lloyd_refine(metrics, coeffs, book, codes.astype(np.float64))
+
+
 def test_compensate_output_solves_the_weighted_ridge_problem(rng):
     sd = efficient_kan_state_dict(rng, [4, 3], grid_size=5, k=3)
     (source,) = _sources(sd)
@@ -101,8 +193,6 @@ def test_compensate_output_solves_the_weighted_ridge_problem(rng):
     shapes = rng.normal(size=(4, 3, source.n_coeffs))
     g0, a0, b0 = rng.normal(size=(4, 3)), rng.normal(size=(4, 3)), rng.normal(size=3)
     g, a, b = refine.compensate_output(source, x, target, weights, shapes, g0, a0, b0, True)
-    import oracle
-
     basis = oracle.bspline_basis(x, source.grid, 3)
     silu = x / (1 + np.exp(-x))
     for o in range(3):

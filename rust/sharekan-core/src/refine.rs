@@ -580,3 +580,317 @@ pub fn lloyd_refine(
         objective: history,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{Array1, Array2, Array3};
+    use proptest::prelude::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    struct Case {
+        metrics: Array3<f64>,
+        coeffs: Array2<f64>,
+        codebook: Array2<f64>,
+        codes: Vec<u32>,
+    }
+
+    /// Random SPD metrics (A A^T / M + 0.05 I), coefficients, codebook and codes.
+    fn case(e: usize, m: usize, k: usize, seed: u64) -> Case {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut metrics = Array3::<f64>::zeros((e, m, m));
+        for i in 0..e {
+            let a = Array2::from_shape_fn((m, m), |_| rng.random::<f64>() * 2.0 - 1.0);
+            let r = a.dot(&a.t()) / m as f64 + Array2::<f64>::eye(m) * 0.05;
+            metrics.slice_mut(ndarray::s![i, .., ..]).assign(&r);
+        }
+        let coeffs = Array2::from_shape_fn((e, m), |_| rng.random::<f64>() * 2.0 - 1.0);
+        let codebook = Array2::from_shape_fn((k, m), |_| rng.random::<f64>() * 2.0 - 1.0);
+        let codes = (0..e).map(|_| rng.random_range(0..k as u32)).collect();
+        Case {
+            metrics,
+            coeffs,
+            codebook,
+            codes,
+        }
+    }
+
+    fn objective_of(c: &Case, book: &Array2<f64>, codes: &[u32]) -> f64 {
+        let (g, b) = edge_gain_bias(c.metrics.view(), c.coeffs.view(), book.view(), codes).unwrap();
+        objective(
+            c.metrics.view(),
+            c.coeffs.view(),
+            book.view(),
+            codes,
+            g.view(),
+            b.view(),
+        )
+        .unwrap()
+    }
+
+    fn in_pool<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(f)
+    }
+
+    #[test]
+    fn errors_name_the_argument() {
+        let c = case(6, 4, 3, 0);
+        let (r, w, cb) = (c.metrics.view(), c.coeffs.view(), c.codebook.view());
+        let bad_r = Array3::<f64>::zeros((6, 4, 3));
+        assert!(matches!(
+            edge_gain_bias(bad_r.view(), w, cb, &c.codes),
+            Err(Error::Shape { ref arg, .. }) if arg == "metrics"
+        ));
+        let empty = Array3::<f64>::zeros((0, 4, 4));
+        assert!(matches!(
+            assign(empty.view(), Array2::zeros((0, 4)).view(), cb, &[]),
+            Err(Error::Shape { ref arg, .. }) if arg == "metrics"
+        ));
+        let w5 = Array2::<f64>::zeros((5, 4));
+        assert!(matches!(
+            assign(r, w5.view(), cb, &c.codes),
+            Err(Error::Shape { ref arg, .. }) if arg == "coeffs"
+        ));
+        let cb0 = Array2::<f64>::zeros((0, 4));
+        assert!(matches!(
+            lloyd_refine(r, w, cb0.view(), &c.codes, 3),
+            Err(Error::Shape { ref arg, .. }) if arg == "codebook"
+        ));
+        assert!(matches!(
+            assign(r, w, cb, &c.codes[..5]),
+            Err(Error::Shape { ref arg, .. }) if arg == "codes"
+        ));
+        let mut codes = c.codes.clone();
+        codes[4] = 3;
+        assert!(matches!(
+            lloyd_refine(r, w, cb, &codes, 3),
+            Err(Error::CodeOutOfRange {
+                index: 4,
+                code: 3,
+                k: 3,
+                ..
+            })
+        ));
+        let mut nan = c.metrics.clone();
+        nan[[1, 0, 2]] = f64::NAN;
+        assert!(matches!(
+            lloyd_refine(nan.view(), w, cb, &c.codes, 3),
+            Err(Error::NonFinite { ref arg, index: 18 }) if arg == "metrics"
+        ));
+        let mut inf = c.codebook.clone();
+        inf[[2, 3]] = f64::INFINITY;
+        assert!(matches!(
+            edge_gain_bias(r, w, inf.view(), &c.codes),
+            Err(Error::NonFinite { ref arg, index: 11 }) if arg == "codebook"
+        ));
+        let g = Array1::<f64>::zeros(5);
+        let b = Array1::<f64>::zeros(6);
+        assert!(matches!(
+            update(r, w, cb, &c.codes, g.view(), b.view()),
+            Err(Error::Shape { ref arg, .. }) if arg == "gains"
+        ));
+        let g = Array1::from_elem(6, f64::NAN);
+        assert!(matches!(
+            objective(r, w, cb, &c.codes, b.view(), g.view()),
+            Err(Error::NonFinite { ref arg, index: 0 }) if arg == "biases"
+        ));
+    }
+
+    #[test]
+    fn gain_bias_is_the_least_squares_and_degenerate_codes_get_zero_gain() {
+        let mut c = case(30, 6, 3, 1);
+        c.codebook.row_mut(1).fill(0.0); // zero codeword
+        c.codebook.row_mut(2).fill(-1.5); // parallel to the ones vector
+        let (g, b) = edge_gain_bias(
+            c.metrics.view(),
+            c.coeffs.view(),
+            c.codebook.view(),
+            &c.codes,
+        )
+        .unwrap();
+        let err = |i: usize, g: f64, b: f64| {
+            let r = c.metrics.slice(ndarray::s![i, .., ..]);
+            let q = c.codes[i] as usize;
+            let d = &c.coeffs.row(i) - &(&c.codebook.row(q) * g) - b;
+            d.dot(&r.dot(&d))
+        };
+        for i in 0..30 {
+            let base = err(i, g[i], b[i]);
+            for (dg, db) in [(1e-5, 0.0), (-1e-5, 0.0), (0.0, 1e-5), (0.0, -1e-5)] {
+                assert!(err(i, g[i] + dg, b[i] + db) >= base - 1e-12);
+            }
+            if c.codes[i] != 0 {
+                assert_eq!(g[i], 0.0);
+            }
+        }
+    }
+
+    #[test]
+    fn assign_keeps_ties_and_zero_edges() {
+        let mut c = case(40, 5, 4, 2);
+        // codeword 3 duplicates codeword 1: never strictly better than 1
+        let dup = c.codebook.row(1).to_owned();
+        c.codebook.row_mut(3).assign(&dup);
+        c.coeffs.row_mut(7).fill(0.0); // zero-norm edge: every code explains 0
+        let codes = assign(
+            c.metrics.view(),
+            c.coeffs.view(),
+            c.codebook.view(),
+            &c.codes,
+        )
+        .unwrap();
+        assert_eq!(codes[7], c.codes[7]);
+        for (i, (&new, &old)) in codes.iter().zip(&c.codes).enumerate() {
+            if old == 3 || old == 1 {
+                assert!(new == old || (new != 1 && new != 3), "edge {i}");
+            } else {
+                assert_ne!(
+                    new, 3,
+                    "edge {i}: a duplicate of 1 wins only over its own index"
+                );
+            }
+        }
+        // no edge got worse
+        for (i, (&new, &old)) in codes.iter().zip(&c.codes).enumerate() {
+            let one = |q: u32| {
+                let r = c.metrics.slice(ndarray::s![i..i + 1, .., ..]);
+                let w = c.coeffs.slice(ndarray::s![i..i + 1, ..]);
+                let (g, b) = edge_gain_bias(r, w, c.codebook.view(), &[q]).unwrap();
+                objective(r, w, c.codebook.view(), &[q], g.view(), b.view()).unwrap()
+            };
+            assert!(one(new) <= one(old));
+        }
+    }
+
+    #[test]
+    fn empty_clusters_and_k_above_e_keep_their_codewords() {
+        let c = case(5, 4, 9, 3);
+        let codes = vec![0u32, 0, 2, 2, 2];
+        let (g, b) =
+            edge_gain_bias(c.metrics.view(), c.coeffs.view(), c.codebook.view(), &codes).unwrap();
+        let book = update(
+            c.metrics.view(),
+            c.coeffs.view(),
+            c.codebook.view(),
+            &codes,
+            g.view(),
+            b.view(),
+        )
+        .unwrap();
+        for q in [1usize, 3, 4, 5, 6, 7, 8] {
+            assert_eq!(book.row(q), c.codebook.row(q));
+        }
+        assert_ne!(book.row(0), c.codebook.row(0));
+        let res = lloyd_refine(
+            c.metrics.view(),
+            c.coeffs.view(),
+            c.codebook.view(),
+            &codes,
+            8,
+        )
+        .unwrap();
+        assert!(res.objective.last().unwrap() <= &res.objective[0]);
+        // K = 1: a single cluster
+        let c1 = case(12, 5, 1, 4);
+        let res = lloyd_refine(
+            c1.metrics.view(),
+            c1.coeffs.view(),
+            c1.codebook.view(),
+            &c1.codes,
+            8,
+        )
+        .unwrap();
+        assert!(res.codes.iter().all(|&q| q == 0));
+        assert!(res.objective.windows(2).all(|w| w[1] <= w[0]));
+    }
+
+    #[test]
+    fn zero_iterations_and_all_zero_edges() {
+        let mut c = case(8, 4, 2, 5);
+        let res = lloyd_refine(
+            c.metrics.view(),
+            c.coeffs.view(),
+            c.codebook.view(),
+            &c.codes,
+            0,
+        )
+        .unwrap();
+        assert_eq!(res.codes, c.codes);
+        assert_eq!(res.codebook, c.codebook);
+        assert_eq!(res.objective.len(), 1);
+        c.coeffs.fill(0.0);
+        let res = lloyd_refine(
+            c.metrics.view(),
+            c.coeffs.view(),
+            c.codebook.view(),
+            &c.codes,
+            5,
+        )
+        .unwrap();
+        assert_eq!(res.objective[0], 0.0);
+        assert_eq!(res.codes, c.codes);
+    }
+
+    #[test]
+    fn lu_update_solves_the_normal_equations() {
+        // One cluster, gains 1, biases 0: C = (sum R_e)^{-1} sum R_e w_e (up to the 1e-12 ridge).
+        let c = case(20, 5, 1, 6);
+        let g = Array1::<f64>::ones(20);
+        let b = Array1::<f64>::zeros(20);
+        let book = update(
+            c.metrics.view(),
+            c.coeffs.view(),
+            c.codebook.view(),
+            &c.codes,
+            g.view(),
+            b.view(),
+        )
+        .unwrap();
+        let mut lhs = Array2::<f64>::zeros((5, 5));
+        let mut rhs = Array1::<f64>::zeros(5);
+        for i in 0..20 {
+            let r: ArrayView2<f64> = c.metrics.slice(ndarray::s![i, .., ..]);
+            lhs = lhs + r;
+            rhs = rhs + r.dot(&c.coeffs.row(i));
+        }
+        let resid = lhs.dot(&book.row(0)) - rhs;
+        assert!(resid.iter().all(|x| x.abs() < 1e-9), "{resid}");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn lloyd_pass_never_increases_and_is_thread_invariant(
+            e in 1usize..150, m in 2usize..9, k in 1usize..12, seed in 0u64..1000, zero_every in 2usize..9,
+        ) {
+            let mut c = case(e, m, k, seed);
+            for i in (0..e).step_by(zero_every) {
+                c.coeffs.row_mut(i).fill(0.0);
+            }
+            // one pass by hand: update, assign, gain/bias
+            let (g, b) = edge_gain_bias(c.metrics.view(), c.coeffs.view(), c.codebook.view(), &c.codes).unwrap();
+            let before = objective(c.metrics.view(), c.coeffs.view(), c.codebook.view(), &c.codes, g.view(), b.view()).unwrap();
+            let book = update(c.metrics.view(), c.coeffs.view(), c.codebook.view(), &c.codes, g.view(), b.view()).unwrap();
+            let mid = objective(c.metrics.view(), c.coeffs.view(), book.view(), &c.codes, g.view(), b.view()).unwrap();
+            prop_assert!(mid <= before * (1.0 + 1e-9) + 1e-12, "update: {} -> {}", before, mid);
+            let codes = assign(c.metrics.view(), c.coeffs.view(), book.view(), &c.codes).unwrap();
+            let after = objective_of(&c, &book, &codes);
+            prop_assert!(after <= mid * (1.0 + 1e-9) + 1e-12, "assign+refit: {} -> {}", mid, after);
+
+            let run = |threads| in_pool(threads, || {
+                lloyd_refine(c.metrics.view(), c.coeffs.view(), c.codebook.view(), &c.codes, 6).unwrap()
+            });
+            let (one, two) = (run(1), run(2));
+            prop_assert_eq!(&one, &two);
+            prop_assert!(one.objective.windows(2).all(|w| w[1] <= w[0]));
+            let last = *one.objective.last().unwrap();
+            let again = objective_of(&c, &one.codebook, &one.codes);
+            prop_assert!((again - last).abs() <= 1e-12 * (1.0 + last.abs()));
+        }
+    }
+}

@@ -1,0 +1,102 @@
+"""Output-aware compilation on the vision classification head: does `compensate=True` (and
+`metric="output"`), the regression benchmark's winner, also pay on a wide head?
+
+Head: the classification benchmark's cached MobileNetV2 `kan` head (Fashion-MNIST,
+1280 -> 256 -> 10, G = 10, k = 3; `python -m sharekan.bench vision` trains and caches it and
+the features). Every row is `sharekan.compress` with Int8, `base="fold"`, `gain_bits=4`
+(the classification bench's smallest configurations) at K = 16 / 64 / 256, with and without
+the output-aware options, calibrated on the first CALIB_ROWS training features. Scored on
+the 10k test split against the dense head: accuracy change, top-1 agreement, output SQNR;
+ratio = dense FP32 bytes / `CompressedModel.nbytes`; compile wall seconds.
+
+Run (from the repository root; ~15 minutes on 2 cores, most of it the per-output least
+squares of `compensate` on 1,280-input rows):
+    .venv/bin/python benches/bench_compensate.py     # writes benches/results/compensate.{json,md}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+import sharekan
+from sharekan.bench import methods as M
+from sharekan.bench.data import cache_dir
+from sharekan.bench.features import features_tag
+from sharekan.bench.heads import HeadRecipe, kan_forward
+from sharekan.bench.vision import cached_head, load_features
+
+ROOT = Path(__file__).resolve().parents[1]
+CALIB_ROWS = 8192
+BASE = {"int8": True, "base": "fold", "gain_bits": 4, "seed": 0}
+VARIANTS = {
+    "plain": {},
+    "compensate": {"compensate": True},
+    "output + compensate": {"metric": "output", "compensate": True},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ks", default="16,64,256")
+    parser.add_argument("--variants", default="plain,compensate,output + compensate")
+    parser.add_argument("--out", default=str(ROOT / "benches" / "results"))
+    args = parser.parse_args()
+    cache = cache_dir()
+    data = load_features(cache, 64, print)
+    _, sd, _ = cached_head(cache, features_tag("mobilenetv2", 64), HeadRecipe(kind="kan"), data, print)
+    x_test, y_test = data["x_test"], data["y_test"]
+    calib = data["x_train"][:CALIB_ROWS]
+    dense = kan_forward(sd, x_test)
+    dense_acc = M.fidelity(dense, dense, y_test)["accuracy"]
+    rows = []
+    for k in (int(v) for v in args.ks.split(",")):
+        for name in args.variants.split(","):
+            cfg = {"codebook_size": k, **BASE, **VARIANTS[name]}
+            started = time.perf_counter()
+            model = sharekan.compress(dict(sd), calibration=calib, **cfg)
+            seconds = time.perf_counter() - started
+            fid = M.fidelity(dense, model.forward(x_test), y_test)
+            row = {"K": k, "variant": name, "config": cfg, "bytes": model.nbytes,
+                   "ratio": M.dense_bytes(sd) / model.nbytes, **fid,
+                   "delta_accuracy": fid["accuracy"] - dense_acc, "compile_seconds": seconds}
+            rows.append(row)
+            print(f"K={k:4d} {name:20s} {row['ratio']:5.1f}x {row['delta_accuracy']:+.2f} pts "
+                  f"agree {row['agreement']:.2f} % SQNR {row['sqnr_db']:.2f} dB ({seconds:.0f} s)",
+                  flush=True)
+    record = {"head": "MobileNetV2 kan 1280-256-10 (classification bench)", "dense_accuracy": dense_acc,
+              "dense_bytes": M.dense_bytes(sd), "calibration_rows": CALIB_ROWS, "rows": rows,
+              "machine": {"platform": platform.platform(), "cpus": __import__("os").cpu_count()}}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compensate.json").write_text(json.dumps(record, indent=1) + "\n")
+    (out / "compensate.md").write_text(markdown(record))
+    print(markdown(record))
+
+
+def markdown(record: dict) -> str:
+    lines = [
+        "# Output-aware compilation on the classification head",
+        "",
+        f"Command: `.venv/bin/python benches/bench_compensate.py`. Head: {record['head']}, dense "
+        f"accuracy {record['dense_accuracy']:.2f} %, {record['dense_bytes']:,} bytes. All rows: Int8, "
+        f"`base=\"fold\"`, `gain_bits=4`, calibration = first {record['calibration_rows']:,} "
+        "training features; test split (10,000 images) against the dense head.",
+        "",
+        "| K | options | bytes | ratio | accuracy change | top-1 agreement % | output SQNR dB | compile s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in record["rows"]:
+        lines.append(f"| {r['K']} | {r['variant']} | {r['bytes']:,} | {r['ratio']:.1f}x | "
+                     f"{r['delta_accuracy']:+.2f} | {r['agreement']:.2f} | {r['sqnr_db']:.2f} | "
+                     f"{r['compile_seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import io
 
 import numpy as np
 import pytest
@@ -23,7 +24,8 @@ from fixtures_kan_libraries import (  # noqa: E402
     train_cases,
 )
 from sharekan.layouts import UnsupportedLayerError  # noqa: E402
-from sharekan.torch import LuthamKANLayer, LuthamLinear, compress_  # noqa: E402
+from sharekan.errors import LayoutError, ShapeError  # noqa: E402
+from sharekan.torch import LuthamKANLayer, LuthamLinear, compress_, load_compressed_  # noqa: E402
 
 CASES = {
     "fastkan": (lambda: FastKAN([4, 6, 3]), lambda g: torch.randn(64, 4, generator=g) * 1.5),
@@ -48,6 +50,19 @@ def _run(model, x):
 
 def _tol(want):
     return dict(rtol=1e-4, atol=2e-5 * np.abs(want).max())
+
+
+def _saved(model):
+    """`model.state_dict()` through torch.save / torch.load (in memory)."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    buffer.seek(0)
+    return torch.load(buffer)
+
+
+def _lutham_net(compressed):
+    return torch.nn.Sequential(*(LuthamKANLayer.from_compressed(layer)
+                                 for layer in compressed.layers.values())).eval()
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -102,6 +117,55 @@ def test_compress_in_place_swaps_fastkan_layers(trained):
 
 
 @pytest.mark.parametrize("name", list(CASES))
+def test_saved_state_dict_reloads_into_a_fresh_model_bit_exactly(name, trained):
+    """compress -> state_dict -> torch.save -> fresh model -> load_compressed_ runs the same
+    buffers through the same op: FastKAN via compress_ into a fresh uncompressed FastKAN;
+    TorchKAN (compress_ refuses it: one module holds every layer) as LuthamKANLayers built
+    per layer, reloaded into ones of another codebook size and storage."""
+    model, x, sd = trained[name]
+    if name == "fastkan":
+        compressed = compress_(copy.deepcopy(model), codebook_size=8, base="int4", bias="edge")
+        torch.manual_seed(11)
+        fresh = FastKAN([4, 6, 3])
+    else:
+        compressed = _lutham_net(sharekan.compress(sd, codebook_size=8))
+        fresh = _lutham_net(sharekan.compress(sd, codebook_size=4, int8=False))
+    want = _run(compressed, x)
+    state = _saved(compressed)
+    assert load_compressed_(fresh, state) is fresh
+    layers = list(getattr(fresh, "layers", fresh))
+    assert all(isinstance(m, LuthamKANLayer) for m in layers)
+    np.testing.assert_array_equal(_run(fresh, x), want)
+    for key, value in fresh.state_dict().items():
+        assert value.dtype == state[key].dtype and torch.equal(value, state[key]), key
+    for new, old in zip(layers, getattr(compressed, "layers", compressed)):
+        assert (new.split, new.post_norm, new.eps, new.activation) == \
+            (old.split, old.post_norm, old.eps, old.activation)
+    if name == "torchkan":  # plain load_state_dict into compressed layers of other sizes
+        other = _lutham_net(sharekan.compress(sd, codebook_size=4, int8=False))
+        other.load_state_dict(state)
+        np.testing.assert_array_equal(_run(other, x), want)
+
+
+def test_load_compressed_bad_state_dicts_raise_sharekan_errors(trained):
+    model, _, _ = trained["fastkan"]
+    state = _saved(compress_(copy.deepcopy(model), codebook_size=8))
+    for key in ("layers.1.kan_params", "layers.1.base_scale", "layers.1.lutham.codes"):
+        bad = {k: v for k, v in state.items() if k != key}
+        with pytest.raises(LayoutError, match=key.replace(".", r"\.")):
+            load_compressed_(FastKAN([4, 6, 3]), bad)
+    for key, value in (("layers.0.norm_weight", torch.ones(5)),
+                       ("layers.0.base_weight", torch.zeros(6, 4, dtype=torch.int8)),
+                       ("layers.0.kan_params", torch.zeros(3, dtype=torch.float64))):
+        with pytest.raises(ShapeError, match=key.rpartition(".")[2]):
+            load_compressed_(FastKAN([4, 6, 3]), {**state, key: value})
+    with pytest.raises(LayoutError, match="activation index 7"):
+        load_compressed_(FastKAN([4, 6, 3]),
+                         {**state, "layers.0.kan_params": torch.tensor([1.0, 0.0, 1e-5, 7.0],
+                                                                       dtype=torch.float64)})
+
+
+@pytest.mark.parametrize("name", list(CASES))
 def test_exported_pte_matches(name, trained, tmp_path):
     pytest.importorskip("executorch.runtime")
     from sharekan import lutham
@@ -117,8 +181,9 @@ def test_exported_pte_matches(name, trained, tmp_path):
     _, x, sd = trained[name]
     compressed = sharekan.compress(sd, codebook_size=8)
     lib = _load(name, compressed.decompress())
-    net = torch.nn.Sequential(*(LuthamKANLayer.from_compressed(layer)
-                                for layer in compressed.layers.values())).eval()
+    # exported after a state_dict round trip (rebuilt by load_compressed_)
+    net = load_compressed_(_lutham_net(sharekan.compress(sd, codebook_size=4)),
+                           _saved(_lutham_net(compressed))).eval()
     path = export_pte(net, (x[:2],), tmp_path / f"{name}.pte")
     method = Runtime.get().load_program(str(path)).load_method("forward")
     for batch in (1, 2, 13):

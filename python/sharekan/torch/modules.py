@@ -1,4 +1,5 @@
-"""Compressed KAN modules for PyTorch: `LuthamLinear`, `compress_`, save / reload.
+"""Compressed KAN modules for PyTorch: `LuthamLinear`, `LuthamKANLayer`, `compress_`,
+save / reload (`load_compressed_` rebuilds both kinds from a saved state_dict).
 
 `LuthamLinear` is the compressed stand-in of one efficient-kan `KANLinear`: it holds the
 compressed layer (ARCHITECTURE.md §7) as buffers and computes its forward pass with the
@@ -36,6 +37,10 @@ BUFFERS = ("grid", "codebook", "codes", "gains", "gain_scale", "edge_bias",
            "edge_bias_scale", "out_bias", "base_weight", "base_scale")
 _OPTIONAL = ("gain_scale", "edge_bias", "edge_bias_scale", "out_bias", "base_weight",
              "base_scale")
+# LuthamKANLayer's own buffers (besides `kan_params`); the op's are under `lutham.`.
+KAN_BUFFERS = ("norm_weight", "norm_bias", "base_weight", "base_scale", "base_bias")
+# Base-branch activations of a LuthamKANLayer, indexed by kan_params[3].
+KAN_ACTIVATIONS = (None, "silu", "gelu", "identity")
 
 
 def _tensor(value: Any) -> torch.Tensor:
@@ -191,6 +196,10 @@ class LuthamLinear(nn.Module):
         return y.reshape(*lead, self.out_features)
 
 
+def _refresh_after_load(module: LuthamKANLayer, _incompatible: Any) -> None:
+    module._refresh()
+
+
 class LuthamKANLayer(nn.Module):
     """A compressed layer whose LUTHAM op is wrapped by parts computed around it.
 
@@ -198,9 +207,12 @@ class LuthamKANLayer(nn.Module):
     base_bias, the op without its base branch; TorchKAN (`post_norm`):
     y = LayerNorm(lutham(x)). Buffers: `norm_weight`, `norm_bias` f32 (n,) (the LayerNorm's;
     empty when it has no affine), `base_weight` i8/f32 (n_in, n_out), `base_scale` f32
-    (n_out,) (ones for float weights), `base_bias` f32 (n_out,) (empty when absent). The op's
-    buffers are in the `lutham` submodule (`LuthamLinear`). Exportable with
-    `sharekan.export_pte` (LayerNorm, matmul and SiLU/GELU are standard ExecuTorch ops).
+    (n_out,) (ones for float weights), `base_bias` f32 (n_out,) (empty when absent),
+    `kan_params` f64 (4,) = (split, post_norm, eps, activation index in `KAN_ACTIVATIONS`),
+    so a saved state_dict rebuilds the layer (`from_state_dict`, `load_compressed_`); f64
+    keeps the epsilon bit-exact. The op's buffers are in the `lutham` submodule
+    (`LuthamLinear`). Exportable with `sharekan.export_pte` (LayerNorm, matmul and SiLU/GELU
+    are standard ExecuTorch ops).
 
     forward: x (..., n_in) -> (..., n_out) float32.
     """
@@ -208,15 +220,80 @@ class LuthamKANLayer(nn.Module):
     def __init__(self, lutham: LuthamLinear, *, split: bool, post_norm: bool, eps: float,
                  activation: str | None, tensors: Mapping[str, Any]) -> None:
         super().__init__()
+        if activation not in KAN_ACTIVATIONS:
+            raise InvalidInputError(f"LuthamKANLayer: activation={activation!r}; expected one "
+                                    f"of {list(KAN_ACTIVATIONS)}")
         self.lutham = lutham
-        self.split, self.post_norm, self.eps = bool(split), bool(post_norm), float(eps)
-        self.activation = activation
-        for name in ("norm_weight", "norm_bias", "base_weight", "base_scale", "base_bias"):
+        for name in KAN_BUFFERS:
             self.register_buffer(name, _tensor(tensors.get(name)))
-        self.in_features, self.out_features = lutham.in_features, lutham.out_features
+        params = [float(bool(split)), float(bool(post_norm)), float(eps),
+                  float(KAN_ACTIVATIONS.index(activation))]
+        self.register_buffer("kan_params", torch.tensor(params, dtype=torch.float64))
+        self._refresh()
+        self.register_load_state_dict_post_hook(_refresh_after_load)
+
+    @classmethod
+    def from_state_dict(cls, state_dict: Mapping[str, torch.Tensor], prefix: str = ""
+                        ) -> LuthamKANLayer:
+        """Build from the buffers `{prefix}{name}` and `{prefix}lutham.{name}` of a saved
+        state_dict (one written by a LuthamKANLayer, so `kan_params` is in it).
+
+        Raises:
+            LayoutError: a buffer is missing. ShapeError: a buffer's shape does not fit the
+            layer (see `__init__`'s buffer list).
+        """
+        missing = [prefix + n for n in (*KAN_BUFFERS, "kan_params") if prefix + n not in state_dict]
+        if missing:
+            raise LayoutError(f"state_dict lacks LuthamKANLayer buffers: {missing}")
+        params = state_dict[prefix + "kan_params"]
+        if tuple(params.shape) != (4,):
+            raise ShapeError(f"{prefix}kan_params: expected shape (4,) = (split, post_norm, eps, "
+                             f"activation), got {tuple(params.shape)}")
+        split, post, eps, act = (float(v) for v in params.to(torch.float64))
+        if int(act) != act or not 0 <= int(act) < len(KAN_ACTIVATIONS):
+            raise LayoutError(f"{prefix}kan_params: activation index {act} is not one of "
+                              f"0..{len(KAN_ACTIVATIONS) - 1} {list(KAN_ACTIVATIONS)}")
+        inner = LuthamLinear.from_state_dict(state_dict, prefix + "lutham.")
+        return cls(inner, split=bool(split), post_norm=bool(post), eps=eps,
+                   activation=KAN_ACTIVATIONS[int(act)],
+                   tensors={n: state_dict[prefix + n] for n in KAN_BUFFERS})
+
+    def _refresh(self) -> None:
+        split, post, eps, act = self.kan_params.tolist()
+        self.split, self.post_norm, self.eps = bool(split), bool(post), float(eps)
+        self.activation = KAN_ACTIVATIONS[int(act)]
+        self.in_features, self.out_features = self.lutham.in_features, self.lutham.out_features
         self.has_base = self.split and self.base_weight.numel() > 0
         self.has_base_bias = self.base_bias.numel() > 0
         self.has_affine = self.norm_weight.numel() > 0
+        normed = self.in_features if self.split else self.out_features
+        want = {"norm_weight": (normed,), "norm_bias": (normed,),
+                "base_weight": (self.in_features, self.out_features),
+                "base_scale": (self.out_features,), "base_bias": (self.out_features,)}
+        for name, shape in want.items():
+            got = tuple(getattr(self, name).shape)
+            if got != shape and got != (0,):
+                raise ShapeError(f"LuthamKANLayer.{name}: expected shape {shape} (or empty (0,)) "
+                                 f"for a layer {self.in_features} -> {self.out_features}, got {got}")
+        if self.has_affine and self.norm_bias.numel() == 0:
+            raise ShapeError(f"LuthamKANLayer.norm_bias: empty, but norm_weight has shape "
+                             f"{tuple(self.norm_weight.shape)}")
+        if self.has_base and self.base_scale.numel() == 0:
+            raise ShapeError(f"LuthamKANLayer.base_scale: empty, but base_weight has shape "
+                             f"{tuple(self.base_weight.shape)}")
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # As LuthamLinear: buffers take the shape and dtype of what is loaded.
+        for name in (*KAN_BUFFERS, "kan_params"):
+            key = prefix + name
+            if key in state_dict:
+                src, cur = state_dict[key], getattr(self, name)
+                if src.shape != cur.shape or src.dtype != cur.dtype:
+                    setattr(self, name, torch.empty(src.shape, dtype=src.dtype))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+                                      missing_keys, unexpected_keys, error_msgs)
+        # _refresh runs in a post hook: the `lutham` child (which gives the sizes) loads after this
 
     @classmethod
     def from_compressed(cls, layer: Any) -> nn.Module:
@@ -481,21 +558,54 @@ def load_compressed_(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
                      strict: bool = True) -> nn.Module:
     """Load a state_dict saved from a compressed model into `model`, in place.
 
-    Every submodule whose prefix has LuthamLinear buffers in `state_dict` (a KAN layer of
-    the uncompressed architecture, or an existing LuthamLinear) becomes a LuthamLinear
-    built from them; then `model.load_state_dict(state_dict, strict)` loads the rest.
+    Every submodule whose prefix has compressed-layer buffers in `state_dict` is rebuilt
+    from them: a `LuthamKANLayer` where `{prefix}kan_params` or `{prefix}lutham.*` keys are
+    saved (FastKAN layers swapped by `compress_`, or any LuthamKANLayer), else a
+    `LuthamLinear` where `{prefix}codes` is saved (efficient-kan layers). The submodule may
+    be a KAN layer of the uncompressed architecture (`kan_layer_kind`) or an existing
+    LuthamLinear / LuthamKANLayer of any size. Then `model.load_state_dict(state_dict,
+    strict)` loads the rest, so the rebuilt model runs the same buffers through the same op
+    as the model that was saved.
+
+    Args:
+        model: the uncompressed (or compressed) architecture.
+        state_dict: `{key: tensor}` from a compressed model's `state_dict()`.
+        strict: passed to `load_state_dict` for everything else.
 
     Returns:
-        `model`, or the new LuthamLinear when `model` itself is the layer.
+        `model`, or the new layer when `model` itself is the layer.
+
+    Raises:
+        LayoutError: a compressed layer's buffer is missing from `state_dict` (named).
+        ShapeError: a buffer's shape does not fit its layer. RuntimeError (torch's): strict
+        loading of the other keys failed.
+
+    Example:
+        >>> fresh = FastKAN([4, 6, 3])                                  # doctest: +SKIP
+        >>> skt.load_compressed_(fresh, torch.load("fastkan_compressed.pt"))  # doctest: +SKIP
     """
     result: nn.Module = model
+    rebuilt: list[str] = []
     for name, mod in list(model.named_modules()):
+        if any(name.startswith(p + ".") for p in rebuilt) or (rebuilt and rebuilt[0] == ""):
+            continue  # inside a module already rebuilt
         prefix = f"{name}." if name else ""
-        if (is_kan_linear(mod) or isinstance(mod, LuthamLinear)) and prefix + "codes" in state_dict:
+        candidate = (kan_layer_kind(mod) is not None
+                     or isinstance(mod, (LuthamLinear, LuthamKANLayer)))
+        if not candidate:
+            continue
+        new: nn.Module
+        if prefix + "kan_params" in state_dict or any(
+                k.startswith(prefix + "lutham.") for k in state_dict):
+            new = LuthamKANLayer.from_state_dict(state_dict, prefix)
+        elif prefix + "codes" in state_dict:
             new = LuthamLinear.from_state_dict(state_dict, prefix)
-            if name:
-                _set_submodule(model, name, new)
-            else:
-                result = new
+        else:
+            continue
+        rebuilt.append(name)
+        if name:
+            _set_submodule(model, name, new)
+        else:
+            result = new
     result.load_state_dict(dict(state_dict), strict=strict)
     return result

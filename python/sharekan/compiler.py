@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from . import _core
-from .compressed import CompressedLayer, CompressedModel
+from .compressed import CompressedLayer, CompressedModel, base_activation
 from .config import Config
 from .errors import InvalidInputError, LayoutError, ShapeError
 from .layouts import LayerSource, Layout, detect_layout, get_layout
@@ -153,16 +153,6 @@ def dense_evaluable(source: LayerSource) -> str | None:
     return None
 
 
-def _activation(name: str | None, x: np.ndarray) -> np.ndarray:
-    if name == "silu":
-        return x / (1.0 + np.exp(-x))
-    if name == "gelu":  # exact (erf) GELU, torch's default
-        from math import erf, sqrt
-
-        return 0.5 * x * (1.0 + np.vectorize(erf)(x / sqrt(2.0)))
-    return x
-
-
 def dense_layer_forward(
     source: LayerSource,
     x: np.ndarray,
@@ -180,7 +170,7 @@ def dense_layer_forward(
     # (batch, n_in*M) @ (n_in*M, n_out)
     out = basis.reshape(len(x), n_in * m) @ coeffs.transpose(0, 2, 1).reshape(n_in * m, n_out)
     if base_weight is not None:
-        out += _activation(source.semantics.base_activation, x) @ base_weight
+        out += base_activation(source.semantics.base_activation, x) @ base_weight
     if "base_bias" in source.aux:
         out += source.aux["base_bias"]
     return out

@@ -40,7 +40,7 @@ def _dequant(values: np.ndarray | None, scale: np.ndarray | None) -> np.ndarray 
     return out
 
 
-def _activation(name: str | None, x: np.ndarray) -> np.ndarray:
+def base_activation(name: str | None, x: np.ndarray) -> np.ndarray:
     """Base-branch activation in float64: SiLU, exact (erf) GELU or identity."""
     if name == "silu":
         return x / (1.0 + np.exp(-x))
@@ -239,7 +239,7 @@ class CompressedLayer:
             y = _core.lutham_forward(np.ascontiguousarray(self._norm(arr)), **inputs)
             base = self.base_weights()
             if base is not None:
-                act = _activation(self.semantics.base_activation, arr.astype(np.float64))
+                act = base_activation(self.semantics.base_activation, arr.astype(np.float64))
                 y = (y + act @ base).astype(np.float32)
             if "base_bias" in self.extras:
                 y = (y + self.extras["base_bias"].astype(np.float32)).astype(np.float32)

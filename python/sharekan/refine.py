@@ -32,6 +32,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from . import _core
+from .compressed import base_activation
 from .errors import CodeRangeError, DTypeError, InvalidInputError
 from .layouts import LayerSource
 
@@ -48,12 +49,6 @@ DERIVATIVE_STEP = 1e-6
 MAX_METRIC_ENTRIES = 100_000_000
 #: Rough number of float64 values per temporary block.
 _BLOCK = 4_000_000
-
-
-def _act(name: str | None, x: np.ndarray) -> np.ndarray:
-    from .compiler import _activation
-
-    return _activation(name, x)
 
 
 def check_chain(sources: Sequence[LayerSource], what: str) -> None:
@@ -78,7 +73,7 @@ def edge_derivatives(source: LayerSource, x: np.ndarray) -> np.ndarray:
     out = np.einsum("rim,iom->rio", d_basis, source.coeffs)
     if source.base_weight is not None:
         act = source.semantics.base_activation
-        d_act = (_act(act, x + step) - _act(act, x - step)) / (2 * step)
+        d_act = (base_activation(act, x + step) - base_activation(act, x - step)) / (2 * step)
         out += d_act[:, :, None] * source.base_weight[None]
     return out
 
@@ -240,7 +235,7 @@ def compensate_output(
     y = np.asarray(target, dtype=np.float64)
     if "base_bias" in source.aux:
         y = y - source.aux["base_bias"]
-    act = None if base is None else _act(source.semantics.base_activation, x_compressed)
+    act = None if base is None else base_activation(source.semantics.base_activation, x_compressed)
     sums = None if folded else u.sum(axis=2)
     gains_out = np.empty_like(gains, dtype=np.float64)
     base_out = None if base is None else np.empty_like(base, dtype=np.float64)

@@ -8,6 +8,7 @@
 use crate::error::{check_finite, fmt_shape, Error, Result};
 use crate::kmeans::{spherical_kmeans, KMeansParams, KMeansResult};
 use crate::linalg::{cholesky, dot, mul_lower_transpose, solve_lower_transpose};
+use crate::refine::{check_codebook, check_codes, solve_gain_bias};
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
 use rayon::prelude::*;
 
@@ -192,31 +193,8 @@ fn check_codebook_codes(
     e: usize,
     m: usize,
 ) -> Result<()> {
-    let (k, mm) = codebook.dim();
-    if k == 0 || mm != m {
-        return Err(Error::shape(
-            "codebook",
-            format!("(K, M) with K >= 1 and M = {m}"),
-            fmt_shape(&[k, mm]),
-        ));
-    }
-    check_finite("codebook", codebook.as_standard_layout().iter())?;
-    if codes.len() != e {
-        return Err(Error::shape(
-            "codes",
-            format!("(E,) = ({e},)"),
-            fmt_shape(&[codes.len()]),
-        ));
-    }
-    if let Some(index) = codes.iter().position(|&c| c as usize >= k) {
-        return Err(Error::CodeOutOfRange {
-            arg: "codes".into(),
-            index,
-            code: codes[index] as i64,
-            k,
-        });
-    }
-    Ok(())
+    check_codebook(codebook, m)?;
+    check_codes(codes, e, codebook.nrows())
 }
 
 /// Joint least-squares refit of gains and biases for fixed codes.
@@ -257,14 +235,7 @@ pub fn refit_gain_bias(
         let q = codes[i] as usize;
         let p = rc.row(q).dot(&w);
         let s = r1.dot(&w);
-        let det = a[q] * d - c[q] * c[q];
-        if det > 1e-12 * a[q] * d && det.is_finite() {
-            gains[i] = (d * p - c[q] * s) / det;
-            biases[i] = (a[q] * s - c[q] * p) / det;
-        } else {
-            gains[i] = 0.0;
-            biases[i] = s / d;
-        }
+        (gains[i], biases[i]) = solve_gain_bias(a[q], c[q], d, p, s);
     }
     Ok((gains, biases))
 }

@@ -101,7 +101,10 @@ fn check_edges<'a>(metrics: ArrayView3<'a, f64>, coeffs: ArrayView2<'a, f64>) ->
     Ok(Edges { r, w, e, m: m1 })
 }
 
-fn check_codebook<'a>(codebook: ArrayView2<'a, f64>, m: usize) -> Result<Cow<'a, [f64]>> {
+pub(crate) fn check_codebook<'a>(
+    codebook: ArrayView2<'a, f64>,
+    m: usize,
+) -> Result<Cow<'a, [f64]>> {
     let (k, cm) = codebook.dim();
     if k == 0 || cm != m {
         return Err(Error::shape(
@@ -115,7 +118,7 @@ fn check_codebook<'a>(codebook: ArrayView2<'a, f64>, m: usize) -> Result<Cow<'a,
     Ok(c)
 }
 
-fn check_codes(codes: &[u32], e: usize, k: usize) -> Result<()> {
+pub(crate) fn check_codes(codes: &[u32], e: usize, k: usize) -> Result<()> {
     if codes.len() != e {
         return Err(Error::shape(
             "codes",
@@ -152,7 +155,7 @@ fn check_scalars<'a>(x: ArrayView1<'a, f64>, arg: &str, e: usize) -> Result<Cow<
 
 /// `(g, b)` of the 2x2 normal equations (degenerate: `g = 0`, `b = s / d`).
 #[inline]
-fn solve_gain_bias(a: f64, c: f64, d: f64, p: f64, s: f64) -> (f64, f64) {
+pub(crate) fn solve_gain_bias(a: f64, c: f64, d: f64, p: f64, s: f64) -> (f64, f64) {
     let det = a * d - c * c;
     if det > DET_REL * a * d && det.is_finite() {
         ((d * p - c * s) / det, (a * s - c * p) / det)

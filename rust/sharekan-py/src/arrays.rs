@@ -7,7 +7,7 @@ use numpy::{
 use pyo3::prelude::*;
 use sharekan_core::artifact::{DType, Tensor};
 
-use crate::errors::py_error;
+use crate::errors::{invalid, py_error};
 
 /// Describes `obj` for error messages: "ndarray float32 (3, 4)" or its Python type.
 fn describe(obj: &Bound<'_, PyAny>) -> String {
@@ -69,6 +69,17 @@ fn typed<'py, T: Element, D: ndarray::Dimension>(
             format!("{name}: expected dtype {want}, got {}", describe(obj)),
         )
     })
+}
+
+/// The elements of a checked 1-D view as a slice (`array1` already requires C order; a
+/// view that still is not contiguous becomes an InvalidInputError, never a panic).
+pub(crate) fn slice1<'a, T: Element>(
+    py: Python<'_>,
+    a: &'a PyReadonlyArray1<'_, T>,
+    name: &str,
+) -> PyResult<&'a [T]> {
+    a.as_slice()
+        .map_err(|_| invalid(py, &format!("{name}: must be C-contiguous")))
 }
 
 /// A read-only 1-D view of `obj` with dtype `T`, C-contiguous.

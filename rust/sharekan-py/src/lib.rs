@@ -17,7 +17,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use sharekan_core::{artifact, bspline, gsb, kmeans, quant};
 
-use arrays::{array1, array2};
+use arrays::{array1, array2, slice1};
 use errors::{core_err, invalid};
 
 /// A non-negative integer argument as usize, or InvalidInputError naming it.
@@ -152,9 +152,7 @@ fn refit_gain_bias<'py>(
     let codebook = array2::<f64>(codebook, "codebook")?;
     let codes = array1::<u32>(codes, "codes")?;
     let (cv, mv, bv) = (coeffs.as_array(), metric.as_array(), codebook.as_array());
-    let codes = codes
-        .as_slice()
-        .map_err(|_| invalid(py, "codes: must be C-contiguous"))?;
+    let codes = slice1(py, &codes, "codes")?;
     let (g, b) = py
         .detach(|| gsb::refit_gain_bias(cv, mv, bv, codes))
         .map_err(|e| core_err(py, e))?;
@@ -205,9 +203,7 @@ fn pack_nibbles<'py>(
     values: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyArray1<u8>>> {
     let values = array1::<i8>(values, "values")?;
-    let slice = values
-        .as_slice()
-        .map_err(|_| invalid(py, "values: must be C-contiguous"))?;
+    let slice = slice1(py, &values, "values")?;
     let packed = quant::pack_nibbles(slice).map_err(|e| core_err(py, e))?;
     Ok(Array1::from(packed).into_pyarray(py))
 }

@@ -4,20 +4,14 @@
 //! finiteness and code ranges and runs with the GIL released.
 
 use ndarray::Array1;
-use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1};
+use numpy::{IntoPyArray, PyArray1, PyArray2};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use sharekan_core::refine;
 
-use crate::arrays::{array1, array2, array3};
+use crate::arrays::{array1, array2, array3, slice1};
 use crate::count;
-use crate::errors::{core_err, invalid};
-
-fn codes_slice<'a>(py: Python<'_>, codes: &'a PyReadonlyArray1<'_, u32>) -> PyResult<&'a [u32]> {
-    codes
-        .as_slice()
-        .map_err(|_| invalid(py, "codes: must be C-contiguous"))
-}
+use crate::errors::core_err;
 
 /// Per-edge (gain, bias): metrics (E, M, M), coeffs (E, M), codebook (K, M), codes u32 (E,).
 #[pyfunction]
@@ -34,7 +28,7 @@ pub fn edge_gain_bias<'py>(
     let codebook = array2::<f64>(codebook, "codebook")?;
     let codes = array1::<u32>(codes, "codes")?;
     let (rv, cv, bv) = (metrics.as_array(), coeffs.as_array(), codebook.as_array());
-    let codes = codes_slice(py, &codes)?;
+    let codes = slice1(py, &codes, "codes")?;
     let (g, b) = py
         .detach(|| refine::edge_gain_bias(rv, cv, bv, codes))
         .map_err(|e| core_err(py, e))?;
@@ -55,7 +49,7 @@ pub fn refine_assign<'py>(
     let codebook = array2::<f64>(codebook, "codebook")?;
     let codes = array1::<u32>(codes, "codes")?;
     let (rv, cv, bv) = (metrics.as_array(), coeffs.as_array(), codebook.as_array());
-    let codes = codes_slice(py, &codes)?;
+    let codes = slice1(py, &codes, "codes")?;
     let out = py
         .detach(|| refine::assign(rv, cv, bv, codes))
         .map_err(|e| core_err(py, e))?;
@@ -82,7 +76,7 @@ pub fn refine_update<'py>(
     let biases = array1::<f64>(biases, "biases")?;
     let (rv, cv, bv) = (metrics.as_array(), coeffs.as_array(), codebook.as_array());
     let (gv, biv) = (gains.as_array(), biases.as_array());
-    let codes = codes_slice(py, &codes)?;
+    let codes = slice1(py, &codes, "codes")?;
     let out = py
         .detach(|| refine::update(rv, cv, bv, codes, gv, biv))
         .map_err(|e| core_err(py, e))?;
@@ -108,7 +102,7 @@ pub fn refine_objective(
     let biases = array1::<f64>(biases, "biases")?;
     let (rv, cv, bv) = (metrics.as_array(), coeffs.as_array(), codebook.as_array());
     let (gv, biv) = (gains.as_array(), biases.as_array());
-    let codes = codes_slice(py, &codes)?;
+    let codes = slice1(py, &codes, "codes")?;
     py.detach(|| refine::objective(rv, cv, bv, codes, gv, biv))
         .map_err(|e| core_err(py, e))
 }
@@ -129,7 +123,7 @@ pub fn lloyd_refine<'py>(
     let codebook = array2::<f64>(codebook, "codebook")?;
     let codes = array1::<u32>(codes, "codes")?;
     let (rv, cv, bv) = (metrics.as_array(), coeffs.as_array(), codebook.as_array());
-    let codes = codes_slice(py, &codes)?;
+    let codes = slice1(py, &codes, "codes")?;
     let res = py
         .detach(|| refine::lloyd_refine(rv, cv, bv, codes, n_iter))
         .map_err(|e| core_err(py, e))?;

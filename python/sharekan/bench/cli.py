@@ -92,23 +92,36 @@ def main(argv: list[str] | None = None) -> int:
           "state_dict bytes / bytes. SQNR and agreement are against the dense head's outputs on "
           "the test split.", ""]
     started = time.perf_counter()
+    # each section: its JSON file, its Markdown renderer and its plots (if any)
+    sections = {"vision": ("vision_classification.json", report.classification_markdown,
+                           report.plot_classification),
+                "regression": ("vision_regression.json", report.regression_markdown,
+                               report.plot_regression),
+                "multihead": ("vision_multihead.json", report.multihead_markdown, None),
+                "detection": ("vision_detection.json", report.detection_markdown, None),
+                "transfer": ("vision_transfer.json", report.transfer_markdown, None)}
+
+    def record(section: str, res: dict[str, Any]) -> None:
+        """Stamp a fresh result, save its JSON, add its Markdown, draw its plots."""
+        fname, render, plot = sections[section]
+        res["environment"] = env
+        res["command"] = command
+        report.write_json(res, out / fname)
+        md.append(render(res))
+        if plot is not None:
+            plot(res, out)
+
     if args.what == "report":
         import json
 
-        for fname, render in (("vision_classification.json", report.classification_markdown),
-                              ("vision_regression.json", report.regression_markdown),
-                              ("vision_multihead.json", report.multihead_markdown),
-                              ("vision_detection.json", report.detection_markdown),
-                              ("vision_transfer.json", report.transfer_markdown)):
+        for fname, render, plot in sections.values():
             if (out / fname).exists():
                 res = json.loads((out / fname).read_text(), parse_constant=float)
                 res = _floats(res)
                 md.append(f"Recorded by: `{res.get('command', '?')}`\n")
                 md.append(render(res))
-                if fname == "vision_classification.json":
-                    report.plot_classification(res, out)
-                if fname == "vision_regression.json":
-                    report.plot_regression(res, out)
+                if plot is not None:
+                    plot(res, out)
         (out / "vision.md").write_text("\n".join(md) + "\n")
         log(f"wrote {out / 'vision.md'}")
         return 0
@@ -118,12 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = quick_config() if args.quick else VisionConfig()
         second = () if args.second_backbone in ("", "none") else (args.second_backbone,)
         cfg = replace(cfg, second_backbones=second)
-        res = run_classification(cache, cfg, log)
-        res["environment"] = env
-        res["command"] = command
-        report.write_json(res, out / "vision_classification.json")
-        md.append(report.classification_markdown(res))
-        report.plot_classification(res, out)
+        record("vision", run_classification(cache, cfg, log))
     if args.what in ("all", "regression"):
         from .regression import RegressionConfig, run_regression
 
@@ -135,42 +143,25 @@ def main(argv: list[str] | None = None) -> int:
             formulas = (next(iter(FORMULAS)),)
             rcfg = RegressionConfig(ks=(16, 64), metrics=("data",))
         log("regression:")
-        rres = run_regression(cache, rcfg, log, formulas)
-        rres["environment"] = env
-        rres["command"] = command
-        report.write_json(rres, out / "vision_regression.json")
-        md.append(report.regression_markdown(rres))
-        report.plot_regression(rres, out)
+        record("regression", run_regression(cache, rcfg, log, formulas))
     if args.what in ("all", "multihead"):
         from .multihead import MultiHeadConfig, quick, run_multihead
         from .vision import load_features
 
         log("multi-head:")
         mcfg = quick() if args.quick else MultiHeadConfig()
-        mres = run_multihead(cache, load_features(cache, 64, log), mcfg, log)
-        mres["environment"] = env
-        mres["command"] = command
-        report.write_json(mres, out / "vision_multihead.json")
-        md.append(report.multihead_markdown(mres))
+        record("multihead", run_multihead(cache, load_features(cache, 64, log), mcfg, log))
     if args.what in ("all", "detection"):
         from .detection import DetConfig, quick_config as det_quick, run_detection
 
         log("detection (generated VOC-20):")
-        dres = run_detection(cache, det_quick() if args.quick else DetConfig(), log)
-        dres["environment"] = env
-        dres["command"] = command
-        report.write_json(dres, out / "vision_detection.json")
-        md.append(report.detection_markdown(dres))
+        record("detection", run_detection(cache, det_quick() if args.quick else DetConfig(), log))
     if args.what in ("all", "transfer"):
         from .transfer import TransferConfig, run_transfer
 
         log("transfer (shifted Fashion-MNIST):")
         tcfg = TransferConfig(n=500, ks=(16,), heads=("kan",)) if args.quick else TransferConfig()
-        tres = run_transfer(cache, tcfg, log)
-        tres["environment"] = env
-        tres["command"] = command
-        report.write_json(tres, out / "vision_transfer.json")
-        md.append(report.transfer_markdown(tres))
+        record("transfer", run_transfer(cache, tcfg, log))
     md.append(f"Total wall time: {time.perf_counter() - started:.0f} s.")
     name = "vision.md" if args.what == "all" else f"vision_{args.what}.md"
     (out / name).write_text("\n".join(md) + "\n")

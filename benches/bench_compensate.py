@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
 
-import numpy as np
 
 import sharekan
 from sharekan.bench import methods as M
@@ -71,7 +71,7 @@ def main() -> None:
                   flush=True)
     record = {"head": "MobileNetV2 kan 1280-256-10 (classification bench)", "dense_accuracy": dense_acc,
               "dense_bytes": M.dense_bytes(sd), "calibration_rows": CALIB_ROWS, "rows": rows,
-              "machine": {"platform": platform.platform(), "cpus": __import__("os").cpu_count()}}
+              "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "compensate.json").write_text(json.dumps(record, indent=1) + "\n")

@@ -23,7 +23,6 @@ import platform
 import time
 from pathlib import Path
 
-
 import sharekan
 from sharekan.bench import methods as M
 from sharekan.bench.data import cache_dir

@@ -140,10 +140,31 @@ def test_rust_refine_matches_numpy_reference(e, m, k, degenerate):
         book_ref, codes_ref, hist_ref = oracle.refine_lloyd(metrics, coeffs, book, codes, n_iter=8)
         new_book, new_codes, hist = refine.lloyd_refine(metrics, coeffs, book, codes, n_iter=8)
         assert new_codes.dtype == np.uint32 and new_book.shape == (k, m)
-        np.testing.assert_array_equal(new_codes, codes_ref)
-        np.testing.assert_allclose(new_book, book_ref, rtol=1e-9, atol=1e-12)
-        assert len(hist) == len(hist_ref)
-        np.testing.assert_allclose(hist, hist_ref, rtol=1e-9, atol=1e-12 * hist_ref[0])
+        _assert_same_lloyd_run(metrics, coeffs, (new_book, new_codes, hist),
+                               (book_ref, codes_ref, hist_ref))
+
+
+def _assert_same_lloyd_run(metrics, coeffs, got, ref):
+    """Two Lloyd runs agree: same objective trajectory (to tolerance) while it is above the
+    rounding floor, then the same codes and codebook. Once the objective reaches the floor
+    (an exact fit, e.g. K >= E) whether a step still "improves" is decided by rounding,
+    which differs between CPUs and BLAS builds: there both runs must only have reached it."""
+    (book, codes, hist), (book_ref, codes_ref, hist_ref) = got, ref
+    floor = 1e-10 * hist_ref[0]
+
+    def above(h):
+        return next((i for i, v in enumerate(h) if v <= floor), len(h))
+
+    n = above(hist_ref)
+    assert above(hist) == n, (hist, hist_ref)
+    np.testing.assert_allclose(hist[:n], hist_ref[:n], rtol=1e-9, atol=1e-12 * hist_ref[0])
+    if n == len(hist_ref) and n == len(hist):
+        np.testing.assert_array_equal(codes, codes_ref)
+        np.testing.assert_allclose(book, book_ref, rtol=1e-9, atol=1e-12)
+        return
+    for b, c in ((book, codes), (book_ref, codes_ref)):
+        g, bias = refine.edge_gain_bias(metrics, coeffs, b, c)
+        assert oracle.refine_objective(metrics, coeffs, b, c, g, bias) <= floor
 
 
 def test_constant_edges_stay_exact_under_lloyd():

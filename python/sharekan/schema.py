@@ -1,0 +1,370 @@
+"""The artifact schema: what a sharekan artifact may hold, checked field against field.
+
+A file written by someone else is untrusted input, and its digest only detects accidents
+(anyone can recompute it). `validate` therefore checks every metadata value and every
+tensor's dtype and shape against the others, with documented caps and exact integer
+arithmetic, *before* the loader unpacks or allocates anything derived from them. Anything
+wrong raises `ArtifactError` naming the layer, the field and the values.
+
+Caps (the same in the Rust evaluator and the C++ kernel where they apply):
+
+- spline order k: 0 <= k <= MAX_SPLINE_ORDER (15);
+- codebook size K: 1 <= K <= MAX_CODEBOOK_SIZE (65,536), code width bits = ceil(log2 K);
+- n_in, n_out: 1 <= n <= MAX_DIM (2**24); edges n_in * n_out <= MAX_EDGES (2**31 - 1);
+- codebook width M (coefficients per edge): 1 <= M <= MAX_COEFFS (4,096).
+
+Every per-edge tensor must hold exactly n_in * n_out values, so the memory the loader
+allocates is bounded by a small multiple of the file size.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from . import _core
+from .config import MAX_CODEBOOK_SIZE
+from .errors import ArtifactError
+from .layouts.base import BASE_ACTIVATIONS
+from .layouts.bases import BASIS_KINDS
+
+MAX_SPLINE_ORDER = 15
+MAX_DIM = 1 << 24
+MAX_EDGES = (1 << 31) - 1
+MAX_COEFFS = 4096
+
+#: Tensor statuses a report may list.
+TENSOR_STATUSES = ("compressed", "passthrough", "refused")
+#: dtypes a source tensor may be restored to (`decompress`).
+SOURCE_DTYPES = frozenset(
+    ["float16", "float32", "float64", "bfloat16", "int8", "uint8", "int16", "int32", "int64",
+     "bool"]
+)
+#: Per-edge weight fields: stored as float32 `{name}`, int8 `{name}_q` or packed int4
+#: `{name}_q4`, the int forms with a float32 `{name}_scale` of shape (n_out,).
+WEIGHT_FIELDS = ("gains", "edge_bias", "base_weight")
+#: Layer extras the evaluator reads, and the length each must have.
+_EXTRA_LENGTHS = {"norm_weight": ("n_in", "n_out"), "norm_bias": ("n_in", "n_out"),
+                  "base_bias": ("n_out",)}
+#: Metadata keys of a layer entry and their JSON types.
+_LAYER_KEYS: dict[str, tuple[type, ...]] = {
+    "name": (str,), "n_in": (int,), "n_out": (int,), "grid_size": (int,),
+    "spline_order": (int,), "codebook_size": (int,), "bits": (int,),
+    "codebook_group": (str,), "source": (dict,),
+}
+_SEMANTICS_KEYS = {"base_activation", "input_norm", "post", "conv", "base_bias"}
+
+
+def _fail(where: str, detail: str) -> ArtifactError:
+    return ArtifactError(f"{where}: {detail}")
+
+
+def _int(where: str, value: Any, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(where, f"expected an integer, got {value!r}")
+    if not lo <= value <= hi:
+        raise _fail(where, f"{value} is outside [{lo}, {hi}]")
+    return value
+
+
+def _positive_float(where: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _fail(where, f"expected a number, got {value!r}")
+    v = float(value)
+    # the evaluators use it as float32: it must stay finite and non-zero there, as must 1/v
+    if not (math.isfinite(v) and v > 0 and np.isfinite(np.float32(v)) and np.float32(v) > 0
+            and np.isfinite(np.float32(1.0) / np.float32(v))):
+        raise _fail(where, f"expected a finite number > 0 (also as float32), got {value!r}")
+    return v
+
+
+def parse_json(metadata: Mapping[str, str], key: str, kind: type) -> Any:
+    """The metadata entry `key` parsed as JSON and checked to be a `kind`."""
+    if key not in metadata:
+        raise _fail("metadata", f"missing entry {key!r}")
+    try:
+        value = json.loads(metadata[key])
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise _fail(f"metadata[{key!r}]", f"not valid JSON ({exc})") from None
+    if not isinstance(value, kind):
+        raise _fail(f"metadata[{key!r}]", f"expected a JSON {kind.__name__}, got "
+                    f"{type(value).__name__}")
+    return value
+
+
+def _tensor(tensors: Mapping[str, np.ndarray], name: str, dtype: str,
+            shapes: list[tuple[int, ...]], finite: bool = False) -> np.ndarray:
+    if name not in tensors:
+        raise _fail(f"tensor {name!r}", "missing")
+    array = tensors[name]
+    if array.dtype != np.dtype(dtype):
+        raise _fail(f"tensor {name!r}", f"expected dtype {dtype}, got {array.dtype}")
+    if tuple(array.shape) not in shapes:
+        want = " or ".join(str(s) for s in shapes)
+        raise _fail(f"tensor {name!r}", f"expected shape {want}, got {tuple(array.shape)}")
+    if finite and array.size and not np.isfinite(array).all():
+        raise _fail(f"tensor {name!r}", "holds NaN or Inf")
+    return array
+
+
+def _check_weight(tensors: Mapping[str, np.ndarray], prefix: str, name: str,
+                  n_edges: int, edge_shape: tuple[int, int], n_out: int) -> bool:
+    """Checks the stored form of a per-edge weight; False when absent."""
+    forms = [f for f in (name, f"{name}_q", f"{name}_q4") if prefix + f in tensors]
+    if not forms:
+        if prefix + f"{name}_scale" in tensors:
+            raise _fail(f"tensor {prefix}{name}_scale", f"present without {prefix}{name}")
+        return False
+    if len(forms) > 1:
+        raise _fail(f"layer {prefix[:-1]!r}", f"{name} is stored twice ({', '.join(forms)})")
+    form = forms[0]
+    if form == name:
+        _tensor(tensors, prefix + name, "float32", [edge_shape], finite=True)
+        if prefix + f"{name}_scale" in tensors:
+            raise _fail(f"tensor {prefix}{name}_scale", "present with float32 values")
+        return True
+    if form.endswith("_q4"):
+        _tensor(tensors, prefix + form, "uint8", [((n_edges + 1) // 2,)])
+    else:
+        _tensor(tensors, prefix + form, "int8", [edge_shape])
+    _tensor(tensors, prefix + f"{name}_scale", "float32", [(n_out,)], finite=True)
+    return True
+
+
+def _check_basis(where: str, meta: Mapping[str, Any], grid_size: int, k: int,
+                 m: int) -> tuple[str, int]:
+    """The basis kind and the width of its stored `grid` rows."""
+    basis = meta.get("basis", {"kind": "bspline"})
+    if not isinstance(basis, dict):
+        raise _fail(f"{where} basis", f"expected an object, got {basis!r}")
+    kind = basis.get("kind", "bspline")
+    if kind not in BASIS_KINDS:
+        raise _fail(f"{where} basis", f"unknown kind {kind!r}; known: {list(BASIS_KINDS)}")
+    if kind == "bspline":
+        if "k" in basis and basis["k"] != k:
+            raise _fail(f"{where} basis", f"k={basis['k']!r} differs from spline_order={k}")
+        if grid_size < 1 or m != grid_size + k:
+            raise _fail(where, f"codebook width M={m} must equal grid_size + spline_order = "
+                        f"{grid_size} + {k} with grid_size >= 1")
+        return kind, grid_size + 2 * k + 1
+    if k != 0:
+        raise _fail(where, f"spline_order={k} for a {kind} basis (expected 0)")
+    if kind == "rbf":
+        _positive_float(f"{where} basis h", basis.get("h"))
+        if m < 2:
+            raise _fail(where, f"an RBF basis needs M >= 2 centres, got {m}")
+        return kind, m
+    degree = _int(f"{where} basis degree", basis.get("degree"), 0, MAX_COEFFS - 1)
+    if m != degree + 1:
+        raise _fail(where, f"codebook width M={m} must equal degree + 1 = {degree + 1}")
+    if kind == "gram":
+        weights = basis.get("beta_weights")
+        if not isinstance(weights, list) or not all(
+            isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w)
+            for w in weights
+        ):
+            raise _fail(f"{where} basis beta_weights", "expected a list of finite numbers")
+    return kind, -1  # Chebyshev / Gram: any grid row width (the grid is not read)
+
+
+def _check_semantics(where: str, sem: Any) -> None:
+    if sem is None:
+        return
+    if not isinstance(sem, dict) or not set(sem) <= _SEMANTICS_KEYS:
+        raise _fail(f"{where} semantics", f"expected an object with keys among "
+                    f"{sorted(_SEMANTICS_KEYS)}, got {sem!r}")
+    act = sem.get("base_activation", "silu")
+    if act is not None and act not in BASE_ACTIVATIONS:
+        raise _fail(f"{where} semantics", f"base_activation {act!r}; expected one of "
+                    f"{list(BASE_ACTIVATIONS)} or null")
+    if sem.get("input_norm") not in (None, "layernorm"):
+        raise _fail(f"{where} semantics", f"input_norm {sem.get('input_norm')!r}")
+    post = sem.get("post", [])
+    if not isinstance(post, list) or not all(isinstance(p, str) for p in post):
+        raise _fail(f"{where} semantics", f"post {post!r}: expected a list of names")
+    if sem.get("conv") is not None and not isinstance(sem["conv"], dict):
+        raise _fail(f"{where} semantics", f"conv {sem['conv']!r}: expected an object or null")
+    if not isinstance(sem.get("base_bias", False), bool):
+        raise _fail(f"{where} semantics", f"base_bias {sem['base_bias']!r}: expected a boolean")
+
+
+def _check_layout_info(where: str, info: Any) -> None:
+    if info is None:
+        return
+    if not isinstance(info, dict):
+        raise _fail(f"{where} layout_info", f"expected an object, got {info!r}")
+    if "layernorm_eps" in info:
+        _positive_float(f"{where} layout_info layernorm_eps", info["layernorm_eps"])
+    if not isinstance(info.get("norm_affine", True), bool):
+        raise _fail(f"{where} layout_info", f"norm_affine {info['norm_affine']!r}")
+
+
+def _check_source(where: str, source: Mapping[str, Any], cap: int) -> list[str]:
+    keys = []
+    for role, entry in source.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
+            raise _fail(f"{where} source {role!r}", f"expected {{key, shape, dtype}}, got {entry!r}")
+        shape = entry.get("shape")
+        if not isinstance(shape, list) or len(shape) > 8:
+            raise _fail(f"{where} source {role!r}", f"shape {shape!r}: expected a list of <= 8 sizes")
+        numel = 1
+        for d in shape:
+            numel *= _int(f"{where} source {role!r} shape", d, 0, MAX_EDGES)
+        if numel > cap:  # decompress allocates it: no more than the layer can fill
+            raise _fail(f"{where} source {role!r}",
+                        f"shape {shape} holds {numel} values, more than the layer's {cap}")
+        if entry.get("dtype") not in SOURCE_DTYPES:
+            raise _fail(f"{where} source {role!r}", f"dtype {entry.get('dtype')!r}; expected "
+                        f"one of {sorted(SOURCE_DTYPES)}")
+        keys.append(entry["key"])
+    return keys
+
+
+def validate_layer(meta: Any, tensors: Mapping[str, np.ndarray]) -> set[str]:
+    """Checks one layer entry of the `layers` metadata against its tensors; returns the
+    names of the tensors it owns (its codebook group's excluded)."""
+    if not isinstance(meta, dict):
+        raise _fail("metadata 'layers'", f"expected objects, got {meta!r}")
+    for key, kinds in _LAYER_KEYS.items():
+        if key not in meta:
+            raise _fail("metadata 'layers'", f"a layer entry lacks {key!r}")
+        if not isinstance(meta[key], kinds) or isinstance(meta[key], bool):
+            raise _fail("metadata 'layers'", f"{key}={meta[key]!r} has the wrong type")
+    name = meta["name"]
+    where = f"layer {name!r}"
+    n_in = _int(f"{where} n_in", meta["n_in"], 1, MAX_DIM)
+    n_out = _int(f"{where} n_out", meta["n_out"], 1, MAX_DIM)
+    n_edges = n_in * n_out
+    if n_edges > MAX_EDGES:
+        raise _fail(where, f"n_in * n_out = {n_edges} edges exceeds {MAX_EDGES}")
+    k = _int(f"{where} spline_order", meta["spline_order"], 0, MAX_SPLINE_ORDER)
+    grid_size = _int(f"{where} grid_size", meta["grid_size"], 0, MAX_COEFFS)
+    K = _int(f"{where} codebook_size", meta["codebook_size"], 1, MAX_CODEBOOK_SIZE)
+    bits = _core.bits_for(K)
+    if meta["bits"] != bits:
+        raise _fail(where, f"bits={meta['bits']!r} but a {K}-word codebook needs {bits}")
+
+    prefix = f"{name}."
+    book = f"codebooks.{meta['codebook_group']}."
+    if book + "codebook" in tensors:
+        if book + "codebook_q" in tensors:
+            raise _fail(where, f"codebook group {meta['codebook_group']!r} stores both "
+                        "codebook and codebook_q")
+        shape = tuple(tensors[book + "codebook"].shape)
+    elif book + "codebook_q" in tensors:
+        shape = tuple(tensors[book + "codebook_q"].shape)
+    else:
+        raise _fail(where, f"codebook group {meta['codebook_group']!r} has no codebook tensor")
+    if len(shape) != 2 or shape[0] != K or not 1 <= shape[1] <= MAX_COEFFS:
+        raise _fail(where, f"codebook shape {shape}; expected ({K}, M) with 1 <= M <= {MAX_COEFFS}")
+    m = shape[1]
+    if book + "codebook" in tensors:
+        _tensor(tensors, book + "codebook", "float32", [(K, m)], finite=True)
+    else:
+        _tensor(tensors, book + "codebook_q", "int8", [(K, m)])
+        _tensor(tensors, book + "codebook_scale", "float32", [(K,), (1,)], finite=True)
+
+    kind, width = _check_basis(where, meta, grid_size, k, m)
+    rows = [(1,), (n_in,)]
+    if width >= 0:
+        grid = _tensor(tensors, prefix + "grid", "float32", [(r[0], width) for r in rows],
+                       finite=True)
+    else:  # not read by the basis: any row width up to the largest a layout writes
+        stored = tensors.get(prefix + "grid")
+        cols = stored.shape[-1] if stored is not None and stored.ndim == 2 else 1
+        grid = _tensor(tensors, prefix + "grid", "float32", [(r[0], cols) for r in rows])
+        if cols > 2 * MAX_COEFFS + 1:
+            raise _fail(f"tensor {prefix}grid", f"{cols} columns is too wide")
+    if kind == "bspline" and grid.size and not (np.diff(grid.astype(np.float64), axis=1) > 0).all():
+        raise _fail(f"tensor {prefix}grid", "knots are not strictly increasing in every row")
+    _check_semantics(where, meta.get("semantics"))
+    _check_layout_info(where, meta.get("layout_info"))
+
+    _tensor(tensors, prefix + "codes", "uint8", [((n_edges * bits + 7) // 8,)])
+    edge = (n_in, n_out)
+    if not _check_weight(tensors, prefix, "gains", n_edges, edge, n_out):
+        raise _fail(where, "no gains tensor (gains, gains_q or gains_q4)")
+    has_edge_bias = _check_weight(tensors, prefix, "edge_bias", n_edges, edge, n_out)
+    _check_weight(tensors, prefix, "base_weight", n_edges, edge, n_out)
+    if prefix + "out_bias" in tensors:
+        _tensor(tensors, prefix + "out_bias", "float32", [(n_out,)], finite=True)
+    elif not has_edge_bias:
+        raise _fail(where, "neither edge_bias nor out_bias is stored")
+
+    owned = {n for n in tensors if n.startswith(prefix) and "." not in n[len(prefix):]}
+    known = {"codes", "grid", "out_bias"} | {
+        f"{w}{s}" for w in WEIGHT_FIELDS for s in ("", "_q", "_q4", "_scale")
+    }
+    for tensor_name in sorted(owned):
+        field = tensor_name[len(prefix):]
+        if field in known:
+            continue
+        if not field.startswith("extra_"):
+            raise _fail(f"tensor {tensor_name!r}", f"unknown field {field!r} of {where}")
+        extra = field[len("extra_"):]
+        if extra in _EXTRA_LENGTHS:
+            lengths = [(n_in if d == "n_in" else n_out,) for d in _EXTRA_LENGTHS[extra]]
+            _tensor(tensors, tensor_name, "float32", lengths, finite=True)
+        elif tensors[tensor_name].size > n_edges + 8:  # layout-specific (pykan's mask)
+            raise _fail(f"tensor {tensor_name!r}", f"{tensors[tensor_name].size} values; a "
+                        f"layer extra holds at most one per edge ({n_edges})")
+
+    cap = n_edges * (m + 1) + n_in * max(grid.shape[1], 1) + n_in + n_out
+    source = meta["source"]
+    _check_source(where, source, cap)
+    return owned
+
+
+def validate(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> None:
+    """Checks an artifact's metadata and tensors against each other (see the module
+    docstring). Raises ArtifactError on the first inconsistency."""
+    layers = parse_json(metadata, "layers", list)
+    passthrough = parse_json(metadata, "passthrough", list)
+    key_order = parse_json(metadata, "key_order", list)
+    report = parse_json(metadata, "report", dict)
+    parse_json(metadata, "config", dict)
+    if not isinstance(metadata.get("source_layout"), str):
+        raise _fail("metadata", "missing entry 'source_layout'")
+
+    claimed: set[str] = set()
+    names: set[str] = set()
+    source_keys: list[str] = []
+    for meta in layers:
+        claimed |= validate_layer(meta, tensors)
+        if meta["name"] in names:
+            raise _fail("metadata 'layers'", f"layer {meta['name']!r} appears twice")
+        names.add(meta["name"])
+        source_keys += [e["key"] for e in meta["source"].values()]
+        group = f"codebooks.{meta['codebook_group']}."
+        claimed |= {n for n in tensors if n.startswith(group) and "." not in n[len(group):]}
+    for key in passthrough:
+        if not isinstance(key, str) or f"passthrough.{key}" not in tensors:
+            raise _fail("metadata 'passthrough'", f"{key!r} has no tensor passthrough.{key}")
+        claimed.add(f"passthrough.{key}")
+    unclaimed = sorted(set(tensors) - claimed)
+    if unclaimed:
+        raise _fail("artifact", f"tensors no layer or passthrough entry claims: {unclaimed[:4]}")
+    if not all(isinstance(k, str) for k in key_order) or len(set(key_order)) != len(key_order):
+        raise _fail("metadata 'key_order'", "expected distinct key names")
+    if set(key_order) != set(source_keys) | set(passthrough):
+        missing = sorted(set(source_keys) | set(passthrough) - set(key_order))
+        extra = sorted(set(key_order) - set(source_keys) - set(passthrough))
+        raise _fail("metadata 'key_order'", f"does not list the stored keys (missing "
+                    f"{missing[:4]}, unknown {extra[:4]})")
+    entries = report.get("tensors")
+    if not isinstance(entries, list):
+        raise _fail("metadata 'report'", "no tensor list")
+    for entry in entries:
+        if not isinstance(entry, dict) or entry.get("status") not in TENSOR_STATUSES:
+            raise _fail("metadata 'report'", f"tensor entry {entry!r}: status must be one of "
+                        f"{list(TENSOR_STATUSES)}")
+        stored_as = "compressed" if entry.get("key") in source_keys else "passthrough"
+        if entry.get("key") not in key_order:
+            raise _fail("metadata 'report'", f"tensor {entry.get('key')!r} is not in key_order")
+        if (entry["status"] == "compressed") != (stored_as == "compressed"):
+            raise _fail("metadata 'report'", f"tensor {entry['key']!r} is listed as "
+                        f"{entry['status']} but stored {stored_as}")

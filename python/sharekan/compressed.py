@@ -11,7 +11,7 @@ import numpy as np
 
 from . import _core
 from .config import Config
-from .errors import ShapeError
+from .errors import ArtifactError, ShapeError, ShareKanError
 from .layouts import (
     Basis,
     BSpline,
@@ -449,8 +449,8 @@ class CompressedModel:
         layout = get_layout(self.source_layout)
         tensors: dict[str, np.ndarray] = dict(self.passthrough)
         for layer in self.layers.values():
-            tensors.update(
-                layout.rebuild(
+            try:
+                rebuilt = layout.rebuild(
                     layer.source,
                     layer.decoded_coeffs(),
                     layer.base_weights(),
@@ -458,7 +458,23 @@ class CompressedModel:
                     layer.layout_info,
                     layer.extras,
                 )
-            )
+            except (ValueError, TypeError, KeyError, IndexError) as exc:
+                if isinstance(exc, ShareKanError):
+                    raise
+                raise ArtifactError(
+                    f"layer {layer.name!r}: its stored description does not match its "
+                    f"tensors ({exc!r})") from None
+            for info in layer.source.values():
+                got = rebuilt.get(info.key)
+                if got is not None and (got.shape != tuple(info.shape) or str(got.dtype) != info.dtype):
+                    raise ArtifactError(
+                        f"layer {layer.name!r}: {info.key!r} rebuilds as {got.dtype} "
+                        f"{got.shape}, but the source is described as {info.dtype} "
+                        f"{tuple(info.shape)}")
+            tensors.update(rebuilt)
+        missing = [key for key in self.key_order if key not in tensors]
+        if missing:
+            raise ArtifactError(f"key_order names keys nothing rebuilds: {missing[:4]}")
         return {key: tensors[key] for key in self.key_order}
 
     def save(self, path: str) -> None:

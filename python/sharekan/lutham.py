@@ -10,6 +10,16 @@ runtime uses). The result is cached under
 
 where `<key>` hashes the kernel source, the compiler flags, the compiler's version and the
 executorch version, so a changed source or a new executorch never reuses a stale build.
+If that directory cannot be created or written, the cache falls back to
+`<tempdir>/sharekan-lutham-<uid>`.
+
+The library is loaded into the process and the runner is executed, so the cache is private:
+its directories are created with mode 0700 and, like the cached library and runner, must be
+real (not symlinks), owned by the current user and not writable by group or others; no
+directory above them may be world-writable without the sticky bit. Anything else raises
+`LuthamBuildError` instead of being used. Lock and temporary files are never opened through
+a symlink. Paths given explicitly (`build_library(out_dir=...)`, `load_library(path=...)`)
+are the caller's choice and are not checked beyond that.
 
 >>> from sharekan import lutham
 >>> path = lutham.load_library()      # doctest: +SKIP
@@ -27,6 +37,7 @@ import fcntl
 import hashlib
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -164,17 +175,157 @@ def cache_dir() -> Path:
     return base / "sharekan" / "lutham"
 
 
-def _writable(root: Path) -> Path:
-    """`root` if it can be created and written, else a per-user directory under /tmp."""
+_FIX_HINT = ("set SHAREKAN_CACHE_DIR to a directory only you can write, or remove the "
+             "offending path (the cache is rebuilt on next use)")
+
+
+def _check_private_dir(path: Path) -> None:
+    """Raise unless `path` is a real directory owned by us that no one else can write."""
+    what = f"LUTHAM kernel cache directory {path}"
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        st = os.lstat(path)
+    except OSError as exc:
+        raise LuthamBuildError(f"{what} is not usable: {exc}") from exc
+    if stat.S_ISLNK(st.st_mode):
+        raise LuthamBuildError(f"{what} is a symlink; refusing to follow it (whoever controls "
+                               f"the link controls the library loaded from it); {_FIX_HINT}")
+    if not stat.S_ISDIR(st.st_mode):
+        raise LuthamBuildError(f"{what} is not a directory; {_FIX_HINT}")
+    _check_owner_and_mode(path, st, what, "chmod 700")
+
+
+def _check_private_file(path: Path, what: str) -> None:
+    """Raise unless `path` is a regular file (not a symlink) owned by us, not writable by others."""
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        raise LuthamBuildError(f"{what} {path} is not usable: {exc}") from exc
+    what = f"{what} {path}"
+    if stat.S_ISLNK(st.st_mode):
+        raise LuthamBuildError(f"{what} is a symlink; refusing to load or run it; "
+                               f"delete it (it is rebuilt on next use)")
+    if not stat.S_ISREG(st.st_mode):
+        raise LuthamBuildError(f"{what} is not a regular file; delete it (it is rebuilt on "
+                               "next use)")
+    _check_owner_and_mode(path, st, what, "chmod go-w")
+
+
+def _check_owner_and_mode(path: Path, st: os.stat_result, what: str, chmod: str) -> None:
+    uid = os.getuid()
+    if st.st_uid != uid:
+        raise LuthamBuildError(f"{what} is owned by uid {st.st_uid}, not by the current user "
+                               f"(uid {uid}); refusing to use it; {_FIX_HINT}")
+    if st.st_mode & 0o022:
+        raise LuthamBuildError(
+            f"{what} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
+            f"refusing to use it; run `{chmod} {path}` if you trust its contents, or "
+            f"{_FIX_HINT}")
+
+
+def _check_ancestors(path: Path) -> None:
+    """Raise if a directory above `path` lets other users replace it: world-writable
+    without the sticky bit (/tmp, 1777, is fine: others cannot rename our entries)."""
+    for parent in Path(os.path.realpath(path)).parents:
+        st = os.stat(parent)
+        if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
+            raise LuthamBuildError(
+                f"{parent}, above the LUTHAM kernel cache {path}, is world-writable without "
+                f"the sticky bit (mode {stat.S_IMODE(st.st_mode):04o}): any local user could "
+                f"swap the cache and plant the library load_library() loads; {_FIX_HINT}")
+
+
+def _make_private_dir(path: Path) -> Path:
+    """Create `path` with mode 0700 (an existing one must pass the same checks)."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise LuthamBuildError(
+            f"cannot create LUTHAM kernel cache directory {path}: {exc}") from exc
+    _check_private_dir(path)
+    return path
+
+
+def _create_dirs(path: Path) -> None:
+    # missing components get 0700 (pathlib's parents=True would use the umask's default)
+    missing = []
+    for cand in (path, *path.parents):
+        if os.path.lexists(cand):
+            break
+        missing.append(cand)
+    for cand in reversed(missing):
+        try:
+            os.mkdir(cand, 0o700)
+        except FileExistsError:
+            pass
+
+
+def _cache_root(root: Path) -> Path:
+    """`root` as a private directory, or `<tempdir>/sharekan-lutham-<uid>` if `root` cannot
+    be created or written. A `root` that exists but fails the checks raises instead: falling
+    back would hide the problem."""
+    try:
+        _create_dirs(root)
+        usable = os.path.isdir(root) or os.path.islink(root)
+    except OSError:
+        usable = False
+    if usable:
+        _check_private_dir(root)
+        _check_ancestors(root)
         if os.access(root, os.W_OK):
             return root
-    except OSError:
-        pass
+    # /tmp is shared: only a directory we created, or one that passes the checks, is used
     fallback = Path(tempfile.gettempdir()) / f"sharekan-lutham-{os.getuid()}"
-    fallback.mkdir(parents=True, exist_ok=True)
-    return fallback
+    _check_ancestors(fallback)
+    return _make_private_dir(fallback)
+
+
+# O_NONBLOCK: a FIFO planted at the path must not hang the open (no effect on regular files)
+_NOFOLLOW = os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+
+
+def _open_nofollow(path: Path, flags: int, mode: int = 0o600) -> int:
+    """os.open that refuses a symlink at `path` (O_NOFOLLOW) and anything but a regular file."""
+    try:
+        fd = os.open(path, flags | _NOFOLLOW, mode)
+    except OSError as exc:
+        hint = " (it is a symlink; remove it)" if os.path.islink(path) else ""
+        raise LuthamBuildError(f"cannot open {path}{hint}: {exc}") from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise LuthamBuildError(f"{path} is not a regular file; remove it")
+    return fd
+
+
+def _read_key(path: Path) -> str | None:
+    """Text of a key file, or None if it is missing, a symlink or not a regular file (the
+    caller then rebuilds and replaces it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+    except OSError:
+        return None
+    with os.fdopen(fd, "r") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            return None
+        return fh.read()
+
+
+def _write_key(path: Path, text: str) -> None:
+    # a fresh mkstemp file (O_EXCL, 0600) renamed over `path`: never writes through a link
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _strip_group_other_write(path: Path) -> None:
+    # a linker may replace its output file with a new one of the umask's mode (0775 under
+    # umask 002), which the checks on cached files would then refuse
+    os.chmod(path, stat.S_IMODE(os.stat(path).st_mode) & ~0o022)
 
 
 def _common_flags(info: dict[str, object]) -> list[str]:
@@ -192,13 +343,15 @@ def _build_key(parts: Sequence[str | bytes]) -> str:
 
 @contextmanager
 def _file_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+    fd = _open_nofollow(path, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             yield
         finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def _run_compiler(cmd: list[str], what: str) -> None:
@@ -239,16 +392,28 @@ def build_library(out_dir: str | os.PathLike[str] | None = None, *, sanitize: bo
     link = ["-shared", f"-L{lib_dir}", "-lexecutorch", f"-Wl,-rpath,{lib_dir}"]
     key = _build_key([source.read_bytes(), str(info["version"]), lib_dir,
                       _compiler_version(cxx), *flags, *link])
-    target_dir = Path(out_dir) if out_dir is not None else _writable(cache_dir()) / key
+    cached = out_dir is None
+    if cached:
+        target_dir = _make_private_dir(_cache_root(cache_dir()) / key)
+    else:
+        target_dir = Path(out_dir)
+        target_dir.mkdir(parents=True, exist_ok=True)
     target = target_dir / LIBRARY_NAME
     with _file_lock(target_dir / ".lock"):
-        if target.is_file() and not force:
+        if cached and not force and os.path.lexists(target):
+            _check_private_file(target, "cached LUTHAM kernel library")
             return target
-        with tempfile.NamedTemporaryFile(dir=target_dir, suffix=".so", delete=False) as tmp:
-            tmp_path = Path(tmp.name)
+        if not cached and target.is_file() and not force:
+            return target
+        # mkstemp: O_EXCL | O_NOFOLLOW, so a name planted in the directory is never reused
+        fd, tmp_name = tempfile.mkstemp(dir=target_dir, prefix=".libsharekan_lutham.",
+                                        suffix=".so")
+        os.close(fd)
+        tmp_path = Path(tmp_name)
         try:
             _run_compiler([cxx, *flags, str(source), *link, "-o", str(tmp_path)],
                           "the LUTHAM kernel library")
+            _strip_group_other_write(tmp_path)
             os.replace(tmp_path, target)
         finally:
             tmp_path.unlink(missing_ok=True)
@@ -289,16 +454,24 @@ def build_runner(out_dir: str | os.PathLike[str] | None = None, *,
     target = kernel_lib.parent / RUNNER_NAME
     key_file = kernel_lib.parent / (RUNNER_NAME + ".key")
     key = _build_key([source.read_bytes(), *flags, *link, _compiler_version(cxx)])
+    cached = out_dir is None
     with _file_lock(kernel_lib.parent / ".lock"):
-        if (target.is_file() and not force and key_file.is_file()
-                and key_file.read_text() == key):
-            return target
-        tmp_path = kernel_lib.parent / f".{RUNNER_NAME}.{os.getpid()}.tmp"
+        if not force and os.path.lexists(target) and _read_key(key_file) == key:
+            if cached:  # it is executed: same checks as the library
+                _check_private_file(target, "cached LUTHAM runner")
+                return target
+            if target.is_file():
+                return target
+        fd, tmp_name = tempfile.mkstemp(dir=kernel_lib.parent, prefix=f".{RUNNER_NAME}.",
+                                        suffix=".tmp")
+        os.close(fd)
+        tmp_path = Path(tmp_name)
         try:
             _run_compiler([cxx, *flags, str(source), *link, "-o", str(tmp_path)],
                           "the LUTHAM runner")
+            _strip_group_other_write(tmp_path)
             os.replace(tmp_path, target)
-            key_file.write_text(key)
+            _write_key(key_file, key)
         finally:
             tmp_path.unlink(missing_ok=True)
     return target
@@ -333,8 +506,13 @@ def load_library(path: str | os.PathLike[str] | None = None) -> Path:
     """
     global _loaded, _loaded_handle
     with _lock:
-        target = (Path(path).resolve() if path is not None
-                  else build_library(sanitize=_sanitize_from_env()).resolve())
+        if path is not None:
+            target = Path(path).resolve()
+        else:
+            built = build_library(sanitize=_sanitize_from_env())
+            # checked before resolve(), which would follow a planted symlink
+            _check_private_file(built, "cached LUTHAM kernel library")
+            target = built.resolve()
         if _loaded is not None:
             if _loaded != target:
                 raise LuthamBuildError(

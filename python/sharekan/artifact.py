@@ -112,7 +112,12 @@ def read(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str,
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no such artifact: {path!r}")
-    tensors, metadata = _core.load_safetensors(path)
+    try:
+        tensors, metadata = _core.load_safetensors(path)
+    except ShareKanError:
+        raise
+    except ValueError as exc:  # e.g. NumPy refusing a tensor the header describes
+        raise ArtifactError(f"{path!r}: unreadable tensor: {exc}") from None
     if metadata.get("format") != FORMAT:
         raise ArtifactError(
             f"{path!r} is a safetensors file but not a sharekan artifact "
@@ -171,7 +176,7 @@ def load(path: str | os.PathLike[str]) -> CompressedModel:
         if isinstance(exc, ArtifactError):
             raise
         raise ArtifactError(f"{os.fspath(path)!r}: {exc}") from None
-    except (KeyError, ValueError, TypeError) as exc:
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise ArtifactError(
             f"{os.fspath(path)!r}: inconsistent artifact contents: {exc!r}"
         ) from None

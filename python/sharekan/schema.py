@@ -76,8 +76,11 @@ def _positive_float(where: str, value: Any) -> float:
         raise _fail(where, f"expected a number, got {value!r}")
     v = float(value)
     # the evaluators use it as float32: it must stay finite and non-zero there, as must 1/v
-    if not (math.isfinite(v) and v > 0 and np.isfinite(np.float32(v)) and np.float32(v) > 0
-            and np.isfinite(np.float32(1.0) / np.float32(v))):
+    with np.errstate(over="ignore", divide="ignore"):
+        v32 = np.float32(v) if math.isfinite(v) else np.float32(np.inf)
+        ok = math.isfinite(v) and v > 0 and np.isfinite(v32) and v32 > 0 and np.isfinite(
+            np.float32(1.0) / v32)
+    if not ok:
         raise _fail(where, f"expected a finite number > 0 (also as float32), got {value!r}")
     return v
 
@@ -217,7 +220,7 @@ def _check_source(where: str, source: Mapping[str, Any], cap: int) -> list[str]:
         if numel > cap:  # decompress allocates it: no more than the layer can fill
             raise _fail(f"{where} source {role!r}",
                         f"shape {shape} holds {numel} values, more than the layer's {cap}")
-        if entry.get("dtype") not in SOURCE_DTYPES:
+        if not isinstance(entry.get("dtype"), str) or entry["dtype"] not in SOURCE_DTYPES:
             raise _fail(f"{where} source {role!r}", f"dtype {entry.get('dtype')!r}; expected "
                         f"one of {sorted(SOURCE_DTYPES)}")
         keys.append(entry["key"])
@@ -326,7 +329,9 @@ def validate(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> 
     passthrough = parse_json(metadata, "passthrough", list)
     key_order = parse_json(metadata, "key_order", list)
     report = parse_json(metadata, "report", dict)
-    parse_json(metadata, "config", dict)
+    config = parse_json(metadata, "config", dict)
+    if not isinstance(config.get("overrides", {}), dict):
+        raise _fail("metadata 'config'", f"overrides {config['overrides']!r}: expected an object")
     if not isinstance(metadata.get("source_layout"), str):
         raise _fail("metadata", "missing entry 'source_layout'")
 

@@ -10,6 +10,10 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
+/// Most dimensions a stored tensor may have (NumPy arrays have at most 64; sharekan
+/// writes at most 5).
+pub const MAX_NDIM: usize = 32;
+
 /// Element type of a stored tensor (the safetensors dtypes sharekan uses).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DType {
@@ -305,6 +309,12 @@ pub fn from_bytes(buffer: &[u8]) -> Result<(BTreeMap<String, Tensor>, HashMap<St
     for (name, view) in st.iter() {
         let dtype = DType::from_st(view.dtype())
             .map_err(|e| Error::Format(format!("tensor `{name}`: {e}")))?;
+        if view.shape().len() > MAX_NDIM {
+            return Err(Error::Format(format!(
+                "tensor `{name}` has {} dimensions (at most {MAX_NDIM})",
+                view.shape().len()
+            )));
+        }
         let t = Tensor {
             dtype,
             shape: view.shape().to_vec(),
@@ -373,6 +383,16 @@ mod tests {
         m.insert("format".to_string(), "sharekan".to_string());
         m.insert("layers".to_string(), "{\"a\": 1}".to_string());
         (t, m)
+    }
+
+    #[test]
+    fn too_many_dimensions_is_a_format_error() {
+        let mut t = BTreeMap::new();
+        let mut shape = vec![2usize];
+        shape.extend(std::iter::repeat_n(1, MAX_NDIM));
+        t.insert("deep".to_string(), Tensor::from_u8(shape, &[1, 2]).unwrap());
+        let bytes = to_bytes(&t, &HashMap::new()).unwrap();
+        assert!(matches!(from_bytes(&bytes), Err(Error::Format(m)) if m.contains("dimensions")));
     }
 
     #[test]

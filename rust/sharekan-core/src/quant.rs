@@ -258,7 +258,12 @@ pub fn unpack_codes(packed: &[u8], bits: u32, n: usize) -> Result<Vec<u32>> {
             format!("{} bytes", packed.len()),
         ));
     }
-    let mut out = Vec::with_capacity(n);
+    // With bits = 0 (K = 1) nothing bounds `n` by the input's length: an impossible
+    // request must be an error, not an allocation failure that aborts the process.
+    let mut out = Vec::new();
+    out.try_reserve_exact(n).map_err(|_| {
+        Error::invalid("n", format!("cannot allocate {n} codes"))
+    })?;
     if bits == 0 {
         out.resize(n, 0);
         return Ok(out);
@@ -285,6 +290,17 @@ mod tests {
     use super::*;
     use ndarray::array;
     use proptest::prelude::*;
+
+    #[test]
+    fn unpack_codes_refuses_impossible_counts() {
+        // K = 1 (bits 0) stores no bytes at all, so only the allocation bounds `n`
+        assert!(matches!(
+            unpack_codes(&[], 0, usize::MAX / 2),
+            Err(Error::InvalidValue { .. })
+        ));
+        assert!(matches!(unpack_codes(&[], 0, 5), Ok(v) if v == vec![0; 5]));
+        assert!(matches!(unpack_codes(&[0xff], 8, 2), Err(Error::Shape { .. })));
+    }
 
     #[test]
     fn bits() {

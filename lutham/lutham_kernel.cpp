@@ -38,7 +38,16 @@
 // Every check fails through ET_KERNEL_CHECK_MSG: the kernel returns with an InvalidArgument
 // (or MemoryAllocationFailed) status, the runtime reports it and stays usable. No input can
 // make the kernel read or write out of bounds: shapes, code ranges and the spline order are
-// validated before any data is touched.
+// validated before any data is touched, and every size computed from tensor dims uses
+// overflow-checked arithmetic (a wrapped product on a 32-bit size_t would undersize a
+// buffer). Float inputs other than x must be finite (as in the Rust evaluator). B-spline
+// knots must keep every divisor of the recursion, t[a + r] - t[a] for 1 <= r <= k, and its
+// reciprocal finite in float32 (the recursion runs in float32).
+//
+// Scratch memory: at most kMaxScratchBytes per call, whatever the batch size (tiles of
+// kBatchTile rows). When the decoded tiles would exceed it, the projection strategy runs
+// instead (it needs K + 3 n_out floats besides the transposed codebook); a layer whose
+// projection scratch exceeds it too is rejected with InvalidArgument.
 //
 // Two strategies, one result:
 // - per-row projection (batches below kDecodeMinBatch rows): per input i, build the
@@ -60,6 +69,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <new>
 
@@ -85,6 +95,21 @@ constexpr int64_t kDecodeMinBatch = 12;
 /// The decoded-tile strategy processes the batch in tiles of this many rows (bounds the
 /// scratch memory and keeps a tile's outputs in L2).
 constexpr int64_t kBatchTile = 64;
+/// Cap on the scratch memory of one call, all blocks together (1 GiB: fits a 32-bit
+/// size_t; a compressed layer needs a few MiB).
+constexpr uint64_t kMaxScratchBytes = uint64_t{1} << 30;
+
+/// *out = a * b; false on overflow (then *out is unspecified).
+template <typename T>
+static inline bool checked_mul(T a, T b, T* out) {
+  return !__builtin_mul_overflow(a, b, out);
+}
+
+/// *out = a + b; false on overflow (then *out is unspecified).
+template <typename T>
+static inline bool checked_add(T a, T b, T* out) {
+  return !__builtin_add_overflow(a, b, out);
+}
 
 // ---------------------------------------------------------------------------------------
 // Math core: plain pointers, no ExecuTorch types. Everything here assumes validated input.
@@ -183,6 +208,26 @@ static inline bool basis_at(const float* g, int64_t n_knots, int64_t k, float x,
   }
   *first = j - k;
   return true;
+}
+
+enum class KnotSpacing { kOk, kTooSmall, kTooWide };
+
+/// The recursion divides by d = g[a + r] - g[a] for 1 <= r <= k (both strategies, in float;
+/// knot_reciprocals stores 1 / d). Checks on strictly increasing finite knots that every such
+/// d and 1 / d is finite in float32: otherwise basis values would be inf / NaN. On failure
+/// *lo, *hi = a, a + r of the first offending pair (r ascending, then a).
+static KnotSpacing check_knot_spacing(const float* g, int64_t n_knots, int64_t k, int64_t* lo,
+                                      int64_t* hi) {
+  for (int64_t r = 1; r <= k; ++r) {
+    for (int64_t a = 0; a + r < n_knots; ++a) {
+      const float d = g[a + r] - g[a];
+      if (std::isfinite(d) && std::isfinite(1.0f / d)) continue;
+      *lo = a;
+      *hi = a + r;
+      return std::isfinite(d) ? KnotSpacing::kTooSmall : KnotSpacing::kTooWide;
+    }
+  }
+  return KnotSpacing::kOk;
 }
 
 /// inv[(r - 1) * n_knots + m] = 1 / (g[m + r] - g[m]) for r = 1..k, m + r < n_knots.
@@ -350,27 +395,50 @@ static void edge_axpy(const EdgeTensor& e, int64_t i, int64_t n_out, float a, fl
 
 static inline float scale_or_one(const float* s, int64_t o) { return s ? s[o] : 1.0f; }
 
+/// Outcome of planning or allocating the scratch memory.
+enum class ScratchStatus { kOk, kTooLarge, kNoMemory };
+
 /// Scratch arrays, one heap block each (so AddressSanitizer sees every array's bounds),
-/// freed together; allocation failure is reported, never thrown.
+/// freed together. Sizes are computed with overflow checks and their sum is capped at
+/// kMaxScratchBytes; allocation failure is reported, never thrown. A measuring Scratch
+/// only adds up the sizes (returns nullptr), to choose a strategy before allocating.
 class Scratch {
  public:
+  explicit Scratch(bool measure_only = false) : measure_only_(measure_only) {}
+
+  /// An array of a * b elements of T, or nullptr (measuring, or status() != kOk).
   template <typename T>
-  T* get(size_t n) {
-    if (used_ == kMaxBlocks) {
-      ok_ = false;
+  T* get(int64_t a, int64_t b = 1) {
+    if (status_ != ScratchStatus::kOk) return nullptr;
+    uint64_t n = 0, bytes = 0;
+    if (a < 0 || b < 0 ||
+        !checked_mul(static_cast<uint64_t>(a), static_cast<uint64_t>(b), &n) ||
+        !checked_mul(n, static_cast<uint64_t>(sizeof(T)), &bytes) ||
+        !checked_add(total_, bytes, &total_) || total_ > kMaxScratchBytes ||
+        used_ == kMaxBlocks) {
+      status_ = ScratchStatus::kTooLarge;
       return nullptr;
     }
-    blocks_[used_].reset(new (std::nothrow) unsigned char[(n ? n : 1) * sizeof(T)]);
-    if (!blocks_[used_]) ok_ = false;
-    return reinterpret_cast<T*>(blocks_[used_++].get());
+    if (measure_only_) {
+      ++used_;
+      return nullptr;
+    }
+    // bytes <= kMaxScratchBytes: fits size_t on every target.
+    auto& block = blocks_[used_++];
+    block.reset(new (std::nothrow) unsigned char[bytes ? static_cast<size_t>(bytes) : 1]);
+    if (!block) status_ = ScratchStatus::kNoMemory;
+    return reinterpret_cast<T*>(block.get());
   }
-  bool ok() const { return ok_; }
+  ScratchStatus status() const { return status_; }
+  bool ok() const { return status_ == ScratchStatus::kOk; }
 
  private:
   static constexpr int kMaxBlocks = 16;
   std::unique_ptr<unsigned char[]> blocks_[kMaxBlocks];
   int used_ = 0;
-  bool ok_ = true;
+  uint64_t total_ = 0;
+  bool measure_only_;
+  ScratchStatus status_ = ScratchStatus::kOk;
 };
 
 struct ProjectionScratch {
@@ -553,19 +621,18 @@ struct DecodedScratch {
 };
 
 static DecodedScratch decoded_scratch(Scratch& mem, const Layer& L, int64_t tile) {
-  const size_t n_out = static_cast<size_t>(L.n_out), t = static_cast<size_t>(tile);
   DecodedScratch d;
-  d.w = mem.get<float>(static_cast<size_t>(L.M) * n_out);
-  d.w_bias = mem.get<float>(n_out);
-  d.w_base = mem.get<float>(n_out);
-  d.gg = mem.get<float>(n_out);
-  d.q = mem.get<int32_t>(n_out);
-  d.coef = mem.get<float>(t * static_cast<size_t>(L.k + 1));
-  d.first_of = mem.get<int32_t>(t);
-  d.s_sum = mem.get<float>(t);
-  d.s_silu = mem.get<float>(t);
-  d.inv = mem.get<float>(static_cast<size_t>(L.k) * static_cast<size_t>(L.M + L.k + 1));
-  d.xt = mem.get<float>(static_cast<size_t>(L.n_in) * t);
+  d.w = mem.get<float>(L.M, L.n_out);
+  d.w_bias = mem.get<float>(L.n_out);
+  d.w_base = mem.get<float>(L.n_out);
+  d.gg = mem.get<float>(L.n_out);
+  d.q = mem.get<int32_t>(L.n_out);
+  d.coef = mem.get<float>(tile, L.k + 1);
+  d.first_of = mem.get<int32_t>(tile);
+  d.s_sum = mem.get<float>(tile);
+  d.s_silu = mem.get<float>(tile);
+  d.inv = mem.get<float>(L.k, L.M + L.k + 1);  // validated: M + k + 1 does not overflow
+  d.xt = mem.get<float>(L.n_in, tile);
   return d;
 }
 
@@ -652,24 +719,33 @@ static void forward_decoded(const Layer& L, const float* ct, const float* x, int
 }
 
 /// Evaluates the layer for B rows of x (B, n_in) into y (B, n_out).
-/// Returns false only when scratch memory cannot be allocated.
-static bool forward(const Layer& L, const float* x, int64_t B, float* y) {
-  if (B == 0 || L.n_out == 0) return true;
+/// Returns kTooLarge when the scratch memory would exceed kMaxScratchBytes (nothing is
+/// written), kNoMemory when it cannot be allocated.
+static ScratchStatus forward(const Layer& L, const float* x, int64_t B, float* y) {
+  if (B == 0 || L.n_out == 0) return ScratchStatus::kOk;
+  const bool dense = L.basis != kBasisBSpline;
+  const int64_t tile = std::min(B, kBatchTile);
+  bool decoded = !dense && B >= kDecodeMinBatch;
+  if (decoded) {
+    // The decoded block (M x n_out) can exceed the cap where the projection tables do not.
+    Scratch probe(/*measure_only=*/true);
+    probe.get<float>(L.K, L.M + 1);
+    decoded_scratch(probe, L, tile);
+    decoded = probe.ok();
+  }
   Scratch mem;
   // codebook transposed to (M, K) plus a zero row: the rows the hot loops read
-  float* ct = mem.get<float>(static_cast<size_t>(L.K) * static_cast<size_t>(L.M + 1));
-  const bool dense = L.basis != kBasisBSpline;
-  const bool decoded = !dense && B >= kDecodeMinBatch;
+  float* ct = mem.get<float>(L.K, L.M + 1);
   ProjectionScratch ps{};
   DecodedScratch ds{};
-  float* bd = dense ? mem.get<float>(static_cast<size_t>(L.M)) : nullptr;
+  float* bd = dense ? mem.get<float>(L.M) : nullptr;
   if (decoded) {
-    ds = decoded_scratch(mem, L, std::min(B, kBatchTile));
+    ds = decoded_scratch(mem, L, tile);
   } else {
-    ps = {mem.get<float>(static_cast<size_t>(L.K)), mem.get<float>(L.n_out),
-          mem.get<float>(L.n_out), mem.get<float>(L.n_out)};
+    ps = {mem.get<float>(L.K), mem.get<float>(L.n_out), mem.get<float>(L.n_out),
+          mem.get<float>(L.n_out)};
   }
-  if (!mem.ok()) return false;
+  if (!mem.ok()) return mem.status();
   for (int64_t q = 0; q < L.K; ++q)
     for (int64_t m = 0; m < L.M; ++m) ct[m * L.K + q] = L.codebook[q * L.M + m];
   for (int64_t q = 0; q < L.K; ++q) ct[L.M * L.K + q] = 0.0f;
@@ -685,7 +761,7 @@ static bool forward(const Layer& L, const float* x, int64_t B, float* y) {
     for (int64_t bi = 0; bi < B; ++bi)
       forward_row_projection(L, ct, x + bi * L.n_in, y + bi * L.n_out, ps);
   }
-  return true;
+  return ScratchStatus::kOk;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -697,9 +773,10 @@ static bool is_contiguous(const Tensor& t) {
   const auto strides = t.strides();
   const auto sizes = t.sizes();
   int64_t expected = 1;
+  bool overflow = false;  // an empty tensor's other dims can make the product overflow
   for (ssize_t d = t.dim() - 1; d >= 0; --d) {
-    if (sizes[d] != 1 && strides[d] != expected) return false;
-    expected *= sizes[d];
+    if (sizes[d] != 1 && (overflow || strides[d] != expected)) return false;
+    overflow = overflow || !checked_mul(expected, static_cast<int64_t>(sizes[d]), &expected);
   }
   for (ssize_t d = 0; d < t.dim(); ++d) {
     if (t.dim_order()[d] != static_cast<uint8_t>(d)) return false;
@@ -723,7 +800,29 @@ static const char* dtype_name(ScalarType s) {
   }
 }
 
-/// Checks a (n_out,) float32 scale-like tensor that may be absent. Sets *ptr (nullptr when absent).
+/// Whether any of v[0..n) is inf or NaN: exponent field all ones. Integer compares and ORs
+/// vectorise (std::isfinite in a loop does not); it runs on every call over the float weights.
+LUTHAM_HOT static bool any_non_finite(const float* __restrict v, int64_t n) {
+  constexpr uint32_t kExp = 0x7f800000u;
+  uint32_t bad = 0;
+  for (int64_t e = 0; e < n; ++e) {
+    uint32_t u;
+    std::memcpy(&u, v + e, sizeof u);
+    bad |= static_cast<uint32_t>((u & kExp) == kExp);
+  }
+  return bad != 0;
+}
+
+/// Index of the first non-finite value of v[0..n), or -1.
+static int64_t first_non_finite(const float* v, int64_t n) {
+  if (!any_non_finite(v, n)) return -1;
+  for (int64_t e = 0; e < n; ++e)
+    if (!std::isfinite(v[e])) return e;
+  return -1;
+}
+
+/// Checks a (n_out,) float32 scale-like tensor that may be absent, finite like in the Rust
+/// evaluator. Sets *ptr (nullptr when absent).
 static bool check_vector(KernelRuntimeContext& ctx, const Tensor& t, const char* name,
                          int64_t n_out, const float** ptr) {
   *ptr = nullptr;
@@ -735,6 +834,10 @@ static bool check_vector(KernelRuntimeContext& ctx, const Tensor& t, const char*
                       static_cast<long long>(n_out));
   ET_KERNEL_CHECK_MSG(ctx, is_contiguous(t), InvalidArgument, false,
                       "lutham: %s must be contiguous", name);
+  const int64_t bad = first_non_finite(t.const_data_ptr<float>(), n_out);
+  ET_KERNEL_CHECK_MSG(ctx, bad < 0, InvalidArgument, false,
+                      "lutham: %s[%lld] = %g is not finite", name, static_cast<long long>(bad),
+                      bad < 0 ? 0.0 : static_cast<double>(t.const_data_ptr<float>()[bad]));
   *ptr = t.const_data_ptr<float>();
   return true;
 }
@@ -755,6 +858,16 @@ static bool check_edge(KernelRuntimeContext& ctx, const Tensor& t, const char* n
                       optional ? " or (0,) when absent" : "");
   ET_KERNEL_CHECK_MSG(ctx, is_contiguous(t), InvalidArgument, false,
                       "lutham: %s must be contiguous", name);
+  if (st == ScalarType::Float) {  // int8 weights are always finite
+    // n_in * n_out is the numel of this tensor: no overflow
+    const float* v = t.const_data_ptr<float>();
+    const int64_t bad = first_non_finite(v, n_in * n_out);
+    ET_KERNEL_CHECK_MSG(ctx, bad < 0, InvalidArgument, false,
+                        "lutham: %s[%lld, %lld] = %g is not finite", name,
+                        static_cast<long long>(bad < 0 ? 0 : bad / n_out),
+                        static_cast<long long>(bad < 0 ? 0 : bad % n_out),
+                        bad < 0 ? 0.0 : static_cast<double>(v[bad]));
+  }
   e->data = t.const_data_ptr();
   e->is_i8 = st == ScalarType::Char;
   return true;
@@ -836,6 +949,13 @@ Tensor& lutham_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& gri
   L.basis = basis;
   L.h = h_in_range ? static_cast<double>(static_cast<float>(h)) : 1.0;
   L.base_act = base_act_kind;
+  const int64_t bad_cb = first_non_finite(codebook.const_data_ptr<float>(), codebook.numel());
+  ET_KERNEL_CHECK_MSG(ctx, bad_cb < 0, InvalidArgument, out,
+                      "lutham: codebook[%lld, %lld] = %g is not finite",
+                      static_cast<long long>(bad_cb < 0 || L.M == 0 ? 0 : bad_cb / L.M),
+                      static_cast<long long>(bad_cb < 0 || L.M == 0 ? 0 : bad_cb % L.M),
+                      bad_cb < 0 ? 0.0
+                                 : static_cast<double>(codebook.const_data_ptr<float>()[bad_cb]));
   ET_KERNEL_CHECK_MSG(ctx, L.M >= k + 1, InvalidArgument, out,
                       "lutham: codebook width M=%lld must be G + k with G >= 1 (k=%lld), or "
                       ">= 1 for RBF / Chebyshev",
@@ -850,7 +970,10 @@ Tensor& lutham_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& gri
   L.shared_grid = grid.size(0) == 1;
   L.codebook = codebook.const_data_ptr<float>();
   if (basis == kBasisBSpline) {
-    const int64_t n_knots = L.M + k + 1;
+    int64_t n_knots = 0;  // M + k + 1 (G + 2k + 1)
+    ET_KERNEL_CHECK_MSG(ctx, checked_add(L.M, k + 1, &n_knots), InvalidArgument, out,
+                        "lutham: M + k + 1 overflows (M=%lld, k=%lld)",
+                        static_cast<long long>(L.M), static_cast<long long>(k));
     ET_KERNEL_CHECK_MSG(ctx,
                         (grid.size(0) == L.n_in || grid.size(0) == 1) &&
                             grid.size(1) == n_knots,
@@ -866,6 +989,20 @@ Tensor& lutham_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& gri
       ET_KERNEL_CHECK_MSG(ctx, ok, InvalidArgument, out,
                           "lutham: grid row %lld must be finite and strictly increasing",
                           static_cast<long long>(i));
+      int64_t lo = 0, hi = 0;
+      const KnotSpacing sp = check_knot_spacing(g, n_knots, k, &lo, &hi);
+      ET_KERNEL_CHECK_MSG(ctx, sp != KnotSpacing::kTooSmall, InvalidArgument, out,
+                          "lutham: grid row %lld: knot spacing too small for float32: "
+                          "1 / (t[%lld] - t[%lld]) = 1 / (%g - %g) is not finite",
+                          static_cast<long long>(i), static_cast<long long>(hi),
+                          static_cast<long long>(lo), static_cast<double>(g[hi]),
+                          static_cast<double>(g[lo]));
+      ET_KERNEL_CHECK_MSG(ctx, sp != KnotSpacing::kTooWide, InvalidArgument, out,
+                          "lutham: grid row %lld: knot range too wide for float32: "
+                          "t[%lld] - t[%lld] = %g - %g overflows",
+                          static_cast<long long>(i), static_cast<long long>(hi),
+                          static_cast<long long>(lo), static_cast<double>(g[hi]),
+                          static_cast<double>(g[lo]));
     }
   } else if (basis == kBasisRbf) {
     ET_KERNEL_CHECK_MSG(ctx,
@@ -873,9 +1010,9 @@ Tensor& lutham_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& gri
                         InvalidArgument, out,
                         "lutham: RBF centres must have shape (n_in=%lld or 1, M=%lld)",
                         static_cast<long long>(L.n_in), static_cast<long long>(L.M));
-    bool ok = true;
-    for (int64_t t = 0; t < grid.size(0) * L.M; ++t) ok = ok && std::isfinite(L.grid[t]);
-    ET_KERNEL_CHECK_MSG(ctx, ok, InvalidArgument, out, "lutham: RBF centres must be finite");
+    // grid.size(0) * M is the numel of grid: no overflow
+    ET_KERNEL_CHECK_MSG(ctx, first_non_finite(L.grid, grid.size(0) * L.M) < 0,
+                        InvalidArgument, out, "lutham: RBF centres must be finite");
   }
   // --- codes
   const ScalarType ct = codes.scalar_type();
@@ -892,7 +1029,10 @@ Tensor& lutham_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& gri
   L.codes = codes.const_data_ptr();
   int64_t bad_index = -1, bad_value = 0;
   bool codes_ok = true;
-  const int64_t n_edges = L.n_in * L.n_out;
+  int64_t n_edges = 0;
+  ET_KERNEL_CHECK_MSG(ctx, checked_mul(L.n_in, L.n_out, &n_edges), InvalidArgument, out,
+                      "lutham: n_in * n_out overflows (n_in=%lld, n_out=%lld)",
+                      static_cast<long long>(L.n_in), static_cast<long long>(L.n_out));
   if (ct == ScalarType::Byte) {
     L.code_type = CodeType::kU8;
     if (L.K < 256)
@@ -936,8 +1076,15 @@ Tensor& lutham_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& gri
                       static_cast<long long>(B), static_cast<long long>(L.n_out));
   ET_KERNEL_CHECK_MSG(ctx, is_contiguous(out), InvalidArgument, out,
                       "lutham: out must be contiguous");
-  const bool ok = forward(L, x.const_data_ptr<float>(), B, out.mutable_data_ptr<float>());
-  ET_KERNEL_CHECK_MSG(ctx, ok, MemoryAllocationFailed, out,
+  const ScratchStatus st =
+      forward(L, x.const_data_ptr<float>(), B, out.mutable_data_ptr<float>());
+  ET_KERNEL_CHECK_MSG(ctx, st != ScratchStatus::kTooLarge, InvalidArgument, out,
+                      "lutham: scratch memory for K=%lld, M=%lld, n_in=%lld, n_out=%lld exceeds "
+                      "the kernel's cap of %llu bytes",
+                      static_cast<long long>(L.K), static_cast<long long>(L.M),
+                      static_cast<long long>(L.n_in), static_cast<long long>(L.n_out),
+                      static_cast<unsigned long long>(kMaxScratchBytes));
+  ET_KERNEL_CHECK_MSG(ctx, st == ScratchStatus::kOk, MemoryAllocationFailed, out,
                       "lutham: cannot allocate scratch memory");
   return out;
 }

@@ -15,8 +15,12 @@
 // Output (stdout), one block per method output:
 //   output I f32 NDIM D0 ... D{NDIM-1}
 //   one line per last-dimension row, values printed with %.9g
-// With --repeat N the method runs N extra times and the median / min wall time per call
-// (microseconds) is printed to stderr as `timing median_us=... min_us=... n=N`.
+// Limits (exit 1 with a message otherwise): NDIM <= 8, each dim in [0, 2^31-1], the
+// product of the dims at most 2^31-1, no more values declared than the rest of the file
+// can hold (2 bytes each), a file of at most 256 MiB (lutham/input_file.h).
+// With --repeat N (0 <= N <= 1000000) the method runs N extra times and the median / min
+// wall time per call (microseconds) is printed to stderr as
+// `timing median_us=... min_us=... n=N`.
 //
 // Exit status: 0 ok, 1 usage or input-file error, 2 load error, 3 execution error (the
 // ExecuTorch error code is printed, e.g. 0x12 InvalidArgument from a failed kernel check).
@@ -24,15 +28,12 @@
 #include <executorch/extension/module/module.h>
 #include <executorch/extension/tensor/tensor.h>
 
+#include "input_file.h"
+
 #include <algorithm>
-#include <cerrno>
 #include <chrono>
-#include <cmath>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
-#include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -44,86 +45,8 @@ using executorch::runtime::EValue;
 
 namespace {
 
-struct InputTensor {
-  std::vector<executorch::aten::SizesType> sizes;
-  std::vector<float> values;
-};
-
-bool next_token(std::istream& in, std::string* tok) {
-  while (in >> *tok) {
-    if ((*tok)[0] == '#') {
-      std::string rest;
-      std::getline(in, rest);
-      continue;
-    }
-    return true;
-  }
-  return false;
-}
-
-bool parse_int(const std::string& s, long long* v) {
-  char* end = nullptr;
-  errno = 0;
-  *v = std::strtoll(s.c_str(), &end, 10);
-  return errno == 0 && end && *end == '\0' && !s.empty();
-}
-
-bool read_inputs(const char* path, std::vector<InputTensor>* out, std::string* err) {
-  std::ifstream in(path);
-  if (!in) {
-    *err = std::string("cannot open input file ") + path;
-    return false;
-  }
-  std::string tok;
-  while (next_token(in, &tok)) {
-    if (tok != "tensor") {
-      *err = "expected 'tensor', got '" + tok + "'";
-      return false;
-    }
-    std::string dtype;
-    if (!next_token(in, &dtype) || dtype != "f32") {
-      *err = "only f32 tensors are supported, got '" + dtype + "'";
-      return false;
-    }
-    long long ndim = 0;
-    if (!next_token(in, &tok) || !parse_int(tok, &ndim) || ndim < 0 || ndim > 8) {
-      *err = "bad ndim '" + tok + "'";
-      return false;
-    }
-    InputTensor t;
-    long long numel = 1;
-    for (long long d = 0; d < ndim; ++d) {
-      long long v = 0;
-      if (!next_token(in, &tok) || !parse_int(tok, &v) || v < 0 || v > (1LL << 30)) {
-        *err = "bad dimension '" + tok + "'";
-        return false;
-      }
-      numel *= v;
-      if (numel > (1LL << 30)) {
-        *err = "tensor too large";
-        return false;
-      }
-      t.sizes.push_back(static_cast<executorch::aten::SizesType>(v));
-    }
-    t.values.resize(static_cast<size_t>(numel));
-    for (long long e = 0; e < numel; ++e) {
-      if (!next_token(in, &tok)) {
-        *err = "file ends after " + std::to_string(e) + " of " + std::to_string(numel) +
-               " values";
-        return false;
-      }
-      char* end = nullptr;
-      const float v = std::strtof(tok.c_str(), &end);
-      if (!end || *end != '\0') {
-        *err = "bad float '" + tok + "'";
-        return false;
-      }
-      t.values[static_cast<size_t>(e)] = v;
-    }
-    out->push_back(std::move(t));
-  }
-  return true;
-}
+/// Upper bound of --repeat (timing runs; the per-run times are kept for the median).
+constexpr long long kMaxRepeat = 1000000;
 
 void print_tensor(size_t index, const executorch::aten::Tensor& t) {
   std::printf("output %zu ", index);
@@ -153,21 +76,27 @@ int main(int argc, char** argv) {
   std::string method = "forward";
   long long repeat = 0;
   for (int a = 3; a < argc; ++a) {
-    if (std::strcmp(argv[a], "--method") == 0 && a + 1 < argc) {
+    const bool has_value = a + 1 < argc;
+    if (std::strcmp(argv[a], "--method") == 0 && has_value) {
       method = argv[++a];
-    } else if (std::strcmp(argv[a], "--repeat") == 0 && a + 1 < argc) {
-      if (!parse_int(argv[++a], &repeat) || repeat < 0) {
-        std::fprintf(stderr, "error: bad --repeat value\n");
+    } else if (std::strcmp(argv[a], "--repeat") == 0 && has_value) {
+      const std::string v = argv[++a];
+      if (!lutham_input::parse_int(v, &repeat) || repeat < 0 || repeat > kMaxRepeat) {
+        std::fprintf(stderr, "error: --repeat must be an integer in [0, %lld], got %s\n",
+                     kMaxRepeat, lutham_input::quote(v).c_str());
         return 1;
       }
+    } else if (std::strcmp(argv[a], "--method") == 0 || std::strcmp(argv[a], "--repeat") == 0) {
+      std::fprintf(stderr, "error: %s needs a value\n", argv[a]);
+      return 1;
     } else {
       std::fprintf(stderr, "error: unknown argument %s\n", argv[a]);
       return 1;
     }
   }
-  std::vector<InputTensor> inputs;
+  std::vector<lutham_input::Tensor> inputs;
   std::string err;
-  if (!read_inputs(argv[2], &inputs, &err)) {
+  if (!lutham_input::read_inputs(argv[2], &inputs, &err)) {
     std::fprintf(stderr, "error: %s: %s\n", argv[2], err.c_str());
     return 1;
   }
@@ -181,6 +110,7 @@ int main(int argc, char** argv) {
   std::vector<TensorPtr> holders;
   std::vector<EValue> evalues;
   for (auto& t : inputs) {
+    if (t.values.empty()) t.values.reserve(1);  // an empty tensor still gets a valid pointer
     holders.push_back(from_blob(t.values.data(), t.sizes, ScalarType::Float));
     evalues.emplace_back(*holders.back());
   }

@@ -27,21 +27,52 @@
 //! divisions of [`crate::bspline::basis_span`]; the decoded-tile path uses per-input knot
 //! reciprocals (computed once per call for a shared grid).
 //!
+//! Memory: besides the output, a call allocates the transposed codebook (`(M + 1) x K`
+//! floats, or `(M + 1) x 256` for u8 codes with K < 256 while that stays within
+//! [`TABLE_PAD_BYTES`]) and per thread either a projection scratch (`K + M + 3 n_out`
+//! floats) or a decoded-tile scratch of at most [`TILE_SCRATCH_MAX_BYTES`], whatever the
+//! batch size and thread count: the decoded `(M + 2) x n_out` weight block is processed in
+//! column blocks of at most [`DECODE_BLOCK_BYTES`], the tile's inputs are transposed
+//! [`TILE_INPUTS`] at a time, and layers with so many basis functions that
+//! [`DECODE_MIN_COLS`] columns do not fit the block (M > 32766) use projection tables at
+//! every batch size. Column blocks do not change any result. Sizes derived from the
+//! inputs are computed with checked arithmetic and allocated fallibly: an impossible
+//! request is an [`Error::InvalidValue`], never a panic or an abort.
+//!
 //! Validation is cheap relative to one row: the grid is checked in f32 in one pass (the
 //! detailed error comes from [`validate_grid`] only on failure), code ranges by a min/max
 //! scan (skipped for u8 codes when K >= 256), float weights by a branch-free finiteness
 //! scan; nothing of size `n_in x n_out` is copied when the inputs are C-contiguous.
 
-use crate::bspline::validate_grid;
+use crate::bspline::{check_spline_order, checked_len, try_zeros, validate_grid};
 use crate::error::{check_finite_f32, fmt_shape, Error, Result};
-use ndarray::{Array2, ArrayView, ArrayView1, ArrayView2, CowArray, Dimension, Ix1, Ix2};
+use ndarray::{Array, Array2, ArrayView, ArrayView1, ArrayView2, CowArray, Dimension, Ix1, Ix2};
 use rayon::prelude::*;
+
+pub use crate::bspline::MAX_SPLINE_ORDER;
 
 /// Batches with at least this many rows use the decoded-tile strategy.
 pub const DECODE_MIN_BATCH: usize = 12;
 /// Rows per tile of the decoded-tile strategy (bounds scratch memory, keeps a tile's
 /// outputs in cache).
 pub const BATCH_TILE: usize = 64;
+/// Largest decoded weight block of a tile (`(M + 2)` rows times a column block), per
+/// thread: wider layers are decoded in column blocks of `DECODE_BLOCK_BYTES / 4 / (M + 2)`
+/// outputs (same results: every output element sees the same operations).
+pub const DECODE_BLOCK_BYTES: usize = 8 << 20;
+/// Narrowest column block of the decoded-tile strategy; layers whose `M + 2` rows do not
+/// fit [`DECODE_BLOCK_BYTES`] at this width (or at `n_out`, if smaller) use projection
+/// tables at every batch size.
+pub const DECODE_MIN_COLS: usize = 64;
+/// Inputs of a tile transposed at a time (bounds the transposed copy of the tile's x).
+pub const TILE_INPUTS: usize = 4096;
+/// Upper bound of one decoded tile's scratch (bytes, per thread): the weight block, the
+/// transposed inputs, the scaled gains of one column block and the per-input knots (see
+/// [`tile_scratch_bytes`]).
+pub const TILE_SCRATCH_MAX_BYTES: usize = 16 << 20;
+/// Largest transposed codebook padded to 256 columns for u8 codes with K < 256 (lookups
+/// without bounds checks); a larger one (M + 1 > 8192) is not padded.
+pub const TABLE_PAD_BYTES: usize = 8 << 20;
 /// Rows x inputs x outputs below which a call stays on the calling thread.
 const PAR_MIN_WORK: usize = 1 << 20;
 
@@ -188,13 +219,26 @@ impl<'a, C: Code> LuthamInputs<'a, C> {
 // ---------------------------------------------------------------------------------------
 // Validated, contiguous data.
 
-/// Borrows a view if it is already in standard (C) layout, otherwise copies it.
-fn contiguous<A: Clone, D: Dimension>(v: ArrayView<'_, A, D>) -> CowArray<'_, A, D> {
+/// Borrows a view if it is already in standard (C) layout, otherwise copies it (an
+/// allocation that fails is an [`Error::InvalidValue`] naming `arg`).
+fn contiguous<'a, A: Clone, D: Dimension>(
+    arg: &str,
+    v: ArrayView<'a, A, D>,
+) -> Result<CowArray<'a, A, D>> {
     if v.is_standard_layout() {
-        CowArray::from(v)
-    } else {
-        CowArray::from(v.as_standard_layout().into_owned())
+        return Ok(CowArray::from(v));
     }
+    let mut data = Vec::new();
+    data.try_reserve_exact(v.len()).map_err(|_| {
+        Error::invalid(
+            arg,
+            format!("cannot allocate a contiguous copy of {} elements", v.len()),
+        )
+    })?;
+    data.extend(v.iter().cloned());
+    Array::from_shape_vec(v.raw_dim(), data)
+        .map(CowArray::from)
+        .map_err(|e| Error::invalid(arg, format!("contiguous copy: {e}")))
 }
 
 fn as_slice<'s, A, D: Dimension>(a: &'s CowArray<'_, A, D>) -> &'s [A] {
@@ -209,11 +253,11 @@ enum WeightData<'a> {
 }
 
 impl<'a> WeightData<'a> {
-    fn new(w: &Weights<'a>) -> Self {
-        match *w {
-            Weights::F32(v) => WeightData::F32(contiguous(v)),
-            Weights::I8(v) => WeightData::I8(contiguous(v)),
-        }
+    fn new(arg: &str, w: &Weights<'a>) -> Result<Self> {
+        Ok(match *w {
+            Weights::F32(v) => WeightData::F32(contiguous(arg, v)?),
+            Weights::I8(v) => WeightData::I8(contiguous(arg, v)?),
+        })
     }
 
     fn slice(&self) -> WSlice<'_> {
@@ -265,7 +309,8 @@ struct Plan<'s, C: Code> {
     k: usize,
     m: usize,
     kc: usize,
-    /// Row length of `ct`: K, or 256 for u8 codes with K < 256 (zero padding).
+    /// Row length of `ct`: K, or 256 for u8 codes with K < 256 (zero padding) unless the
+    /// padded table would exceed [`TABLE_PAD_BYTES`].
     kt: usize,
     ng: usize,
     /// `(1 or n_in, ng)` knots.
@@ -274,6 +319,8 @@ struct Plan<'s, C: Code> {
     /// The shared grid row prepared for decoded tiles (`None` unless the grid is shared
     /// and the batch uses decoded tiles).
     shared_knots: Option<Knots>,
+    /// Column-block width of decoded tiles; `None`: this call uses projection tables.
+    decode_cols: Option<usize>,
     /// Codebook transposed to `(M + 1, kt)`; row M and the padding columns are zero.
     ct: Vec<f32>,
     codes: &'s [C],
@@ -676,9 +723,18 @@ fn decode_rows<C: Code>(
 ) {
     let n = gg.len();
     let codes = &codes[..n];
+    // u8 lookups read 256 entries: an unpadded row (kt < 256) is copied into a padded one.
+    let mut padded = [0.0f32; 256];
     for mm in m_lo..m_hi + 1 {
-        let table = &ct[mm * kt..(mm + 1) * kt];
-        let table = if C::BYTE { &table[..256] } else { table };
+        let row = &ct[mm * kt..(mm + 1) * kt];
+        let table = if C::BYTE && kt < 256 {
+            padded[..kt].copy_from_slice(row);
+            &padded[..]
+        } else if C::BYTE {
+            &row[..256]
+        } else {
+            row
+        };
         let wr = &mut w[mm * stride..][..n];
         for o in 0..n {
             wr[o] = gg[o] * lookup(table, codes[o]);
@@ -724,7 +780,8 @@ struct ProjScratch {
 impl ProjScratch {
     fn new<C: Code>(l: &Plan<'_, C>) -> Self {
         ProjScratch {
-            p: vec![0.0; l.kt],
+            // u8 lookups read 256 entries (zero beyond K).
+            p: vec![0.0; if C::BYTE { l.kt.max(256) } else { l.kt }],
             b: vec![0.0; l.k + 1],
             bd: vec![0.0; if l.basis == Basis::BSpline { 0 } else { l.m }],
             rows: vec![0; l.k + 1],
@@ -852,9 +909,73 @@ fn projection_rows_impl<C: Code>(l: &Plan<'_, C>, xs: &[f32], ys: &mut [f32], s:
 
 // ---- decoded-tile strategy ------------------------------------------------------------
 
-/// One tile of rows: `x` `(bsz, n_in)` into `y` `(bsz, n_out)`.
+/// Column-block width of the decoded-tile strategy for `m` basis functions and `n_out >= 1`
+/// outputs: as many columns as fit [`DECODE_BLOCK_BYTES`] with `m + 2` rows (a multiple
+/// of 16 when below `n_out`), or `None` when fewer than `min(n_out, DECODE_MIN_COLS)` fit.
+fn block_cols(m: usize, n_out: usize) -> Option<usize> {
+    let rows = m.checked_add(2)?;
+    let fit = DECODE_BLOCK_BYTES / std::mem::size_of::<f32>() / rows;
+    if fit < n_out.min(DECODE_MIN_COLS) {
+        return None;
+    }
+    Some(if fit >= n_out { n_out } else { fit - fit % 16 })
+}
+
+/// [`block_cols`], narrowed by the test hook.
+fn decode_cols(m: usize, n_out: usize) -> Option<usize> {
+    let nb = block_cols(m, n_out)?;
+    #[cfg(test)]
+    if let forced @ 1.. = FORCE_DECODE_COLS.load(std::sync::atomic::Ordering::Relaxed) {
+        return Some(nb.min(forced));
+    }
+    Some(nb)
+}
+
+/// Test hooks: narrower column blocks / input chunks than the budgets give (results must
+/// not change, so concurrent tests are unaffected). 0: off.
+#[cfg(test)]
+static FORCE_DECODE_COLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+#[cfg(test)]
+static FORCE_TILE_INPUTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Inputs transposed at a time by a decoded tile.
+#[inline]
+fn tile_inputs(n_in: usize) -> usize {
+    #[cfg(test)]
+    if let forced @ 1.. = FORCE_TILE_INPUTS.load(std::sync::atomic::Ordering::Relaxed) {
+        return n_in.min(forced);
+    }
+    n_in.min(TILE_INPUTS)
+}
+
+/// Bytes of scratch one decoded tile of `bsz` rows allocates (per thread), or `None` when
+/// the layer does not use decoded tiles: the `(M + 2) x nb` weight block, the transposed
+/// inputs (`min(n_in, TILE_INPUTS) x bsz`), the scaled gains of a block, the per-row basis
+/// values and terms, and the per-input knots and reciprocals (`(k + 1) (NG + 2k)` f64)
+/// unless the grid is shared. At most [`TILE_SCRATCH_MAX_BYTES`] for `bsz <= BATCH_TILE`
+/// and `k <= MAX_SPLINE_ORDER`, whatever `n_in` and `n_out`.
+pub fn tile_scratch_bytes(
+    n_in: usize,
+    n_out: usize,
+    m: usize,
+    k: usize,
+    shared_grid: bool,
+    bsz: usize,
+) -> Option<usize> {
+    let nb = block_cols(m, n_out)?;
+    let f32s = (m + 2) * nb + n_in.min(TILE_INPUTS) * bsz + nb + bsz * (k + 1) + 2 * bsz;
+    let knots = (k + 1) * (if shared_grid { 2 } else { m + k + 1 } + 2 * k);
+    let f64s = k + 1 + knots;
+    let other = bsz * std::mem::size_of::<isize>()
+        + bsz * (k + 3) * std::mem::size_of::<(usize, f32)>()
+        + (bsz + 1) * std::mem::size_of::<usize>();
+    Some(f32s * 4 + f64s * 8 + other)
+}
+
+/// One tile of rows: `x` `(bsz, n_in)` into `y` `(bsz, n_out)`, decoded weights in column
+/// blocks of `nb` outputs (see [`tile_scratch_bytes`] for the scratch it allocates).
 #[inline(always)]
-fn decoded_tile_impl<C: Code>(l: &Plan<'_, C>, x: &[f32], y: &mut [f32], ones: &[f32]) {
+fn decoded_tile_impl<C: Code>(l: &Plan<'_, C>, x: &[f32], y: &mut [f32], ones: &[f32], nb: usize) {
     let (n_in, n_out, k, m, kt, ng) = (l.n_in, l.n_out, l.k, l.m, l.kt, l.ng);
     let bsz = x.len() / n_in;
     for yr in y.chunks_exact_mut(n_out) {
@@ -863,78 +984,97 @@ fn decoded_tile_impl<C: Code>(l: &Plan<'_, C>, x: &[f32], y: &mut [f32], ones: &
             None => yr.fill(0.0),
         }
     }
-    // Column reads of x (stride n_in) would thrash a few L1 sets; transpose once.
-    let mut xt = vec![0.0f32; n_in * bsz];
-    for r in 0..bsz {
-        for (i, &v) in x[r * n_in..(r + 1) * n_in].iter().enumerate() {
-            xt[i * bsz + r] = v;
-        }
-    }
-    // Rows 0..m: decoded spline rows; m: edge-bias row; m + 1: base row.
+    // Column reads of x (stride n_in) would thrash a few L1 sets; transpose a chunk of
+    // inputs at a time.
+    let ni = tile_inputs(n_in);
+    let mut xt = vec![0.0f32; ni * bsz];
+    // Rows 0..m: decoded spline rows; m: edge-bias row; m + 1: base row; nb columns.
     let (bias_row, base_row) = (m, m + 1);
-    let mut w = vec![0.0f32; (m + 2) * n_out];
-    let mut gg = vec![0.0f32; n_out];
+    let mut w = vec![0.0f32; (m + 2) * nb];
+    let mut gg = vec![0.0f32; nb];
     let mut coef = vec![0.0f32; bsz * (k + 1)];
     let mut first = vec![0isize; bsz];
     let mut s_sum = vec![0.0f32; bsz];
     let mut s_silu = vec![0.0f32; bsz];
     let mut b = vec![0.0f64; k + 1];
-    let mut own = Knots::new(if l.shared_grid { 2 } else { ng }, k); // unused if shared
-    let mut terms: Vec<(usize, f32)> = Vec::with_capacity(k + 3);
+    // Knots of the current input (a 2-knot placeholder when the grid is shared).
+    let mut own = Knots::new(if l.shared_knots.is_some() { 2 } else { ng }, k);
+    // Terms of row r: terms[term_end[r]..term_end[r + 1]], the same for every block.
+    let mut terms: Vec<(usize, f32)> = Vec::with_capacity(bsz * (k + 3));
+    let mut term_end = vec![0usize; bsz + 1];
     let gain_scale = l.gain_scale.unwrap_or(ones);
     let edge_bias_scale = l.edge_bias_scale.unwrap_or(ones);
     let base_scale = l.base_scale.unwrap_or(ones);
-    for i in 0..n_in {
-        let kn = match &l.shared_knots {
-            Some(kn) => kn,
-            None => {
-                own.set(l.grid_row(i));
-                &own
-            }
-        };
-        let xs = &xt[i * bsz..(i + 1) * bsz];
-        let (cf, fi, ss) = (&mut coef[..], &mut first[..], &mut s_sum[..]);
-        let (m_lo, m_hi) = match k {
-            1 => tile_basis::<1>(kn, m, xs, cf, fi, ss, &mut b),
-            2 => tile_basis::<2>(kn, m, xs, cf, fi, ss, &mut b),
-            3 => tile_basis::<3>(kn, m, xs, cf, fi, ss, &mut b),
-            _ => tile_basis::<0>(kn, m, xs, cf, fi, ss, &mut b),
-        };
-        if l.base_weight.is_some() {
-            for (sv, &xi) in s_silu.iter_mut().zip(xs) {
-                *sv = l.act(xi);
-            }
-        }
-        let lo = i * n_out;
-        if m_lo <= m_hi {
-            scaled_row(&mut gg, l.gains.range(lo, lo + n_out), gain_scale);
-            let codes = &l.codes[lo..lo + n_out];
-            decode_rows(&mut w, n_out, &gg, codes, &l.ct, kt, m_lo, m_hi);
-        }
-        if let Some(e) = l.edge_bias {
-            let wr = &mut w[bias_row * n_out..(bias_row + 1) * n_out];
-            scaled_row(wr, e.range(lo, lo + n_out), edge_bias_scale);
-        }
-        if let Some(e) = l.base_weight {
-            let wr = &mut w[base_row * n_out..(base_row + 1) * n_out];
-            scaled_row(wr, e.range(lo, lo + n_out), base_scale);
-        }
+    for i0 in (0..n_in).step_by(ni) {
+        let i1 = (i0 + ni).min(n_in);
         for r in 0..bsz {
-            terms.clear();
-            let cr = &coef[r * (k + 1)..(r + 1) * (k + 1)];
-            for (t, &c) in cr.iter().enumerate() {
-                let mi = first[r] + t as isize;
-                if mi >= 0 && (mi as usize) < m && c != 0.0 {
-                    terms.push((mi as usize, c));
+            let xr = &x[r * n_in + i0..r * n_in + i1];
+            for (ii, &v) in xr.iter().enumerate() {
+                xt[ii * bsz + r] = v;
+            }
+        }
+        for i in i0..i1 {
+            let kn = match &l.shared_knots {
+                Some(kn) => kn,
+                None => {
+                    own.set(l.grid_row(i));
+                    &own
+                }
+            };
+            let xs = &xt[(i - i0) * bsz..(i - i0 + 1) * bsz];
+            let (cf, fi, ss) = (&mut coef[..], &mut first[..], &mut s_sum[..]);
+            let (m_lo, m_hi) = match k {
+                1 => tile_basis::<1>(kn, m, xs, cf, fi, ss, &mut b),
+                2 => tile_basis::<2>(kn, m, xs, cf, fi, ss, &mut b),
+                3 => tile_basis::<3>(kn, m, xs, cf, fi, ss, &mut b),
+                _ => tile_basis::<0>(kn, m, xs, cf, fi, ss, &mut b),
+            };
+            if l.base_weight.is_some() {
+                for (sv, &xi) in s_silu.iter_mut().zip(xs) {
+                    *sv = l.act(xi);
                 }
             }
-            if l.edge_bias.is_some() && s_sum[r] != 0.0 {
-                terms.push((bias_row, s_sum[r]));
+            terms.clear();
+            for r in 0..bsz {
+                let cr = &coef[r * (k + 1)..(r + 1) * (k + 1)];
+                for (t, &c) in cr.iter().enumerate() {
+                    let mi = first[r] + t as isize;
+                    if mi >= 0 && (mi as usize) < m && c != 0.0 {
+                        terms.push((mi as usize, c));
+                    }
+                }
+                if l.edge_bias.is_some() && s_sum[r] != 0.0 {
+                    terms.push((bias_row, s_sum[r]));
+                }
+                if l.base_weight.is_some() {
+                    terms.push((base_row, s_silu[r]));
+                }
+                term_end[r + 1] = terms.len();
             }
-            if l.base_weight.is_some() {
-                terms.push((base_row, s_silu[r]));
+            let lo = i * n_out;
+            for o0 in (0..n_out).step_by(nb) {
+                let o1 = (o0 + nb).min(n_out);
+                let wn = o1 - o0;
+                let (elo, ehi) = (lo + o0, lo + o1);
+                if m_lo <= m_hi {
+                    let gg = &mut gg[..wn];
+                    scaled_row(gg, l.gains.range(elo, ehi), &gain_scale[o0..o1]);
+                    let codes = &l.codes[elo..ehi];
+                    decode_rows(&mut w, wn, gg, codes, &l.ct, kt, m_lo, m_hi);
+                }
+                if let Some(e) = l.edge_bias {
+                    let wr = &mut w[bias_row * wn..(bias_row + 1) * wn];
+                    scaled_row(wr, e.range(elo, ehi), &edge_bias_scale[o0..o1]);
+                }
+                if let Some(e) = l.base_weight {
+                    let wr = &mut w[base_row * wn..(base_row + 1) * wn];
+                    scaled_row(wr, e.range(elo, ehi), &base_scale[o0..o1]);
+                }
+                for r in 0..bsz {
+                    let tr = &terms[term_end[r]..term_end[r + 1]];
+                    axpy_many(&mut y[r * n_out + o0..r * n_out + o1], &w, wn, tr);
+                }
             }
-            axpy_many(&mut y[r * n_out..(r + 1) * n_out], &w, n_out, &terms);
         }
     }
 }
@@ -950,8 +1090,14 @@ fn projection_rows_portable<C: Code>(
     projection_rows_impl(l, xs, ys, s)
 }
 
-fn decoded_tile_portable<C: Code>(l: &Plan<'_, C>, x: &[f32], y: &mut [f32], ones: &[f32]) {
-    decoded_tile_impl(l, x, y, ones)
+fn decoded_tile_portable<C: Code>(
+    l: &Plan<'_, C>,
+    x: &[f32],
+    y: &mut [f32],
+    ones: &[f32],
+    nb: usize,
+) {
+    decoded_tile_impl(l, x, y, ones, nb)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -978,8 +1124,9 @@ mod avx2 {
         x: &[f32],
         y: &mut [f32],
         ones: &[f32],
+        nb: usize,
     ) {
-        decoded_tile_impl(l, x, y, ones)
+        decoded_tile_impl(l, x, y, ones, nb)
     }
 }
 
@@ -1014,14 +1161,14 @@ fn projection_rows<C: Code>(l: &Plan<'_, C>, xs: &[f32], ys: &mut [f32], s: &mut
     projection_rows_portable(l, xs, ys, s)
 }
 
-fn decoded_tile<C: Code>(l: &Plan<'_, C>, x: &[f32], y: &mut [f32], ones: &[f32]) {
+fn decoded_tile<C: Code>(l: &Plan<'_, C>, x: &[f32], y: &mut [f32], ones: &[f32], nb: usize) {
     #[cfg(target_arch = "x86_64")]
     if use_avx2() {
         // SAFETY: the CPU supports AVX2 (checked just above).
-        unsafe { avx2::decoded_tile(l, x, y, ones) };
+        unsafe { avx2::decoded_tile(l, x, y, ones, nb) };
         return;
     }
-    decoded_tile_portable(l, x, y, ones)
+    decoded_tile_portable(l, x, y, ones, nb)
 }
 
 /// Evaluates all rows: `xs` `(b, n_in)` into `ys` `(b, n_out)` (both row-major).
@@ -1029,13 +1176,13 @@ fn decoded_tile<C: Code>(l: &Plan<'_, C>, x: &[f32], y: &mut [f32], ones: &[f32]
 /// Rows (projection tables) or tiles of rows (decoded) run on rayon threads when there
 /// are at least two of them and the call has at least [`PAR_MIN_WORK`] row-edges; a
 /// single row or a single tile stays on the calling thread. Each output element is
-/// computed by the same operations either way.
+/// computed by the same operations either way. `l.decode_cols` picks the strategy.
 fn run<C: Code>(l: &Plan<'_, C>, xs: &[f32], ys: &mut [f32], b: usize) {
     let (n_in, n_out) = (l.n_in, l.n_out);
     let parallel = b > 1
         && b.saturating_mul(n_in).saturating_mul(n_out) >= PAR_MIN_WORK
         && rayon::current_num_threads() > 1;
-    if b < DECODE_MIN_BATCH || l.basis != Basis::BSpline {
+    let Some(nb) = l.decode_cols else {
         if parallel {
             ys.par_chunks_mut(n_out)
                 .zip(xs.par_chunks(n_in))
@@ -1047,16 +1194,18 @@ fn run<C: Code>(l: &Plan<'_, C>, xs: &[f32], ys: &mut [f32], b: usize) {
             projection_rows(l, xs, ys, &mut ProjScratch::new(l));
         }
         return;
-    }
+    };
     let ones = vec![1.0f32; n_out];
+    // tile * n_out <= b * n_out, which the caller checked.
+    let tile = BATCH_TILE.min(b);
     if parallel && b > BATCH_TILE {
-        ys.par_chunks_mut(BATCH_TILE * n_out)
-            .zip(xs.par_chunks(BATCH_TILE * n_in))
-            .for_each(|(y, x)| decoded_tile(l, x, y, &ones));
+        ys.par_chunks_mut(tile * n_out)
+            .zip(xs.par_chunks(tile * n_in))
+            .for_each(|(y, x)| decoded_tile(l, x, y, &ones, nb));
     } else {
-        let tiles = ys.chunks_mut(BATCH_TILE * n_out);
-        for (y, x) in tiles.zip(xs.chunks(BATCH_TILE * n_in)) {
-            decoded_tile(l, x, y, &ones);
+        let tiles = ys.chunks_mut(tile * n_out);
+        for (y, x) in tiles.zip(xs.chunks(tile * n_in)) {
+            decoded_tile(l, x, y, &ones, nb);
         }
     }
 }
@@ -1106,30 +1255,82 @@ fn check_out_vec<'a>(
                     fmt_shape(&[v.len()]),
                 ));
             }
-            let v = contiguous(v);
+            let v = contiguous(arg, v)?;
             check_finite_slice(arg, as_slice(&v))?;
             Ok(Some(v))
         }
     }
 }
 
-/// Checks the knots `(1 or n_in, ng)` in f32 (finite, strictly increasing rows); on
-/// failure [`validate_grid`] gives the detailed error.
+/// Checks the knots `(1 or n_in, ng)`, `ng >= 2k + 2`, `k <= MAX_SPLINE_ORDER`, in f32:
+/// finite, strictly increasing rows (on failure [`validate_grid`] gives the detailed
+/// error), and, for `k >= 1`, every knot difference of the recursion, `grid[j + d] -
+/// grid[j]` for `d = 1..=k`, finite with a finite reciprocal in f32 (the arithmetic of the
+/// C++ kernel, which divides in f32). Differences grow with `d` (rounding is monotone),
+/// so it suffices that `1 / (grid[j + 1] - grid[j])` and `grid[j + k] - grid[j]` are
+/// finite.
 fn check_grid(grid: &CowArray<'_, f32, Ix2>, k: usize) -> Result<()> {
     let ng = grid.ncols();
-    let ok = as_slice(grid).chunks_exact(ng).all(|g| {
+    let rows = || as_slice(grid).chunks_exact(ng);
+    let ok = rows().all(|g| {
         g[0].is_finite()
             && g[ng - 1].is_finite()
             && g.windows(2).fold(true, |ok, w| ok & (w[0] < w[1]))
     });
-    if ok {
+    if !ok {
+        validate_grid(grid.mapv(|v| v as f64).view(), k)?;
+        return Err(Error::invalid(
+            "grid",
+            "rows must be finite and strictly increasing",
+        ));
+    }
+    if k == 0 {
         return Ok(());
     }
-    validate_grid(grid.mapv(|v| v as f64).view(), k)?;
-    Err(Error::invalid(
-        "grid",
-        "rows must be finite and strictly increasing",
-    ))
+    let spacing_ok = |g: &[f32]| {
+        g.windows(2)
+            .fold(true, |ok, w| ok & (1.0 / (w[1] - w[0])).is_finite())
+    };
+    let range_ok = |g: &[f32]| {
+        g.iter()
+            .zip(&g[k..])
+            .fold(true, |ok, (a, b)| ok & (b - a).is_finite())
+    };
+    for (i, g) in rows().enumerate() {
+        if !spacing_ok(g) {
+            let j = g
+                .windows(2)
+                .position(|w| !(1.0 / (w[1] - w[0])).is_finite())
+                .unwrap_or(0);
+            return Err(Error::invalid(
+                "grid",
+                format!(
+                    "knot spacing too small: grid[{i}][{}] - grid[{i}][{j}] = {:e} has no finite \
+                     float32 reciprocal (k = {k})",
+                    j + 1,
+                    g[j + 1] - g[j]
+                ),
+            ));
+        }
+        if !range_ok(g) {
+            let j = g
+                .iter()
+                .zip(&g[k..])
+                .position(|(a, b)| !(b - a).is_finite())
+                .unwrap_or(0);
+            return Err(Error::invalid(
+                "grid",
+                format!(
+                    "knot range too large: grid[{i}][{}] - grid[{i}][{j}] = {} - {} overflows \
+                     float32 (k = {k})",
+                    j + k,
+                    g[j + k],
+                    g[j]
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// First code outside `0..kc` (flat index, value), by a min/max scan first.
@@ -1159,20 +1360,30 @@ fn find_bad_code<C: Code>(codes: &[C], kc: usize) -> Option<(usize, i64)> {
 /// is `(n_in, G + 2k + 1)` or `(1, G + 2k + 1)` (the same knots for every input).
 ///
 /// # Errors
-/// [`Error::Shape`] for inconsistent shapes, grid errors of
-/// [`crate::bspline::validate_grid`], [`Error::NonFinite`] for a non-finite codebook,
-/// scale, bias or float weight, [`Error::CodeOutOfRange`] for a code outside `0..K`,
-/// [`Error::InvalidValue`] for a scale given without its weights.
+/// [`Error::InvalidValue`] for a B-spline order `k > MAX_SPLINE_ORDER` (checked first,
+/// before anything is allocated) or an output `(B, n_out)` larger than `isize::MAX` bytes
+/// (checked next); [`Error::Shape`] for inconsistent shapes; grid errors of
+/// [`crate::bspline::validate_grid`] and, for `k >= 1`, [`Error::InvalidValue`] when a knot
+/// difference of the recursion or its reciprocal is not finite in f32 (see `check_grid`:
+/// "knot spacing too small", "knot range too large"); [`Error::InvalidValue`] for an RBF
+/// width `h` that is not finite and > 0 with a finite reciprocal; [`Error::NonFinite`] for
+/// a non-finite codebook, scale, bias, RBF centre or float weight;
+/// [`Error::CodeOutOfRange`] for a code outside `0..K`; [`Error::InvalidValue`] for a
+/// scale given without its weights, or when an allocation (output, transposed codebook,
+/// contiguous copy of a strided view) cannot be made.
 pub fn lutham_forward<C: Code>(inp: &LuthamInputs<'_, C>) -> Result<Array2<f32>> {
     // The spline order is read by B-splines only.
     let k = if inp.basis == Basis::BSpline {
+        check_spline_order(inp.k)?;
         inp.k
     } else {
         0
     };
     let (n_in, n_out) = inp.codes.dim();
+    let (b, xn) = inp.x.dim();
+    let out_len = checked_len("x", "output (B, n_out) =", &[b, n_out], 4)?;
     let (grid_rows, ng) = inp.grid.dim();
-    let grid = contiguous(inp.grid);
+    let grid = contiguous("grid", inp.grid)?;
     let m = match inp.basis {
         Basis::BSpline => {
             let min_ng = 2 * k + 2;
@@ -1190,10 +1401,14 @@ pub fn lutham_forward<C: Code>(inp: &LuthamInputs<'_, C>) -> Result<Array2<f32>>
             ng - k - 1
         }
         Basis::Rbf { h } => {
-            if !(h.is_finite() && h > 0.0) {
+            // The C++ kernel divides by h in f32: 1/h must be finite too.
+            if !(h.is_finite() && h > 0.0 && (1.0 / h).is_finite()) {
                 return Err(Error::invalid(
                     "h",
-                    format!("RBF width must be finite and > 0, got {h}"),
+                    format!(
+                        "RBF width must be finite and > 0 with a finite float32 reciprocal, \
+                         got {h:e}"
+                    ),
                 ));
             }
             let m = inp.codebook.ncols();
@@ -1222,7 +1437,6 @@ pub fn lutham_forward<C: Code>(inp: &LuthamInputs<'_, C>) -> Result<Array2<f32>>
             m
         }
     };
-    let (b, xn) = inp.x.dim();
     if xn != n_in {
         return Err(Error::shape(
             "x",
@@ -1240,9 +1454,9 @@ pub fn lutham_forward<C: Code>(inp: &LuthamInputs<'_, C>) -> Result<Array2<f32>>
             fmt_shape(&[kc, cm]),
         ));
     }
-    let cb = contiguous(inp.codebook);
+    let cb = contiguous("codebook", inp.codebook)?;
     check_finite_slice("codebook", as_slice(&cb))?;
-    let codes = contiguous(inp.codes);
+    let codes = contiguous("codes", inp.codes)?;
     let code_slice = as_slice(&codes);
     if let Some((index, code)) = find_bad_code(code_slice, kc) {
         return Err(Error::CodeOutOfRange {
@@ -1253,12 +1467,12 @@ pub fn lutham_forward<C: Code>(inp: &LuthamInputs<'_, C>) -> Result<Array2<f32>>
         });
     }
     check_edge_shape("gains", inp.gains.dim(), n_in, n_out)?;
-    let gains = WeightData::new(&inp.gains);
+    let gains = WeightData::new("gains", &inp.gains)?;
     check_weights_finite("gains", &gains)?;
     let edge_bias = match &inp.edge_bias {
         Some(w) => {
             check_edge_shape("edge_bias", w.dim(), n_in, n_out)?;
-            let w = WeightData::new(w);
+            let w = WeightData::new("edge_bias", w)?;
             check_weights_finite("edge_bias", &w)?;
             Some(w)
         }
@@ -1270,7 +1484,7 @@ pub fn lutham_forward<C: Code>(inp: &LuthamInputs<'_, C>) -> Result<Array2<f32>>
     let base_weight = match &inp.base_weight {
         Some(w) => {
             check_edge_shape("base_weight", w.dim(), n_in, n_out)?;
-            let w = WeightData::new(w);
+            let w = WeightData::new("base_weight", w)?;
             check_weights_finite("base_weight", &w)?;
             Some(w)
         }
@@ -1284,12 +1498,19 @@ pub fn lutham_forward<C: Code>(inp: &LuthamInputs<'_, C>) -> Result<Array2<f32>>
     let out_bias = check_out_vec("out_bias", inp.out_bias, n_out)?;
     let base_scale = check_out_vec("base_scale", inp.base_scale, n_out)?;
 
-    let mut y = Array2::<f32>::zeros((b, n_out));
+    let mut y = try_zeros::<f32>(out_len, "x")?;
     if n_out == 0 || b == 0 {
-        return Ok(y);
+        return Array2::from_shape_vec((b, n_out), y)
+            .map_err(|e| Error::invalid("x", format!("output shape: {e}")));
     }
-    let kt = if C::BYTE { kc.max(256) } else { kc };
-    let mut ct = vec![0.0f32; (m + 1) * kt];
+    // u8 codes index 256-entry rows; pad while the padded table stays small.
+    let m1 = m
+        .checked_add(1)
+        .ok_or_else(|| Error::invalid("codebook", format!("M = {m} overflows")))?;
+    let pad = C::BYTE && kc < 256 && m1.saturating_mul(256 * 4) <= TABLE_PAD_BYTES;
+    let kt = if pad { 256 } else { kc };
+    let ct_len = checked_len("codebook", "transposed codebook (M + 1, K) =", &[m1, kt], 4)?;
+    let mut ct = try_zeros::<f32>(ct_len, "codebook")?;
     for (q, row) in as_slice(&cb).chunks_exact(m).enumerate() {
         for (j, &v) in row.iter().enumerate() {
             ct[j * kt + q] = v;
@@ -1297,12 +1518,13 @@ pub fn lutham_forward<C: Code>(inp: &LuthamInputs<'_, C>) -> Result<Array2<f32>>
     }
     let grid_s = as_slice(&grid);
     let shared_grid = grid_rows == 1;
-    let shared_knots =
-        (inp.basis == Basis::BSpline && shared_grid && b >= DECODE_MIN_BATCH).then(|| {
-            let mut kn = Knots::new(ng, k);
-            kn.set(grid_s);
-            kn
-        });
+    let decode = inp.basis == Basis::BSpline && b >= DECODE_MIN_BATCH;
+    let decode_cols = if decode { decode_cols(m, n_out) } else { None };
+    let shared_knots = (decode_cols.is_some() && shared_grid).then(|| {
+        let mut kn = Knots::new(ng, k);
+        kn.set(grid_s);
+        kn
+    });
     let plan = Plan {
         n_in,
         n_out,
@@ -1314,6 +1536,7 @@ pub fn lutham_forward<C: Code>(inp: &LuthamInputs<'_, C>) -> Result<Array2<f32>>
         grid: grid_s,
         shared_grid,
         shared_knots,
+        decode_cols,
         ct,
         codes: code_slice,
         gains: gains.slice(),
@@ -1326,12 +1549,10 @@ pub fn lutham_forward<C: Code>(inp: &LuthamInputs<'_, C>) -> Result<Array2<f32>>
         basis: inp.basis,
         base_act: inp.base_act,
     };
-    let x = contiguous(inp.x);
-    let ys = y
-        .as_slice_mut()
-        .ok_or_else(|| Error::invalid("y", "output not contiguous"))?;
-    run(&plan, as_slice(&x), ys, b);
-    Ok(y)
+    let x = contiguous("x", inp.x)?;
+    run(&plan, as_slice(&x), &mut y, b);
+    Array2::from_shape_vec((b, n_out), y)
+        .map_err(|e| Error::invalid("x", format!("output shape: {e}")))
 }
 
 #[cfg(test)]
@@ -2033,6 +2254,341 @@ mod tests {
                     assert!((a - c).abs() <= 2e-5 * (1.0 + scale), "row {r}: {a} vs {c}");
                 }
             }
+        }
+    }
+
+    fn invalid_arg<T: std::fmt::Debug>(r: Result<T>, arg: &str, needle: &str) {
+        match r {
+            Err(Error::InvalidValue { arg: a, detail }) => {
+                assert_eq!(a, arg, "{detail}");
+                assert!(detail.contains(needle), "{detail}");
+            }
+            other => panic!("expected InvalidValue for {arg}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn spline_order_cap() {
+        let (n_in, n_out) = (2, 3);
+        let x = inputs(2, n_in, 0);
+        let (row, _) = shared_grid(n_in, 3, 2);
+        let e = edge_layer(n_in, n_out, 5, 4, 0);
+        // Refused before the grid's shape is read (2k + 2 overflows for the last two).
+        for k in [MAX_SPLINE_ORDER + 1, 16384, usize::MAX / 2, usize::MAX] {
+            invalid_arg(
+                lutham_forward(&edge_inputs(&e, &x, &row, k)),
+                "k",
+                "exceeds the maximum 15",
+            );
+        }
+        // A consistent layer of order 16 (the size an attacker would use) as well.
+        let (row16, _) = shared_grid(n_in, 2, 16);
+        let e16 = edge_layer(n_in, n_out, 18, 4, 0);
+        invalid_arg(
+            lutham_forward(&edge_inputs(&e16, &x, &row16, 16)),
+            "k",
+            "maximum",
+        );
+        // Other bases do not read k.
+        let dummy = Array2::<f32>::zeros((1, 2));
+        let inp = LuthamInputs {
+            basis: Basis::Chebyshev,
+            ..edge_inputs(&e, &x, &dummy, usize::MAX)
+        };
+        assert!(lutham_forward(&inp).is_ok());
+    }
+
+    #[test]
+    fn largest_order_matches_dense_in_both_strategies() {
+        let k = MAX_SPLINE_ORDER;
+        let l = layer(3, 4, 3, k, 5);
+        let cb = l.coeffs.mapv(|v| v as f32);
+        let codes = Array2::from_shape_fn((3, 4), |(i, o)| (i * 4 + o) as u16 as i16);
+        let gains = Array2::<f32>::ones((3, 4));
+        for b in [2, 12, 70] {
+            let x = inputs(b, 3, 6).mapv(|v| v * 4.0);
+            let y = lutham_forward(&LuthamInputs {
+                x: x.view(),
+                grid: l.grid.view(),
+                k,
+                codebook: cb.view(),
+                codes: codes.view(),
+                gains: Weights::F32(gains.view()),
+                gain_scale: None,
+                edge_bias: None,
+                edge_bias_scale: None,
+                out_bias: None,
+                base_weight: Some(Weights::F32(l.base.view())),
+                base_scale: None,
+                basis: Basis::BSpline,
+                base_act: BaseAct::Silu,
+            })
+            .unwrap();
+            assert_close(
+                &y,
+                &dense_ref(&l, &x, &cb.mapv(|v| v as f64), true, None),
+                1e-5,
+            );
+        }
+    }
+
+    #[test]
+    fn output_size_overflow_is_an_error() {
+        // Stride-0 views: huge logical shapes over one element, nothing is read or copied
+        // before the output size is refused.
+        let one_f = [0.5f32];
+        let one_c = [0u8];
+        let one_g = [1i8];
+        let grid = Array2::from_shape_fn((1, 6), |(_, j)| j as f32);
+        let cb = Array2::<f32>::ones((1, 4));
+        use ndarray::ShapeBuilder;
+        for (b, n_out) in [
+            (1usize << 33, 1usize << 33),
+            (1 << 31, 1 << 31),
+            (usize::MAX / 8, 3),
+        ] {
+            let x = ArrayView2::from_shape((b, 1).strides((0, 0)), &one_f[..]).unwrap();
+            let codes = ArrayView2::from_shape((1, n_out).strides((0, 0)), &one_c[..]).unwrap();
+            let gains = ArrayView2::from_shape((1, n_out).strides((0, 0)), &one_g[..]).unwrap();
+            let inp = LuthamInputs {
+                x,
+                grid: grid.view(),
+                k: 1,
+                codebook: cb.view(),
+                codes,
+                gains: Weights::I8(gains),
+                gain_scale: None,
+                edge_bias: None,
+                edge_bias_scale: None,
+                out_bias: None,
+                base_weight: None,
+                base_scale: None,
+                basis: Basis::BSpline,
+                base_act: BaseAct::Silu,
+            };
+            invalid_arg(lutham_forward(&inp), "x", "output (B, n_out) =");
+        }
+    }
+
+    #[test]
+    fn extreme_grids_are_refused_like_the_kernel() {
+        let (n_in, n_out) = (2, 3);
+        let e = edge_layer(n_in, n_out, 5, 4, 0);
+        let x = inputs(3, n_in, 0);
+        // 7 knots, k = 1, M = 5.
+        let tiny: Vec<f32> = vec![0.0, 1e-40, 1.0, 2.0, 3.0, 4.0, 5.0];
+        let wide: Vec<f32> = vec![-3e38, 1e38, 1.5e38, 2e38, 2.5e38, 3e38, 3.3e38];
+        for (row, needle) in [
+            (&tiny, "knot spacing too small"),
+            (&wide, "knot range too large"),
+        ] {
+            let g = Array2::from_shape_vec((1, 7), row.clone()).unwrap();
+            invalid_arg(lutham_forward(&edge_inputs(&e, &x, &g, 1)), "grid", needle);
+            let full = Array2::from_shape_fn((n_in, 7), |(_, j)| row[j]);
+            invalid_arg(
+                lutham_forward(&edge_inputs(&e, &x, &full, 1)),
+                "grid",
+                needle,
+            );
+        }
+        // Adjacent differences finite, grid[j + 2] - grid[j] not: k = 2 refuses, k = 1
+        // (which divides by adjacent differences only) accepts.
+        let e2 = edge_layer(n_in, n_out, 4, 4, 0);
+        let two: Vec<f32> = vec![-3.4e38, -1.5e38, 1.5e38, 2e38, 2.5e38, 3e38, 3.3e38];
+        let g = Array2::from_shape_vec((1, 7), two).unwrap();
+        invalid_arg(
+            lutham_forward(&edge_inputs(&e2, &x, &g, 2)),
+            "grid",
+            "knot range too large",
+        );
+        assert!(lutham_forward(&edge_inputs(&e, &x, &g, 1)).is_ok());
+        // k = 0 divides by no knot difference: the same grids are accepted.
+        let e0 = edge_layer(n_in, n_out, 6, 4, 0);
+        for row in [&tiny, &wide] {
+            let g = Array2::from_shape_vec((1, 7), row.clone()).unwrap();
+            let y = lutham_forward(&edge_inputs(&e0, &x, &g, 0)).unwrap();
+            assert!(y.iter().all(|v| v.is_finite()));
+        }
+        // Just above the limit: the smallest spacing with a finite f32 reciprocal.
+        let ok: Vec<f32> = vec![0.0, 3e-39, 1.0, 2.0, 3.0, 4.0, 5.0];
+        let g = Array2::from_shape_vec((1, 7), ok).unwrap();
+        assert!(lutham_forward(&edge_inputs(&e, &x, &g, 1)).is_ok());
+        // RBF width: finite, > 0, finite reciprocal.
+        let c = Array2::from_shape_fn((1, 5), |(_, j)| j as f32);
+        for h in [1e-40f32, f32::MIN_POSITIVE / 4.0] {
+            let inp = LuthamInputs {
+                basis: Basis::Rbf { h },
+                ..edge_inputs(&e, &x, &c, 0)
+            };
+            invalid_arg(lutham_forward(&inp), "h", "reciprocal");
+        }
+        let inp = LuthamInputs {
+            basis: Basis::Rbf { h: 1e-30 },
+            ..edge_inputs(&e, &x, &c, 0)
+        };
+        assert!(lutham_forward(&inp).is_ok());
+    }
+
+    #[test]
+    fn decoded_scratch_is_bounded() {
+        let big = usize::MAX / 16;
+        for k in 0..=MAX_SPLINE_ORDER {
+            for m in [k.max(1), 13, 100, 1000, 8191, 32766] {
+                for n_out in [1, 64, 1000, 1 << 20, big] {
+                    for n_in in [1, 5000, big] {
+                        for shared in [false, true] {
+                            let bytes = tile_scratch_bytes(n_in, n_out, m, k, shared, BATCH_TILE)
+                                .unwrap_or_else(|| panic!("m={m} n_out={n_out}"));
+                            assert!(bytes <= TILE_SCRATCH_MAX_BYTES, "{bytes} m={m} k={k}");
+                        }
+                    }
+                }
+            }
+        }
+        // Layers whose M + 2 rows do not fit DECODE_MIN_COLS columns use projection tables.
+        assert_eq!(block_cols(32767, 1000), None);
+        assert_eq!(block_cols(usize::MAX, 1), None);
+        assert_eq!(tile_scratch_bytes(1, 1 << 20, 40000, 3, false, 64), None);
+        // A narrow layer keeps one block even with large M.
+        assert_eq!(block_cols(1 << 20, 1), Some(1));
+        assert_eq!(block_cols(13, 256), Some(256));
+        let nb = block_cols(13, 1 << 20).unwrap();
+        assert!(nb % 16 == 0 && nb * 15 * 4 <= DECODE_BLOCK_BYTES && nb >= DECODE_MIN_COLS);
+    }
+
+    /// Column blocks and input chunks change no bit: each output column of a wide layer
+    /// equals the same column evaluated alone, for any block width and thread count.
+    #[test]
+    fn column_blocks_and_input_chunks_do_not_change_results() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (n_in, n_out, g, k) = (9, 150, 5, 3);
+        let l = layer(n_in, n_out, g, k, 31);
+        let e = edge_layer(n_in, n_out, g + k, 40, 32);
+        let x = inputs(70, n_in, 33);
+        let (_, shared_full) = shared_grid(n_in, g, k);
+        let (shared_row, _) = shared_grid(n_in, g, k);
+        for grid in [&l.grid, &shared_row, &shared_full] {
+            let inp = edge_inputs(&e, &x, grid, k);
+            let y = lutham_forward(&inp).unwrap();
+            for (cols, chunk) in [(16, 0), (48, 4), (1, 1), (0, 2)] {
+                FORCE_DECODE_COLS.store(cols, Relaxed);
+                FORCE_TILE_INPUTS.store(chunk, Relaxed);
+                let blocked = lutham_forward(&inp);
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(3)
+                    .build()
+                    .unwrap();
+                let threaded = pool.install(|| lutham_forward(&inp));
+                FORCE_DECODE_COLS.store(0, Relaxed);
+                FORCE_TILE_INPUTS.store(0, Relaxed);
+                assert_eq!(blocked.unwrap(), y, "cols={cols} chunk={chunk}");
+                assert_eq!(threaded.unwrap(), y, "cols={cols} chunk={chunk}");
+            }
+            // One column alone (one block of width 1) gives the same bits.
+            for o in [0, 17, 149] {
+                let col = |a: &Array2<i8>| a.slice(ndarray::s![.., o..o + 1]).to_owned();
+                let v = |a: &Array1<f32>| a.slice(ndarray::s![o..o + 1]).to_owned();
+                let (gq, bq, wq) = (col(&e.gains), col(&e.bias), col(&e.base));
+                let codes = e.codes.slice(ndarray::s![.., o..o + 1]).to_owned();
+                let (s0, s1, s2, ob) =
+                    (v(&e.scales[0]), v(&e.scales[1]), v(&e.scales[2]), v(&e.ob));
+                let one = LuthamInputs {
+                    codes: codes.view(),
+                    gains: Weights::I8(gq.view()),
+                    gain_scale: Some(s0.view()),
+                    edge_bias: Some(Weights::I8(bq.view())),
+                    edge_bias_scale: Some(s1.view()),
+                    out_bias: Some(ob.view()),
+                    base_weight: Some(Weights::I8(wq.view())),
+                    base_scale: Some(s2.view()),
+                    ..inp
+                };
+                let yo = lutham_forward(&one).unwrap();
+                assert_eq!(yo.column(0), y.column(o), "column {o}");
+            }
+        }
+    }
+
+    /// A wide layer really split into column blocks by the budget (no test hook).
+    #[test]
+    fn wide_layer_uses_bounded_blocks() {
+        let (n_in, n_out, g, k) = (2, 150_000, 10, 3);
+        let nb = block_cols(g + k, n_out).unwrap();
+        assert!(nb < n_out, "{nb}");
+        let e = edge_layer(n_in, n_out, g + k, 16, 41);
+        let (row, _) = shared_grid(n_in, g, k);
+        let x = inputs(DECODE_MIN_BATCH, n_in, 42);
+        let y = lutham_forward(&edge_inputs(&e, &x, &row, k)).unwrap();
+        // Each row through projection tables (batch of one): equal to rounding.
+        for r in [0, DECODE_MIN_BATCH - 1] {
+            let y1 = lutham_forward(&edge_inputs(
+                &e,
+                &x.slice(ndarray::s![r..r + 1, ..]).to_owned(),
+                &row,
+                k,
+            ))
+            .unwrap();
+            for (a, c) in y1.row(0).iter().zip(y.row(r)) {
+                assert!((a - c).abs() <= 1e-5 * (1.0 + c.abs()), "{a} vs {c}");
+            }
+        }
+    }
+
+    #[test]
+    fn unpadded_u8_table_for_huge_codebook_width() {
+        // M + 1 > 8192: u8 codes do not pad the transposed codebook to 256 columns; the
+        // results equal those of i16 codes (never padded) bit for bit, in both strategies.
+        let (n_in, n_out, g, k, kc) = (2, 5, 8300, 1, 3);
+        let m = g + k;
+        assert!((m + 1) * 256 * 4 > TABLE_PAD_BYTES);
+        let e = edge_layer(n_in, n_out, m, kc, 51);
+        let (row, full) = shared_grid(n_in, g, k);
+        for b in [1, 12, 70] {
+            let x = inputs(b, n_in, 52);
+            for grid in [&row, &full] {
+                let inp = edge_inputs(&e, &x, grid, k);
+                let y = lutham_forward(&inp).unwrap();
+                let c16 = e.codes.mapv(|c| c as i16);
+                assert_eq!(
+                    lutham_forward(&inp.with_codes(c16.view())).unwrap(),
+                    y,
+                    "b={b}"
+                );
+            }
+        }
+        // Codes >= K are still refused without padding.
+        let mut bad = e.codes.clone();
+        bad[[1, 4]] = kc as u8;
+        let x = inputs(2, n_in, 52);
+        let inp = LuthamInputs {
+            codes: bad.view(),
+            ..edge_inputs(&e, &x, &row, k)
+        };
+        assert!(matches!(
+            lutham_forward(&inp),
+            Err(Error::CodeOutOfRange {
+                index: 9,
+                code: 3,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn huge_codebook_width_falls_back_to_projection_tables() {
+        // M + 2 rows of DECODE_MIN_COLS columns exceed the block budget: a batch of
+        // DECODE_MIN_BATCH rows runs through projection tables, row by row, so every row
+        // equals its batch-of-one result bit for bit.
+        let (n_in, n_out, g, k) = (1, 70, 40_000, 1);
+        assert_eq!(block_cols(g + k, n_out), None);
+        let e = edge_layer(n_in, n_out, g + k, 4, 61);
+        let (row, _) = shared_grid(n_in, g, k);
+        let x = inputs(DECODE_MIN_BATCH, n_in, 62);
+        let y = lutham_forward(&edge_inputs(&e, &x, &row, k)).unwrap();
+        for r in 0..DECODE_MIN_BATCH {
+            let xr = x.slice(ndarray::s![r..r + 1, ..]).to_owned();
+            let yr = lutham_forward(&edge_inputs(&e, &xr, &row, k)).unwrap();
+            assert_eq!(yr.row(0), y.row(r));
         }
     }
 

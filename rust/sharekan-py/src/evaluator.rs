@@ -8,7 +8,7 @@ use sharekan_core::evaluator::{
 };
 
 use crate::arrays::{array1, array2, is_dtype};
-use crate::errors::{core_err, py_error};
+use crate::errors::{float_arg, int_arg, py_error, run_core};
 
 /// A per-edge weight array as read from Python: float32 or int8.
 enum HeldWeights<'py> {
@@ -46,6 +46,11 @@ fn opt_weights<'py>(
     obj.filter(|o| !o.is_none())
         .map(|o| weights(o, name))
         .transpose()
+}
+
+/// An optional argument that is neither absent nor None.
+fn given<'a, 'py>(obj: Option<&'a Bound<'py, PyAny>>) -> Option<&'a Bound<'py, PyAny>> {
+    obj.filter(|o| !o.is_none())
 }
 
 fn opt_vec<'py>(
@@ -96,23 +101,24 @@ fn run<'py, C: Code + numpy::Element>(
         basis: held.basis,
         base_act: held.base_act,
     };
-    let out = py
-        .detach(|| core_forward(&inputs))
-        .map_err(|e| core_err(py, e))?;
+    let out = run_core(py, "lutham_forward", || core_forward(&inputs))?;
     Ok(out.into_pyarray(py))
 }
 
 /// LUTHAM evaluation of one compressed layer: x (B, n_in) f32 -> (B, n_out) f32.
+///
+/// `basis`, `h` and `base_act` default to 0, 1.0 and 0 (also when None). Integer and float
+/// arguments out of range raise InvalidInputError, not OverflowError.
 #[pyfunction]
 #[pyo3(signature = (x, grid, k, codebook, codes, gains, gain_scale=None, edge_bias=None,
-    edge_bias_scale=None, out_bias=None, base_weight=None, base_scale=None, basis=0, h=1.0,
-    base_act=0))]
+    edge_bias_scale=None, out_bias=None, base_weight=None, base_scale=None, basis=None, h=None,
+    base_act=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn lutham_forward<'py>(
     py: Python<'py>,
     x: &Bound<'py, PyAny>,
     grid: &Bound<'py, PyAny>,
-    k: i64,
+    k: &Bound<'py, PyAny>,
     codebook: &Bound<'py, PyAny>,
     codes: &Bound<'py, PyAny>,
     gains: &Bound<'py, PyAny>,
@@ -122,11 +128,14 @@ pub fn lutham_forward<'py>(
     out_bias: Option<&Bound<'py, PyAny>>,
     base_weight: Option<&Bound<'py, PyAny>>,
     base_scale: Option<&Bound<'py, PyAny>>,
-    basis: i64,
-    h: f64,
-    base_act: i64,
+    basis: Option<&Bound<'py, PyAny>>,
+    h: Option<&Bound<'py, PyAny>>,
+    base_act: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyArray2<f32>>> {
-    let k = crate::count(py, k, "k")?;
+    let k = crate::count(py, int_arg(k, "k")?, "k")?;
+    let basis = given(basis).map_or(Ok(0), |o| int_arg(o, "basis"))?;
+    let h = given(h).map_or(Ok(1.0), |o| float_arg(o, "h"))?;
+    let base_act = given(base_act).map_or(Ok(0), |o| int_arg(o, "base_act"))?;
     let basis = match basis {
         0 => Basis::BSpline,
         1 => Basis::Rbf { h: h as f32 },

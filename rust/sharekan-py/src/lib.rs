@@ -2,7 +2,8 @@
 //!
 //! Only array conversion, GIL release and error mapping live here: every array is checked
 //! for dtype, dimensionality and C order, read zero-copy, and the core runs with the GIL
-//! released. Core errors become the exception classes of `sharekan.errors`.
+//! released (through `errors::run_core`, which also turns a panic into an exception).
+//! Core errors become the exception classes of `sharekan.errors`.
 
 mod arrays;
 mod errors;
@@ -18,7 +19,7 @@ use pyo3::types::PyDict;
 use sharekan_core::{artifact, bspline, gsb, kmeans, quant};
 
 use arrays::{array1, array2, slice1};
-use errors::{core_err, invalid};
+use errors::{int_arg, invalid, run_core};
 
 /// A non-negative integer argument as usize, or InvalidInputError naming it.
 pub(crate) fn count(py: Python<'_>, value: i64, name: &str) -> PyResult<usize> {
@@ -50,15 +51,13 @@ fn bspline_basis<'py>(
     py: Python<'py>,
     x: &Bound<'py, PyAny>,
     grid: &Bound<'py, PyAny>,
-    k: i64,
+    k: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyArray3<f64>>> {
-    let k = count(py, k, "k")?;
+    let k = count(py, int_arg(k, "k")?, "k")?;
     let x = array2::<f64>(x, "x")?;
     let grid = array2::<f64>(grid, "grid")?;
     let (x, grid) = (x.as_array(), grid.as_array());
-    let out = py
-        .detach(|| bspline::basis_dense(x, grid, k))
-        .map_err(|e| core_err(py, e))?;
+    let out = run_core(py, "bspline_basis", || bspline::basis_dense(x, grid, k))?;
     Ok(out.into_pyarray(py))
 }
 
@@ -67,14 +66,12 @@ fn bspline_basis<'py>(
 fn bspline_gram<'py>(
     py: Python<'py>,
     grid: &Bound<'py, PyAny>,
-    k: i64,
+    k: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyArray2<f64>>> {
-    let k = count(py, k, "k")?;
+    let k = count(py, int_arg(k, "k")?, "k")?;
     let grid = array2::<f64>(grid, "grid")?;
     let grid = grid.as_array();
-    let out = py
-        .detach(|| bspline::gram(grid, k))
-        .map_err(|e| core_err(py, e))?;
+    let out = run_core(py, "bspline_gram", || bspline::gram(grid, k))?;
     Ok(out.into_pyarray(py))
 }
 
@@ -91,9 +88,9 @@ fn spherical_kmeans<'py>(
     let residuals = array2::<f64>(residuals, "residuals")?;
     let view = residuals.as_array();
     let params = kmeans_params(count(py, k, "k")?, count(py, n_iter, "n_iter")?, tol, seed);
-    let res = py
-        .detach(|| kmeans::spherical_kmeans(view, &params))
-        .map_err(|e| core_err(py, e))?;
+    let res = run_core(py, "spherical_kmeans", || {
+        kmeans::spherical_kmeans(view, &params)
+    })?;
     let out = PyDict::new(py);
     out.set_item("centroids", res.centroids.into_pyarray(py))?;
     out.set_item("codes", Array1::from(res.codes).into_pyarray(py))?;
@@ -119,9 +116,7 @@ fn gsb_fit<'py>(
     let metric = array2::<f64>(metric, "metric")?;
     let (cv, mv) = (coeffs.as_array(), metric.as_array());
     let params = kmeans_params(count(py, k, "k")?, count(py, n_iter, "n_iter")?, tol, seed);
-    let fit = py
-        .detach(|| gsb::fit(cv, mv, &params))
-        .map_err(|e| core_err(py, e))?;
+    let fit = run_core(py, "gsb_fit", || gsb::fit(cv, mv, &params))?;
     let out = PyDict::new(py);
     out.set_item("codebook", fit.codebook.into_pyarray(py))?;
     out.set_item("codes", Array1::from(fit.codes).into_pyarray(py))?;
@@ -153,9 +148,9 @@ fn refit_gain_bias<'py>(
     let codes = array1::<u32>(codes, "codes")?;
     let (cv, mv, bv) = (coeffs.as_array(), metric.as_array(), codebook.as_array());
     let codes = slice1(py, &codes, "codes")?;
-    let (g, b) = py
-        .detach(|| gsb::refit_gain_bias(cv, mv, bv, codes))
-        .map_err(|e| core_err(py, e))?;
+    let (g, b) = run_core(py, "refit_gain_bias", || {
+        gsb::refit_gain_bias(cv, mv, bv, codes)
+    })?;
     Ok((g.into_pyarray(py), b.into_pyarray(py)))
 }
 
@@ -170,9 +165,7 @@ fn quantize_i8<'py>(
     let axis = count(py, axis, "axis")?;
     let x = array2::<f64>(x, "x")?;
     let view = x.as_array();
-    let (q, s) = py
-        .detach(|| quant::quantize_i8(view, axis))
-        .map_err(|e| core_err(py, e))?;
+    let (q, s) = run_core(py, "quantize_i8", || quant::quantize_i8(view, axis))?;
     Ok((q.into_pyarray(py), s.into_pyarray(py)))
 }
 
@@ -190,9 +183,7 @@ fn quantize_sym<'py>(
     let bits = bits_arg(py, bits)?;
     let x = array2::<f64>(x, "x")?;
     let view = x.as_array();
-    let (q, s) = py
-        .detach(|| quant::quantize_sym(view, axis, bits))
-        .map_err(|e| core_err(py, e))?;
+    let (q, s) = run_core(py, "quantize_sym", || quant::quantize_sym(view, axis, bits))?;
     Ok((q.into_pyarray(py), s.into_pyarray(py)))
 }
 
@@ -204,7 +195,7 @@ fn pack_nibbles<'py>(
 ) -> PyResult<Bound<'py, PyArray1<u8>>> {
     let values = array1::<i8>(values, "values")?;
     let slice = slice1(py, &values, "values")?;
-    let packed = quant::pack_nibbles(slice).map_err(|e| core_err(py, e))?;
+    let packed = run_core(py, "pack_nibbles", || quant::pack_nibbles(slice))?;
     Ok(Array1::from(packed).into_pyarray(py))
 }
 
@@ -220,7 +211,7 @@ fn unpack_nibbles<'py>(
     let slice = packed
         .as_slice()
         .map_err(|_| invalid(py, "packed: must be C-contiguous"))?;
-    let values = quant::unpack_nibbles(slice, n).map_err(|e| core_err(py, e))?;
+    let values = run_core(py, "unpack_nibbles", || quant::unpack_nibbles(slice, n))?;
     Ok(Array1::from(values).into_pyarray(py))
 }
 
@@ -249,9 +240,7 @@ fn pack_codes<'py>(
     let slice = codes
         .as_slice()
         .map_err(|_| invalid(py, "codes: must be C-contiguous"))?;
-    let packed = py
-        .detach(|| quant::pack_codes(slice, bits))
-        .map_err(|e| core_err(py, e))?;
+    let packed = run_core(py, "pack_codes", || quant::pack_codes(slice, bits))?;
     Ok(Array1::from(packed).into_pyarray(py))
 }
 
@@ -268,9 +257,7 @@ fn unpack_codes<'py>(
     let slice = packed
         .as_slice()
         .map_err(|_| invalid(py, "packed: must be C-contiguous"))?;
-    let codes = py
-        .detach(|| quant::unpack_codes(slice, bits, n))
-        .map_err(|e| core_err(py, e))?;
+    let codes = run_core(py, "unpack_codes", || quant::unpack_codes(slice, bits, n))?;
     Ok(Array1::from(codes).into_pyarray(py))
 }
 
@@ -288,8 +275,9 @@ fn save_safetensors(
         owned.insert(name, tensor);
     }
     let path = path.to_owned();
-    py.detach(|| artifact::save(&path, &owned, &metadata))
-        .map_err(|e| core_err(py, e))
+    run_core(py, "save_safetensors", || {
+        artifact::save(&path, &owned, &metadata)
+    })
 }
 
 /// Read a safetensors file: (name -> array, metadata).
@@ -300,9 +288,7 @@ fn load_safetensors<'py>(
     path: &str,
 ) -> PyResult<(HashMap<String, Bound<'py, PyAny>>, HashMap<String, String>)> {
     let path = path.to_owned();
-    let (tensors, metadata) = py
-        .detach(|| artifact::load(&path))
-        .map_err(|e| core_err(py, e))?;
+    let (tensors, metadata) = run_core(py, "load_safetensors", || artifact::load(&path))?;
     let mut out = HashMap::with_capacity(tensors.len());
     for (name, t) in tensors {
         let array = arrays::tensor_to_numpy(py, &name, &t)?;

@@ -87,10 +87,24 @@ def test_fit_equals_kmeans_on_oracle_residuals(rng):
     fit = core.gsb_fit(w, metric, 4, 10, 1e-9, 21)
     res = np.ascontiguousarray(oracle.decompose(w, metric).residuals)
     km = core.spherical_kmeans(res, 4, 10, 1e-9, 21)
-    np.testing.assert_array_equal(fit["codes"], km["codes"])
-    np.testing.assert_allclose(
-        oracle.whiten_codebook(fit["codebook"], metric), km["centroids"], atol=1e-8
-    )
+    fit_white = oracle.whiten_codebook(fit["codebook"], metric)
+    np.testing.assert_allclose(fit_white, km["centroids"], atol=1e-8)
+    # The core whitens with its own Cholesky factor, the oracle with NumPy's (LAPACK/BLAS,
+    # whose last bits depend on the CPU's kernels): the two residual sets differ by rounding,
+    # so the codes may differ only where an edge's two candidate codewords are tied.
+    codes_fit = fit["codes"].astype(np.int64)
+    codes_km = km["codes"].astype(np.int64)
+    diff = np.flatnonzero(codes_fit != codes_km)
+    if diff.size:
+        r = res[diff]
+        shift = float(np.linalg.norm(fit_white - km["centroids"], axis=1).max())
+        c = km["centroids"]
+        gap = np.abs(
+            np.einsum("em,em->e", r, c[codes_fit[diff]]) ** 2
+            - np.einsum("em,em->e", r, c[codes_km[diff]]) ** 2
+        )
+        tied = gap <= (1e-9 + 4.0 * shift) * np.einsum("em,em->e", r, r)
+        assert tied.all(), f"codes differ at untied edges {diff[~tied].tolist()}"
 
 
 def test_flat_edges_get_zero_gain(rng):

@@ -28,6 +28,40 @@ def run(res, k, n_iter=10, tol=0.0, seed=0):
     return core.spherical_kmeans(res, k, n_iter, tol, seed)
 
 
+def assert_codes_agree(res, got_codes, want_codes, got_centroids, want_centroids=None, rtol=1e-9):
+    """The core's codes against the oracle's: the same, except at near ties.
+
+    Both sides pick argmax_q |<r_e, c_q>| (ties to the lowest q), but the oracle's scores
+    come from NumPy's BLAS, whose kernel (FMA or not, vector width) and so whose last bits
+    depend on the CPU, and the core's from its own loops. Where the codes differ, the two codewords
+    must explain edge e equally well: <r_e, c_got>^2 and <r_e, c_want>^2 agree to `rtol`
+    of ||r_e||^2 (plus what the centroids' own difference, already bounded by the
+    caller, can move a score) under one of the two centroid sets."""
+    got = np.asarray(got_codes, dtype=np.int64)
+    want = np.asarray(want_codes, dtype=np.int64)
+    assert got.shape == want.shape
+    diff = np.flatnonzero(got != want)
+    if diff.size == 0:
+        return
+    r = np.asarray(res, dtype=np.float64)[diff]
+    nrm2 = np.einsum("em,em->e", r, r)
+    sets = [np.asarray(got_centroids, dtype=np.float64)]
+    if want_centroids is not None:
+        sets.append(np.asarray(want_centroids, dtype=np.float64))
+    shift = 0.0 if len(sets) == 1 else float(np.linalg.norm(sets[0] - sets[1], axis=1).max())
+    tie = np.zeros(diff.size, dtype=bool)
+    for c in sets:
+        gap = np.abs(
+            np.einsum("em,em->e", r, c[got[diff]]) ** 2
+            - np.einsum("em,em->e", r, c[want[diff]]) ** 2
+        )
+        tie |= gap <= (rtol + 4.0 * shift) * nrm2
+    assert tie.all(), (
+        f"codes differ at edges {diff[~tie][:10].tolist()} (of {diff.size} differing) "
+        "where the two codewords are not tied"
+    )
+
+
 def test_result_fields(rng):
     res = residuals_of(rng.normal(size=(30, 6)))
     before = res.copy()
@@ -60,7 +94,7 @@ def test_n_iter_zero_returns_kmeanspp_init(rng):
     np.testing.assert_allclose(
         out["objective"][0], oracle.kmeans_objective(res, c, best), rtol=1e-10
     )
-    np.testing.assert_array_equal(out["codes"], best)
+    assert_codes_agree(res, out["codes"], best, c)
 
 
 def test_init_never_samples_flat_edges(rng):
@@ -134,8 +168,8 @@ def test_equals_oracle_from_same_init(seed, k, n_shapes, noise, n_flat):
     # objective history and the trajectory is replayed for exactly that many iterations.
     want = oracle.kmeans_from_init(res, init["centroids"], got["iterations"], -np.inf)
     assert want.iterations == got["iterations"]
-    np.testing.assert_array_equal(got["codes"], want.codes)
     np.testing.assert_allclose(got["centroids"], want.centroids, atol=1e-7)
+    assert_codes_agree(res, got["codes"], want.codes, got["centroids"], want.centroids)
     np.testing.assert_allclose(
         got["objective"], want.objective, rtol=1e-8, atol=1e-12 * np.sum(res**2)
     )
@@ -156,8 +190,8 @@ def test_equals_oracle_across_chunk_boundaries(rng, e, k, m):
     init = run(res, k, n_iter=0, seed=9)
     got = run(res, k, n_iter=5, tol=0.0, seed=9)
     want = oracle.kmeans_from_init(res, init["centroids"], got["iterations"], -np.inf)
-    np.testing.assert_array_equal(got["codes"], want.codes)
     np.testing.assert_allclose(got["centroids"], want.centroids, atol=1e-9)
+    assert_codes_agree(res, got["codes"], want.codes, got["centroids"], want.centroids)
     np.testing.assert_allclose(got["objective"], want.objective, rtol=1e-10)
     flat = oracle.flat_edges(res)
     unit = res[~flat] / np.linalg.norm(res[~flat], axis=1, keepdims=True)

@@ -47,9 +47,8 @@ SOURCE_DTYPES = frozenset(
 #: Per-edge weight fields: stored as float32 `{name}`, int8 `{name}_q` or packed int4
 #: `{name}_q4`, the int forms with a float32 `{name}_scale` of shape (n_out,).
 WEIGHT_FIELDS = ("gains", "edge_bias", "base_weight")
-#: Layer extras the evaluator reads, and the length each must have.
-_EXTRA_LENGTHS = {"norm_weight": ("n_in", "n_out"), "norm_bias": ("n_in", "n_out"),
-                  "base_bias": ("n_out",)}
+#: Layer extras the evaluator reads (float32 vectors of n_in or n_out values).
+_EXTRA_LENGTHS = ("norm_weight", "norm_bias", "base_bias")
 #: Metadata keys of a layer entry and their JSON types.
 _LAYER_KEYS: dict[str, tuple[type, ...]] = {
     "name": (str,), "n_in": (int,), "n_out": (int,), "grid_size": (int,),
@@ -285,6 +284,7 @@ def validate_layer(meta: Any, tensors: Mapping[str, np.ndarray]) -> set[str]:
     if kind == "bspline" and grid.size and not (np.diff(grid.astype(np.float64), axis=1) > 0).all():
         raise _fail(f"tensor {prefix}grid", "knots are not strictly increasing in every row")
     _check_semantics(where, meta.get("semantics"))
+    input_norm = (meta.get("semantics") or {}).get("input_norm") == "layernorm"
     _check_layout_info(where, meta.get("layout_info"))
 
     _tensor(tensors, prefix + "codes", "uint8", [((n_edges * bits + 7) // 8,)])
@@ -310,8 +310,10 @@ def validate_layer(meta: Any, tensors: Mapping[str, np.ndarray]) -> set[str]:
             raise _fail(f"tensor {tensor_name!r}", f"unknown field {field!r} of {where}")
         extra = field[len("extra_"):]
         if extra in _EXTRA_LENGTHS:
-            lengths = [(n_in if d == "n_in" else n_out,) for d in _EXTRA_LENGTHS[extra]]
-            _tensor(tensors, tensor_name, "float32", lengths, finite=True)
+            # a norm on the spline input (FastKAN) spans the inputs, a post-sum norm
+            # (TorchKAN) and the base bias the outputs
+            length = n_in if extra != "base_bias" and input_norm else n_out
+            _tensor(tensors, tensor_name, "float32", [(length,)], finite=True)
         elif tensors[tensor_name].size > n_edges + 8:  # layout-specific (pykan's mask)
             raise _fail(f"tensor {tensor_name!r}", f"{tensors[tensor_name].size} values; a "
                         f"layer extra holds at most one per edge ({n_edges})")

@@ -159,8 +159,8 @@ def test_non_finite_parameters_rejected_like_rust(runtime, good_program, tmp_pat
 
 def _rows(grid) -> np.ndarray:
     """(N_IN, n_knots) float32 knots from one row (repeated) or N_IN rows."""
-    return np.ascontiguousarray(np.broadcast_to(grid, (N_IN, np.shape(grid)[-1])),
-                                dtype=np.float32)
+    return np.array(np.broadcast_to(grid, (N_IN, np.shape(grid)[-1])), dtype=np.float32,
+                    order="C")
 
 
 def _grid_layer(rng, grid, k: int) -> dict:

@@ -1,8 +1,9 @@
 """Hardening of the LUTHAM C++ kernel and the standalone runner.
 
-Kernel: non-finite parameters, extreme knot grids, the spline-order cap and the scratch cap
-give InvalidArgument (0x12) with a message naming the argument, and the runtime stays
-usable; non-finite parameters are rejected by the Rust evaluator too. Runner: malformed
+Kernel: non-finite parameters, extreme knot grids and the spline-order cap give
+InvalidArgument (0x12) with a message naming the argument, and the runtime stays usable;
+non-finite parameters are rejected by the Rust evaluator too; a layer whose decoded tiles
+would exceed the scratch cap runs by projection tables. Runner: malformed
 input files (huge headers, too many dims, truncated or junk values, oversized files) and
 bad --repeat values exit with status 1 and a message, never a signal, and without
 allocating what the header asks for; the libFuzzer corpus (tests/fuzz_corpus_runner) is

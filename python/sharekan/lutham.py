@@ -453,7 +453,9 @@ def build_runner(out_dir: str | os.PathLike[str] | None = None, *,
             f"-Wl,-rpath,{lib_dir}", f"-Wl,-rpath,{kdir}"]
     target = kernel_lib.parent / RUNNER_NAME
     key_file = kernel_lib.parent / (RUNNER_NAME + ".key")
-    key = _build_key([source.read_bytes(), *flags, *link, _compiler_version(cxx)])
+    # every file the runner's translation unit includes from lutham/ is part of its key
+    headers = [p.read_bytes() for p in sorted(src_dir.glob("*.h"))]
+    key = _build_key([source.read_bytes(), *headers, *flags, *link, _compiler_version(cxx)])
     cached = out_dir is None
     with _file_lock(kernel_lib.parent / ".lock"):
         if not force and os.path.lexists(target) and _read_key(key_file) == key:

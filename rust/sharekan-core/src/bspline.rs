@@ -107,7 +107,7 @@ pub fn validate_grid(grid: ArrayView2<'_, f64>, k: usize) -> Result<usize> {
             return Err(Error::invalid(
                 "grid",
                 format!(
-                    "knot range too large: grid[{i}][{}] - grid[{i}][0] = {} - {} overflows",
+                    "knot range too wide: grid[{i}][{}] - grid[{i}][0] = {:e} - {:e} overflows",
                     ng - 1,
                     row[ng - 1],
                     row[0]
@@ -446,12 +446,12 @@ mod tests {
         assert!(is_invalid(
             &validate_grid(huge.view(), 1),
             "grid",
-            "knot range too large"
+            "knot range too wide"
         ));
         assert!(is_invalid(
             &gram(huge.view(), 1),
             "grid",
-            "knot range too large"
+            "knot range too wide"
         ));
         // Huge knots of one sign are fine (hi + lo would overflow in the quadrature).
         let big = Array2::from_shape_fn((1, 8), |(_, j)| 1e308 + j as f64 * 1e307);

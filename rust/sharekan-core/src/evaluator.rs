@@ -723,22 +723,24 @@ fn decode_rows<C: Code>(
 ) {
     let n = gg.len();
     let codes = &codes[..n];
-    // u8 lookups read 256 entries: an unpadded row (kt < 256) is copied into a padded one.
-    let mut padded = [0.0f32; 256];
-    for mm in m_lo..m_hi + 1 {
-        let row = &ct[mm * kt..(mm + 1) * kt];
-        let table = if C::BYTE && kt < 256 {
-            padded[..kt].copy_from_slice(row);
-            &padded[..]
-        } else if C::BYTE {
-            &row[..256]
-        } else {
-            row
-        };
-        let wr = &mut w[mm * stride..][..n];
+    let decode = |wr: &mut [f32], table: &[f32]| {
+        // A known length of 256 removes the bounds checks of u8 lookups.
+        let table = if C::BYTE { &table[..256] } else { table };
         for o in 0..n {
             wr[o] = gg[o] * lookup(table, codes[o]);
         }
+    };
+    if C::BYTE && kt < 256 {
+        // u8 lookups read 256 entries: an unpadded row is copied into a padded one.
+        let mut padded = [0.0f32; 256];
+        for mm in m_lo..m_hi + 1 {
+            padded[..kt].copy_from_slice(&ct[mm * kt..(mm + 1) * kt]);
+            decode(&mut w[mm * stride..][..n], &padded);
+        }
+        return;
+    }
+    for mm in m_lo..m_hi + 1 {
+        decode(&mut w[mm * stride..][..n], &ct[mm * kt..(mm + 1) * kt]);
     }
 }
 
@@ -1266,9 +1268,10 @@ fn check_out_vec<'a>(
 /// finite, strictly increasing rows (on failure [`validate_grid`] gives the detailed
 /// error), and, for `k >= 1`, every knot difference of the recursion, `grid[j + d] -
 /// grid[j]` for `d = 1..=k`, finite with a finite reciprocal in f32 (the arithmetic of the
-/// C++ kernel, which divides in f32). Differences grow with `d` (rounding is monotone),
-/// so it suffices that `1 / (grid[j + 1] - grid[j])` and `grid[j + k] - grid[j]` are
-/// finite.
+/// C++ kernel's `check_knot_spacing`, which divides in f32; same messages, same first
+/// offending pair: `d` ascending, then `j`). Differences grow with `d` (rounding is
+/// monotone), so the fast path checks `1 / (grid[j + 1] - grid[j])` and `grid[j + k] -
+/// grid[j]` only; the exhaustive scan runs on failure.
 fn check_grid(grid: &CowArray<'_, f32, Ix2>, k: usize) -> Result<()> {
     let ng = grid.ncols();
     let rows = || as_slice(grid).chunks_exact(ng);
@@ -1287,47 +1290,51 @@ fn check_grid(grid: &CowArray<'_, f32, Ix2>, k: usize) -> Result<()> {
     if k == 0 {
         return Ok(());
     }
-    let spacing_ok = |g: &[f32]| {
-        g.windows(2)
-            .fold(true, |ok, w| ok & (1.0 / (w[1] - w[0])).is_finite())
-    };
-    let range_ok = |g: &[f32]| {
-        g.iter()
+    // Fast check: every 1 / (g[j + 1] - g[j]) and every g[j + k] - g[j] finite.
+    let fine = |g: &[f32]| {
+        let spacing = g
+            .windows(2)
+            .fold(true, |ok, w| ok & (1.0 / (w[1] - w[0])).is_finite());
+        let range = g
+            .iter()
             .zip(&g[k..])
-            .fold(true, |ok, (a, b)| ok & (b - a).is_finite())
+            .fold(true, |ok, (a, b)| ok & (b - a).is_finite());
+        spacing & range
     };
     for (i, g) in rows().enumerate() {
-        if !spacing_ok(g) {
-            let j = g
-                .windows(2)
-                .position(|w| !(1.0 / (w[1] - w[0])).is_finite())
-                .unwrap_or(0);
-            return Err(Error::invalid(
-                "grid",
-                format!(
-                    "knot spacing too small: grid[{i}][{}] - grid[{i}][{j}] = {:e} has no finite \
-                     float32 reciprocal (k = {k})",
-                    j + 1,
-                    g[j + 1] - g[j]
-                ),
-            ));
+        if fine(g) {
+            continue;
         }
-        if !range_ok(g) {
-            let j = g
-                .iter()
-                .zip(&g[k..])
-                .position(|(a, b)| !(b - a).is_finite())
-                .unwrap_or(0);
-            return Err(Error::invalid(
-                "grid",
-                format!(
-                    "knot range too large: grid[{i}][{}] - grid[{i}][{j}] = {} - {} overflows \
-                     float32 (k = {k})",
-                    j + k,
-                    g[j + k],
-                    g[j]
-                ),
-            ));
+        // The first offending pair in the C++ kernel's order (d ascending, then j), and
+        // its message.
+        for d in 1..=k {
+            for j in 0..ng - d {
+                let diff = g[j + d] - g[j];
+                if !diff.is_finite() {
+                    return Err(Error::invalid(
+                        "grid",
+                        format!(
+                            "row {i}: knot range too wide for float32: grid[{i}][{}] - \
+                             grid[{i}][{j}] = {:e} - {:e} overflows (k = {k})",
+                            j + d,
+                            g[j + d],
+                            g[j]
+                        ),
+                    ));
+                }
+                if !(1.0 / diff).is_finite() {
+                    return Err(Error::invalid(
+                        "grid",
+                        format!(
+                            "row {i}: knot spacing too small for float32: 1 / (grid[{i}][{}] - \
+                             grid[{i}][{j}]) = 1 / ({:e} - {:e}) is not finite (k = {k})",
+                            j + d,
+                            g[j + d],
+                            g[j]
+                        ),
+                    ));
+                }
+            }
         }
     }
     Ok(())
@@ -1365,7 +1372,7 @@ fn find_bad_code<C: Code>(codes: &[C], kc: usize) -> Option<(usize, i64)> {
 /// (checked next); [`Error::Shape`] for inconsistent shapes; grid errors of
 /// [`crate::bspline::validate_grid`] and, for `k >= 1`, [`Error::InvalidValue`] when a knot
 /// difference of the recursion or its reciprocal is not finite in f32 (see `check_grid`:
-/// "knot spacing too small", "knot range too large"); [`Error::InvalidValue`] for an RBF
+/// "knot spacing too small", "knot range too wide"); [`Error::InvalidValue`] for an RBF
 /// width `h` that is not finite and > 0 with a finite reciprocal; [`Error::NonFinite`] for
 /// a non-finite codebook, scale, bias, RBF centre or float weight;
 /// [`Error::CodeOutOfRange`] for a code outside `0..K`; [`Error::InvalidValue`] for a
@@ -2380,7 +2387,7 @@ mod tests {
         let wide: Vec<f32> = vec![-3e38, 1e38, 1.5e38, 2e38, 2.5e38, 3e38, 3.3e38];
         for (row, needle) in [
             (&tiny, "knot spacing too small"),
-            (&wide, "knot range too large"),
+            (&wide, "knot range too wide"),
         ] {
             let g = Array2::from_shape_vec((1, 7), row.clone()).unwrap();
             invalid_arg(lutham_forward(&edge_inputs(&e, &x, &g, 1)), "grid", needle);
@@ -2399,7 +2406,7 @@ mod tests {
         invalid_arg(
             lutham_forward(&edge_inputs(&e2, &x, &g, 2)),
             "grid",
-            "knot range too large",
+            "knot range too wide",
         );
         assert!(lutham_forward(&edge_inputs(&e, &x, &g, 1)).is_ok());
         // k = 0 divides by no knot difference: the same grids are accepted.

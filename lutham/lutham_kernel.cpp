@@ -922,13 +922,16 @@ Tensor& lutham_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& gri
                       InvalidArgument, out, "lutham: base_act=%lld must be 0 (SiLU) or 1 (GELU)",
                       static_cast<long long>(base_act_kind));
   // h is used as float32 (the value the Rust evaluator sees); checked in range before the
-  // conversion, and after it (a tiny h rounds to 0).
+  // conversion, and after it: a tiny h rounds to 0, or has no finite float32 reciprocal
+  // (the rule the Rust evaluator applies).
   const bool h_in_range = h > 0.0 && h <= 3.4028234663852886e38;
+  const float h32 = h_in_range ? static_cast<float>(h) : 0.0f;
   ET_KERNEL_CHECK_MSG(ctx,
                       basis != kBasisRbf ||
-                          (h_in_range && static_cast<double>(static_cast<float>(h)) > 0.0),
+                          (h32 > 0.0f && std::isfinite(1.0f / h32)),
                       InvalidArgument, out,
-                      "lutham: RBF width h=%g must be finite and > 0 as float32", h);
+                      "lutham: RBF width h=%g must be finite and > 0 with a finite reciprocal "
+                      "as float32", h);
   if (basis != kBasisBSpline) k = 0;  // the spline order is read by B-splines only
   ET_KERNEL_CHECK_MSG(ctx, k >= 0 && k <= kMaxSplineOrder, InvalidArgument, out,
                       "lutham: spline order k=%lld outside [0, %lld]",

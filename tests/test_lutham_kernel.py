@@ -421,6 +421,8 @@ def test_kernel_dense_bad_arguments(runtime, tmp_path):
         "h_inf": {**good, "h": float("inf")},
         "h_huge": {**good, "h": 1e300},
         "h_tiny": {**good, "h": 1e-300},
+        # a float32 subnormal: non-zero, but its reciprocal overflows float32 (both paths refuse)
+        "h_subnormal": {**good, "h": 1e-39},
         "centres_wrong_width": {**good, "grid": good["grid"][:, :-1].copy()},
         "centres_two_rows": {**good, "grid": good["grid"][:2].copy()},
         "centres_nan": {**good, "grid": np.where(good["grid"] > 0, np.nan,

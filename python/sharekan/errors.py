@@ -42,3 +42,8 @@ class ArtifactError(ShareKanError, ValueError):
 
 class LuthamBuildError(ShareKanError, RuntimeError):
     """The LUTHAM ExecuTorch kernel library could not be built or loaded."""
+
+
+class InternalError(ShareKanError, RuntimeError):
+    """A bug in sharekan: a panic inside the Rust core, caught by the bindings. Please
+    report it with the input that caused it."""

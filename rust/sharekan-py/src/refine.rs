@@ -11,7 +11,7 @@ use sharekan_core::refine;
 
 use crate::arrays::{array1, array2, array3, slice1};
 use crate::count;
-use crate::errors::core_err;
+use crate::errors::run_core;
 
 /// Per-edge (gain, bias): metrics (E, M, M), coeffs (E, M), codebook (K, M), codes u32 (E,).
 #[pyfunction]
@@ -29,9 +29,7 @@ pub fn edge_gain_bias<'py>(
     let codes = array1::<u32>(codes, "codes")?;
     let (rv, cv, bv) = (metrics.as_array(), coeffs.as_array(), codebook.as_array());
     let codes = slice1(py, &codes, "codes")?;
-    let (g, b) = py
-        .detach(|| refine::edge_gain_bias(rv, cv, bv, codes))
-        .map_err(|e| core_err(py, e))?;
+    let (g, b) = run_core(py, "edge_gain_bias", || refine::edge_gain_bias(rv, cv, bv, codes))?;
     Ok((g.into_pyarray(py), b.into_pyarray(py)))
 }
 
@@ -50,9 +48,7 @@ pub fn refine_assign<'py>(
     let codes = array1::<u32>(codes, "codes")?;
     let (rv, cv, bv) = (metrics.as_array(), coeffs.as_array(), codebook.as_array());
     let codes = slice1(py, &codes, "codes")?;
-    let out = py
-        .detach(|| refine::assign(rv, cv, bv, codes))
-        .map_err(|e| core_err(py, e))?;
+    let out = run_core(py, "assign", || refine::assign(rv, cv, bv, codes))?;
     Ok(Array1::from(out).into_pyarray(py))
 }
 
@@ -77,9 +73,7 @@ pub fn refine_update<'py>(
     let (rv, cv, bv) = (metrics.as_array(), coeffs.as_array(), codebook.as_array());
     let (gv, biv) = (gains.as_array(), biases.as_array());
     let codes = slice1(py, &codes, "codes")?;
-    let out = py
-        .detach(|| refine::update(rv, cv, bv, codes, gv, biv))
-        .map_err(|e| core_err(py, e))?;
+    let out = run_core(py, "update", || refine::update(rv, cv, bv, codes, gv, biv))?;
     Ok(out.into_pyarray(py))
 }
 
@@ -103,8 +97,7 @@ pub fn refine_objective(
     let (rv, cv, bv) = (metrics.as_array(), coeffs.as_array(), codebook.as_array());
     let (gv, biv) = (gains.as_array(), biases.as_array());
     let codes = slice1(py, &codes, "codes")?;
-    py.detach(|| refine::objective(rv, cv, bv, codes, gv, biv))
-        .map_err(|e| core_err(py, e))
+    run_core(py, "objective", || refine::objective(rv, cv, bv, codes, gv, biv))
 }
 
 /// Lloyd iterations under per-edge metrics -> {codebook f64[K,M], codes u32[E], objective f64[T]}.
@@ -124,9 +117,7 @@ pub fn lloyd_refine<'py>(
     let codes = array1::<u32>(codes, "codes")?;
     let (rv, cv, bv) = (metrics.as_array(), coeffs.as_array(), codebook.as_array());
     let codes = slice1(py, &codes, "codes")?;
-    let res = py
-        .detach(|| refine::lloyd_refine(rv, cv, bv, codes, n_iter))
-        .map_err(|e| core_err(py, e))?;
+    let res = run_core(py, "lloyd_refine", || refine::lloyd_refine(rv, cv, bv, codes, n_iter))?;
     let out = PyDict::new(py);
     out.set_item("codebook", res.codebook.into_pyarray(py))?;
     out.set_item("codes", Array1::from(res.codes).into_pyarray(py))?;

@@ -66,6 +66,9 @@ def lutham_forward(
     out_bias: F32 | None = None,
     base_weight: npt.NDArray[Any] | None = None,
     base_scale: F32 | None = None,
+    basis: int | None = 0,
+    h: float | None = 1.0,
+    base_act: int | None = 0,
 ) -> F32: ...
 def save_safetensors(path: str, tensors: dict[str, npt.NDArray[Any]], metadata: dict[str, str]) -> None: ...
 def load_safetensors(path: str) -> tuple[dict[str, npt.NDArray[Any]], dict[str, str]]: ...

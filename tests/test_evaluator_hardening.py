@@ -18,6 +18,7 @@ import numpy as np
 import oracle
 import pytest
 from conftest import grid_inputs, random_layer
+from extreme_grids import ROW, VALID_ROWS, grid_layer, invalid_grids, rows
 
 core = pytest.importorskip("sharekan._core")
 errors = pytest.importorskip("sharekan.errors")
@@ -113,46 +114,24 @@ def test_order_15_matches_the_oracle(rng, batch, uniform):
 # ---- knot grids whose float32 differences break the recursion ----------------------------
 
 
-def _rows(row, n_in=N_IN):
-    return np.ascontiguousarray(np.broadcast_to(row, (n_in, np.shape(row)[-1])), np.float32)
-
-
-def _grid_layer(rng, grid, k):
-    grid = _rows(grid)
-    layer = random_layer(rng, N_IN, N_OUT, grid.shape[1] - 2 * k - 1, k, 8,
-                         code_dtype=np.uint8, weight_kind="int8", with_base=False)
-    layer["grid"] = grid
-    return layer
-
-
 @pytest.mark.parametrize("batch", [1, 13])
 def test_extreme_knot_grids(rng, batch):
-    """The C++ kernel's cases (tests/test_lutham_hardening.py), with the same messages and
-    the same first offending pair."""
-    k = 3
-    row = np.linspace(-1.0, 1.0, 12)
-    good = _grid_layer(rng, row, k)
-    one_gap = good["grid"].copy()
-    one_gap[2] = np.concatenate([[-1.0, -0.5, -0.25, 0.0, 1e-39], np.linspace(0.1, 1.0, 7)])
-    wide = good["grid"].copy()
-    wide[1] = [-3e38, -2.9e38, -2.8e38, -1e37, 1e37, 2.8e38, 2.9e38, 3e38, 3.1e38, 3.2e38,
-               3.3e38, 3.4e38]
-    invalid = [
-        (np.arange(12) * 1e-39,
-         r"row 0: knot spacing too small for float32: 1 / \(grid\[0\]\[1\] - grid\[0\]\[0\]\)"),
-        (one_gap,
-         r"row 2: knot spacing too small for float32: 1 / \(grid\[2\]\[4\] - grid\[2\]\[3\]\)"),
-        (wide, r"row 1: knot range too wide for float32: grid\[1\]\[5\] - grid\[1\]\[2\]"),
-    ]
+    """The C++ kernel's cases (tests/extreme_grids.py), with the same messages and the same
+    first offending pair."""
+    good = grid_layer(rng, ROW)
     x = np.zeros((batch, N_IN), np.float32)
-    for grid, message in invalid:
-        bad = {**good, "grid": _rows(grid)}
+    for case in invalid_grids():
+        pair = rf"grid\[{case.row}\]\[{case.hi}\] - grid\[{case.row}\]\[{case.lo}\]"
+        message = (rf"row {case.row}: knot spacing too small for float32: 1 / \({pair}\)"
+                   if case.kind == "spacing" else
+                   rf"row {case.row}: knot range too wide for float32: {pair}")
+        bad = {**good, "grid": rows(case.grid)}
         _raises_invalid(lambda: _forward(x, bad), message)
-        if np.ndim(grid) == 1:  # one shared row
-            shared = {**good, "grid": _rows(grid, 1)}
+        if np.ndim(case.grid) == 1:  # one shared row
+            shared = {**good, "grid": rows(case.grid, 1)}
             _raises_invalid(lambda: _forward(x, shared), message)
-    for grid in (row, np.linspace(-5, 5, 12) * 1e-30, np.linspace(-1e38, 1e38, 12)):
-        layer = {**good, "grid": _rows(grid)}
+    for grid in VALID_ROWS.values():
+        layer = {**good, "grid": rows(grid)}
         g = layer["grid"].astype(np.float64)
         xs = rng.uniform(g[:, 0], g[:, -1], size=(batch, N_IN)).astype(np.float32)
         _close_to_oracle(_forward(xs, layer), xs, layer, rtol=1e-4)
@@ -163,14 +142,14 @@ def test_knot_rule_depends_on_the_order(rng):
     refuses them. A two-gap overflow is refused by order 2 only."""
     subnormal = np.arange(8) * 1e-39
     x = rng.uniform(0.0, 7e-39, size=(13, N_IN)).astype(np.float32)
-    k0 = _grid_layer(rng, subnormal, 0)
+    k0 = grid_layer(rng, subnormal, 0)
     _close_to_oracle(_forward(x, k0), x, k0)
-    k1 = _grid_layer(rng, subnormal, 1)
+    k1 = grid_layer(rng, subnormal, 1)
     _raises_invalid(lambda: _forward(x, k1), "knot spacing too small for float32")
     two_gap = [-3.4e38, -1.5e38, 1.5e38, 2e38, 2.5e38, 3e38, 3.3e38]
-    k2 = _grid_layer(rng, two_gap, 2)
+    k2 = grid_layer(rng, two_gap, 2)
     _raises_invalid(lambda: _forward(x, k2), "knot range too wide for float32")
-    k1 = _grid_layer(rng, two_gap, 1)
+    k1 = grid_layer(rng, two_gap, 1)
     assert np.isfinite(_forward(x, k1)).all()
 
 

@@ -25,6 +25,7 @@ pytest.importorskip("executorch.runtime")
 
 import oracle  # noqa: E402
 from conftest import grid_inputs, random_layer  # noqa: E402
+from extreme_grids import ROW, VALID_ROWS, grid_layer, invalid_grids, rows  # noqa: E402
 from test_lutham_kernel import (  # noqa: E402, F401 (runtime: the module's fixture)
     BUFFERS,
     _export,
@@ -158,23 +159,6 @@ def test_non_finite_parameters_rejected_like_rust(runtime, good_program, tmp_pat
 # ---- kernel: knot grids whose spacings break float32 --------------------------------------
 
 
-def _rows(grid) -> np.ndarray:
-    """(N_IN, n_knots) float32 knots from one row (repeated) or N_IN rows."""
-    return np.array(np.broadcast_to(grid, (N_IN, np.shape(grid)[-1])), dtype=np.float32,
-                    order="C")
-
-
-def _grid_layer(rng, grid, k: int) -> dict:
-    """A layer on the given knots (_rows); no base branch (SiLU of x ~ 1e38 times the base
-    weights would overflow float32 by itself)."""
-    grid = _rows(grid)
-    g = grid.shape[1] - 2 * k - 1
-    layer = random_layer(rng, N_IN, N_OUT, g, k, 8, code_dtype=np.uint8, weight_kind="int8",
-                         with_base=False)
-    layer["grid"] = grid
-    return layer
-
-
 def _check_against_references(got, x, layer, name):
     assert np.isfinite(got).all(), name
     want = oracle.lutham_dense(x, **layer)
@@ -185,37 +169,24 @@ def _check_against_references(got, x, layer, name):
 
 
 def test_extreme_knot_grids(runtime, tmp_path, capfd):
-    """k = 3, 12 knots per input, both strategies (batch 1: divisions, batch 13: knot
-    reciprocals). Rejected: a subnormal spacing (1 / 1e-39 overflows float32), in every row
-    or in one; a 3-gap span of 5.6e38. Accepted just inside the rule, finite and equal to
-    the oracle and Rust (f64 basis): spacings of 1e-30 (reciprocal 1e30), knots +-1e38
-    (widest 3-gap span 5.5e38 / 11 * 3 = 5.5e37)."""
+    """k = 3, 12 knots per input (tests/extreme_grids.py, the Rust evaluator's cases too),
+    both strategies (batch 1: divisions, batch 13: knot reciprocals). Rejected: a subnormal
+    spacing (1 / 1e-39 overflows float32), in every row or in one; a 3-gap span of 5.6e38.
+    Accepted just inside the rule, finite and equal to the oracle and Rust (f64 basis):
+    spacings of 1e-30 (reciprocal 1e30), knots +-1e38 (widest 3-gap span 5.5e37)."""
     rng = np.random.default_rng(8)
-    k = 3
-    row = np.linspace(-1.0, 1.0, 12)
-    good = _grid_layer(rng, row, k)
-    one_gap = good["grid"].copy()
-    one_gap[2] = np.concatenate([[-1.0, -0.5, -0.25, 0.0, 1e-39], np.linspace(0.1, 1.0, 7)])
-    wide = good["grid"].copy()
-    wide[1] = [-3e38, -2.9e38, -2.8e38, -1e37, 1e37, 2.8e38, 2.9e38, 3e38, 3.1e38, 3.2e38,
-               3.3e38, 3.4e38]
-    invalid = {
-        "subnormal_everywhere": (np.arange(12) * 1e-39,
-                                 "grid row 0: knot spacing too small for float32: "
-                                 "1 / (t[1] - t[0])"),
-        "one_gap_in_row_2": (one_gap, "grid row 2: knot spacing too small for float32: "
-                                      "1 / (t[4] - t[3])"),
-        "span_overflows": (wide, "grid row 1: knot range too wide for float32: t[5] - t[2]"),
-    }
-    valid = {"plain": row, "tiny": np.linspace(-5, 5, 12) * 1e-30,
-             "huge": np.linspace(-1e38, 1e38, 12)}
+    good = grid_layer(rng, ROW)
     for batch in (1, 13):
         method = _inputs_program(runtime, good, batch, tmp_path / f"grid{batch}.pte")
-        for name, (grid, message) in invalid.items():
+        for case in invalid_grids():
+            pair = f"t[{case.hi}] - t[{case.lo}]"
+            message = (f"grid row {case.row}: knot spacing too small for float32: 1 / ({pair})"
+                       if case.kind == "spacing" else
+                       f"grid row {case.row}: knot range too wide for float32: {pair}")
             _expect_invalid(method, np.zeros((batch, N_IN), np.float32),
-                            {**good, "grid": _rows(grid)}, capfd, message)
-        for name, grid in valid.items():
-            layer = {**good, "grid": _rows(grid)}
+                            {**good, "grid": rows(case.grid)}, capfd, message)
+        for name, grid in VALID_ROWS.items():
+            layer = {**good, "grid": rows(grid)}
             g = layer["grid"].astype(np.float64)
             x = rng.uniform(g[:, 0], g[:, -1], size=(batch, N_IN)).astype(np.float32)
             _check_against_references(_run_kernel(method, x, layer), x, layer, name)
@@ -226,11 +197,11 @@ def test_knot_spacing_rule_depends_on_the_order(runtime, tmp_path, capfd):
     spacings too; order 0 divides by nothing and accepts them (finite, as the references)."""
     rng = np.random.default_rng(10)
     subnormal = np.arange(8) * 1e-39
-    k1 = _grid_layer(rng, subnormal, 1)
+    k1 = grid_layer(rng, subnormal, 1)
     method = _inputs_program(runtime, k1, 13, tmp_path / "k1.pte")
     _expect_invalid(method, np.zeros((13, N_IN), np.float32), k1, capfd,
                     "grid row 0: knot spacing too small")
-    k0 = _grid_layer(rng, subnormal, 0)
+    k0 = grid_layer(rng, subnormal, 0)
     method = runtime.load_program(str(_export(k0, tmp_path / "k0.pte", N_IN))).load_method(
         "forward")
     for batch in (1, 13):

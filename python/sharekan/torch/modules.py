@@ -3,8 +3,11 @@ save / reload (`load_compressed_` rebuilds both kinds from a saved state_dict).
 
 `LuthamLinear` is the compressed stand-in of one efficient-kan `KANLinear`: it holds the
 compressed layer (ARCHITECTURE.md §7) as buffers and computes its forward pass with the
-`sharekan::lutham` operator (eager: the Rust evaluator; exported: the C++ ExecuTorch
-kernel). The full quantizer round trip:
+`sharekan::lutham` operator (eager on CPU: the Rust evaluator; on CUDA: the Triton kernel
+or the portable torch path; on any other device: the portable path, see `ops.resolve_impl`;
+exported: the C++ ExecuTorch kernel). The modules run on whatever device their buffers are
+on (`model.to("cuda")`); `compress_` and `load_compressed_` put the new layers on the
+device of the layers they replace. The full quantizer round trip:
 
 >>> import torch, sharekan.torch as skt
 >>> model = skt.KAN([64, 32, 10], grid_size=10)               # a trained KAN  # doctest: +SKIP
@@ -179,7 +182,8 @@ class LuthamLinear(nn.Module):
                 src = state_dict[key]
                 cur = getattr(self, name)
                 if src.shape != cur.shape or src.dtype != cur.dtype:
-                    setattr(self, name, torch.empty(src.shape, dtype=src.dtype))
+                    # on the module's device: a layer moved with .to(device) stays there
+                    setattr(self, name, torch.empty(src.shape, dtype=src.dtype, device=cur.device))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
                                       missing_keys, unexpected_keys, error_msgs)
         self._refresh()
@@ -290,7 +294,7 @@ class LuthamKANLayer(nn.Module):
             if key in state_dict:
                 src, cur = state_dict[key], getattr(self, name)
                 if src.shape != cur.shape or src.dtype != cur.dtype:
-                    setattr(self, name, torch.empty(src.shape, dtype=src.dtype))
+                    setattr(self, name, torch.empty(src.shape, dtype=src.dtype, device=cur.device))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
                                       missing_keys, unexpected_keys, error_msgs)
         # _refresh runs in a post hook: the `lutham` child (which gives the sizes) loads after this
@@ -462,6 +466,13 @@ def lutham_layers(model: nn.Module) -> dict[str, LuthamLinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, LuthamLinear)}
 
 
+def _device_of(module: nn.Module) -> torch.device:
+    """The device of a module's first parameter or buffer (CPU for a module without)."""
+    for t in (*module.parameters(recurse=True), *module.buffers(recurse=True)):
+        return t.device
+    return torch.device("cpu")
+
+
 def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
@@ -542,10 +553,11 @@ def compress_(model: nn.Module, config: Any = None, *,
             state[f"{name}.{key}" if name else key] = value.detach().cpu().numpy()
     compressed = compress(state, config, **overrides)
     result: nn.Module = model
-    for name, _mod in targets:
+    for name, old in targets:
         layer = compressed.layers[name or "layer"]
         new = (LuthamKANLayer.from_compressed(layer) if kinds[name] == "fastkan"
                else LuthamLinear.from_compressed(layer))
+        new = new.to(_device_of(old))  # a model on CUDA gets its compressed layers there
         if name:
             _set_submodule(model, name, new)
         else:
@@ -602,6 +614,7 @@ def load_compressed_(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
             new = LuthamLinear.from_state_dict(state_dict, prefix)
         else:
             continue
+        new = new.to(_device_of(mod))
         rebuilt.append(name)
         if name:
             _set_submodule(model, name, new)

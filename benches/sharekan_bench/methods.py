@@ -18,7 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from .heads import kan_forward
+from sharekan.demo.heads import kan_forward
+from sharekan.demo.metrics import dense_bytes
+from sharekan.demo.metrics import fidelity as fidelity  # re-exported: the methods table scores with it
+from sharekan.demo.metrics import sqnr_db as sqnr_db
 
 StateDict = Mapping[str, np.ndarray]
 
@@ -35,23 +38,6 @@ class Compressed:
 
 
 # ------------------------------------------------------------------------------ fidelity
-
-
-def sqnr_db(reference: np.ndarray, approx: np.ndarray) -> float:
-    """10 log10(||ref||^2 / ||ref - approx||^2) in dB over all entries (inf if identical)."""
-    ref = np.asarray(reference, dtype=np.float64)
-    err = float(np.sum((ref - np.asarray(approx, dtype=np.float64)) ** 2))
-    return float("inf") if err == 0.0 else float(10.0 * np.log10(float(np.sum(ref**2)) / err))
-
-
-def fidelity(dense_logits: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """accuracy (%), top-1 agreement with dense (%) and output SQNR vs dense (dB)."""
-    pred = logits.argmax(axis=1)
-    return {
-        "accuracy": float(100.0 * np.mean(pred == labels)),
-        "agreement": float(100.0 * np.mean(pred == dense_logits.argmax(axis=1))),
-        "sqnr_db": sqnr_db(dense_logits, logits),
-    }
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -75,11 +61,6 @@ def grid_bytes(grid: np.ndarray) -> int:
     grid = np.asarray(grid)
     shared = grid.shape[0] > 1 and bool((grid == grid[:1]).all())
     return 4 * (grid.shape[1] if shared else grid.size)
-
-
-def dense_bytes(sd: StateDict) -> int:
-    """Bytes of the dense FP32 state_dict (every tensor, as trained)."""
-    return sum(4 * int(np.asarray(v).size) for v in sd.values())
 
 
 def quantize_symmetric(w: np.ndarray, bits: int, axis_keep: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,7 @@ Cases (8 Lloyd iterations at most, the compiler's REFINE_ITERS):
 
 - `regression middle layer`: the per-edge metrics, coefficients and start codebook the
   compiler passes for the 32 -> 32 middle layer (E = 1024, M = 13, K = 64) of the regression
-  bench's first formula (`python -m sharekan.bench regression` trains and caches the KAN; the
+  bench's first formula (`python -m sharekan_bench regression` trains and caches the KAN; the
   case is skipped without it), compressed with K = 64/64/32, metric="output", compensate;
 - `synthetic`: E = 20,000, M = 13, K = 256, metrics `mean_r s_r B_r B_r^T + 1e-3 I` of random
   basis samples, random-walk coefficients, start codebook from `gsb_fit` on the mean metric.
@@ -18,8 +18,8 @@ Repeats are interleaved round-robin; medians of wall seconds. Both must give the
 (checked and recorded).
 
 Run (from the repository root, after `maturin develop --release`):
-    .venv/bin/python benches/bench_refine.py            # writes benches/results/refine.{json,md}
-    RAYON_NUM_THREADS=1 .venv/bin/python benches/bench_refine.py --repeats 3
+    PYTHONPATH=benches .venv/bin/python -m sharekan_bench refine            # writes benches/results/refine.{json,md}
+    RAYON_NUM_THREADS=1 PYTHONPATH=benches .venv/bin/python -m sharekan_bench refine --repeats 3
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 sys.path.insert(0, str(ROOT / "tests"))
 
 import oracle  # noqa: E402
@@ -47,8 +47,8 @@ from sharekan import _core, refine  # noqa: E402
 def regression_middle_layer() -> tuple[np.ndarray, ...] | None:
     """The compiler's lloyd_refine arguments for the regression KAN's middle layer."""
     import sharekan.compiler as compiler
-    from sharekan.bench import regression as R
-    from sharekan.bench.data import cache_dir
+    from sharekan_bench import regression as R
+    from sharekan.demo.data import cache_dir
 
     cfg = R.RegressionConfig()
     name = next(iter(R.FORMULAS))
@@ -88,15 +88,15 @@ def synthetic(e: int = 20000, m: int = 13, k: int = 256, seed: int = 0) -> tuple
     return metrics, coeffs, fit["codebook"], fit["codes"]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", default=str(ROOT / "benches" / "results"))
-    args = p.parse_args()
+    args = p.parse_args(argv)
     cases = {}
     middle = regression_middle_layer()
     if middle is None:
-        print("regression KAN not cached (run `python -m sharekan.bench regression`): middle layer skipped")
+        print("regression KAN not cached (run `python -m sharekan_bench regression`): middle layer skipped")
     else:
         cases["regression middle layer"] = middle
     cases["synthetic"] = synthetic()

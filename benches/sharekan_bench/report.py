@@ -9,6 +9,9 @@ from typing import Any
 
 import numpy as np
 
+from sharekan import _core
+from sharekan.demo.metrics import jsonable as _clean
+
 #: Targets of issue 5, checked in the Markdown.
 TARGET_CLASSIFICATION = {"ratio": 25.0, "max_loss": 0.3, "min_agreement": 99.0}
 TARGET_REGRESSION = {"ratio": 10.0, "max_rmse_rel": 1.10}
@@ -248,7 +251,6 @@ def plot_codebook_curves(codebooks: dict[str, list], grids: dict[str, list], ord
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .. import _core
 
     fig, axes = plt.subplots(1, len(codebooks), figsize=(6 * len(codebooks), 4), squeeze=False)
     for ax, (name, book) in zip(axes[0], codebooks.items()):
@@ -302,19 +304,6 @@ def plot_regression(res: dict[str, Any], out_dir: Path) -> Path:
 
 def write_json(obj: Any, path: Path) -> None:
     path.write_text(json.dumps(_clean(obj), indent=1, sort_keys=False) + "\n")
-
-
-def _clean(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        v = float(obj)
-        return v if math.isfinite(v) else (None if math.isnan(v) else ("inf" if v > 0 else "-inf"))
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 
 
 def multihead_markdown(res: dict[str, Any]) -> str:

@@ -1,18 +1,30 @@
-"""`python -m sharekan.bench`: run the benchmarks and write results (JSON, Markdown, PNG).
+"""`python -m sharekan_bench`: run the benchmarks and write results (JSON, Markdown, PNG)
+under benches/results/. Run from the repository root with `PYTHONPATH=benches`.
 
-    python -m sharekan.bench all           # every benchmark below -> benches/results/vision*
-    python -m sharekan.bench vision        # classification only (MobileNetV2 + EfficientNet-Lite0)
-    python -m sharekan.bench regression    # formula regression only
-    python -m sharekan.bench multihead     # N = 1, 5, 10, 50 task heads, shared codebooks
-    python -m sharekan.bench detection     # generated VOC-20 set, mAP@0.5, shifted sets
-    python -m sharekan.bench transfer      # classification heads on shifted Fashion-MNIST
-    python -m sharekan.bench demo          # the end-to-end demo (same as `sharekan demo`)
-    python -m sharekan.bench report        # rebuild vision.md + plots from the saved JSONs
+The vision-KAN benchmark (options below; results vision*.{json,md,png}):
+
+    python -m sharekan_bench all           # every benchmark below -> benches/results/vision*
+    python -m sharekan_bench vision        # classification only (MobileNetV2 + EfficientNet-Lite0)
+    python -m sharekan_bench regression    # formula regression only
+    python -m sharekan_bench multihead     # N = 1, 5, 10, 50 task heads, shared codebooks
+    python -m sharekan_bench detection     # generated VOC-20 set, mAP@0.5, shifted sets
+    python -m sharekan_bench transfer      # classification heads on shifted Fashion-MNIST
+    python -m sharekan_bench demo          # the end-to-end demo (same as `sharekan demo`)
+    python -m sharekan_bench report        # rebuild vision.md + plots from the saved JSONs
 
 Options: --cache-dir DIR (default $SHAREKAN_CACHE_DIR or ~/.cache/sharekan/bench),
 --out DIR (default benches/results), --quick (one head, short sweep), --threads N,
 --second-backbone NAME (classification: the second frozen backbone, default
 efficientnet_lite0; `none` runs MobileNetV2 only).
+
+The compiler and kernel benchmarks (each with its own options: `... NAME --help`):
+
+    python -m sharekan_bench kmeans        # k-means vs scikit-learn / faiss -> kmeans.{json,md}
+    python -m sharekan_bench lutham        # LUTHAM vs dense KAN, eager and .pte -> lutham.*
+    python -m sharekan_bench gpu           # LUTHAM on a GPU (Triton, portable) -> gpu.*
+    python -m sharekan_bench layouts       # every checkpoint layout at K = 256 -> layouts.*
+    python -m sharekan_bench refine        # Lloyd refinement, Rust vs NumPy -> refine.*
+    python -m sharekan_bench compensate    # compensate=True on the wide head -> compensate.*
 """
 
 from __future__ import annotations
@@ -26,13 +38,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+#: benches/results, wherever the command runs from
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+#: The compiler and kernel benchmarks: `sharekan_bench.<name>.main(argv)`, own options.
+MODULES = ("kmeans", "lutham", "gpu", "layouts", "refine", "compensate")
+
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sharekan.bench", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m sharekan_bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", nargs="?", default="all", choices=("all", "vision", "regression", "multihead", "detection", "transfer", "demo", "report"))
     p.add_argument("--cache-dir", default=None)
-    p.add_argument("--out", default="benches/results")
+    p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--quick", action="store_true")
     p.add_argument("--threads", type=int, default=None, help="torch/rayon threads (default: all cores)")
     p.add_argument("--second-backbone", default="efficientnet_lite0",
@@ -60,13 +77,20 @@ def _environment(threads: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] and argv[0] in MODULES:
+        import importlib
+
+        # imported only now: `kmeans` sets its thread counts before NumPy loads
+        importlib.import_module(f"{__package__}.{argv[0]}").main(argv[1:])
+        return 0
     args = _parser().parse_args(argv)
     threads = args.threads or len(os.sched_getaffinity(0))
     os.environ.setdefault("RAYON_NUM_THREADS", str(threads))
     import torch
 
     torch.set_num_threads(threads)
-    from .data import cache_dir
+    from sharekan.demo.data import cache_dir
 
     cache = cache_dir(args.cache_dir)
 
@@ -74,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, flush=True)
 
     if args.what == "demo":
-        from .demo import run_demo
+        from sharekan.demo import run_demo
 
         run_demo(cache_dir=str(cache), quick=args.quick)
         return 0
@@ -82,13 +106,13 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    command = "python -m sharekan.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m sharekan_bench " + " ".join(argv)
     env = _environment(threads)
     md = [f"# Vision-KAN benchmark (sharekan {env['sharekan']})", "",
           f"Command: `{command.strip()}` (cache: features and trained heads under the cache dir). "
           f"Machine: {env['platform']}, {env['cpu_count']} CPUs, {threads} threads, torch {env['torch']}.",
           "Sizes: `bytes` = stored tensor bytes (sharekan: `CompressedModel.nbytes`; baselines: "
-          "an honest packed count, see `python/sharekan/bench/methods.py`); ratio = dense FP32 "
+          "an honest packed count, see `benches/sharekan_bench/methods.py`); ratio = dense FP32 "
           "state_dict bytes / bytes. SQNR and agreement are against the dense head's outputs on "
           "the test split.", ""]
     started = time.perf_counter()
@@ -146,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         record("regression", run_regression(cache, rcfg, log, formulas))
     if args.what in ("all", "multihead"):
         from .multihead import MultiHeadConfig, quick, run_multihead
-        from .vision import load_features
+        from sharekan.demo.heads import load_features
 
         log("multi-head:")
         mcfg = quick() if args.quick else MultiHeadConfig()

@@ -72,8 +72,8 @@ def shift_images(images: np.ndarray, kind: str, seed: int) -> np.ndarray:
 
 
 def shifted_features(cache: Path, cfg: TransferConfig, log: Callable[[str], None]) -> dict[str, np.ndarray]:
-    from .data import load_fashion_mnist
-    from .features import cached, extract, mobilenet_v2_backbone
+    from sharekan.demo.data import load_fashion_mnist
+    from .backbones import cached, extract, mobilenet_v2_backbone
 
     fm = load_fashion_mnist()
     imgs = fm["x_test"][: cfg.n]
@@ -96,9 +96,10 @@ def run_transfer(cache: Path, cfg: TransferConfig = TransferConfig(),
     import sharekan
 
     from . import methods as M
-    from .heads import FeatureNorm, HeadRecipe, kan_forward
-    from .features import fashion_mnist_features
-    from .vision import VisionConfig, cached_head
+    from sharekan.demo.heads import FeatureNorm, HeadRecipe, kan_forward
+    from .backbones import fashion_mnist_features
+    from sharekan.demo.heads import cached_head
+    from .vision import VisionConfig
 
     started = time.perf_counter()
     feats = fashion_mnist_features(cache, cfg.size, log)

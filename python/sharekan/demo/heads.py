@@ -11,8 +11,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from .features import fashion_mnist_features
 
 
 @dataclass(frozen=True)
@@ -176,3 +180,38 @@ def module_forward(model, x: np.ndarray, batch: int = 2048) -> np.ndarray:
         for start in range(0, len(x), batch):
             outs.append(model(torch.from_numpy(np.ascontiguousarray(x[start : start + batch]))).numpy())
     return np.concatenate(outs)
+
+
+def load_features(cache: Path, size: int, log: Callable[[str], None],
+                  backbone: str = "mobilenetv2") -> dict[str, np.ndarray]:
+    """Normalised (z-score, tanh) Fashion-MNIST features of `backbone`, cached."""
+    feats = fashion_mnist_features(cache, size, log, backbone=backbone)
+    norm = FeatureNorm(feats["f_train"])
+    return {"x_train": norm(feats["f_train"]), "y_train": feats["y_train"],
+            "x_test": norm(feats["f_test"]), "y_test": feats["y_test"]}
+
+
+def cached_head(cache: Path, tag: str, recipe: HeadRecipe, data: dict[str, np.ndarray],
+                log: Callable[[str], None]) -> tuple[Any, dict[str, np.ndarray], float]:
+    """Train (or load) a head; returns (torch module, float32 state_dict, train seconds)."""
+    import torch
+
+    path = cache / "heads" / f"{tag}_{recipe.key()}.npz"
+    model = build_head(recipe)
+    if path.exists():
+        with np.load(path) as z:
+            model.load_state_dict({k: torch.from_numpy(z[k]) for k in z.files if k != "__seconds"})
+            seconds = float(z["__seconds"]) if "__seconds" in z.files else float("nan")
+    else:
+        log(f"training {recipe.kind} head {'-'.join(map(str, recipe.widths))} "
+            f"({recipe.epochs} epochs, seed {recipe.seed}; cached)")
+        started = time.perf_counter()
+        model = train_head(recipe, data["x_train"], data["y_train"], log)
+        seconds = time.perf_counter() - started
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.stem + ".tmp.npz")
+        np.savez(tmp, __seconds=np.array(seconds),
+                 **{k: v.detach().numpy() for k, v in model.state_dict().items()})
+        tmp.replace(path)
+    model.eval()
+    return model, head_state_dict(model, recipe), seconds

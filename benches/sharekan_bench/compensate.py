@@ -2,7 +2,7 @@
 `metric="output"`), the regression benchmark's winner, also pay on a wide head?
 
 Head: the classification benchmark's cached MobileNetV2 `kan` head (Fashion-MNIST,
-1280 -> 256 -> 10, G = 10, k = 3; `python -m sharekan.bench vision` trains and caches it and
+1280 -> 256 -> 10, G = 10, k = 3; `python -m sharekan_bench vision` trains and caches it and
 the features). Every row is `sharekan.compress` with Int8, `base="fold"`, `gain_bits=4`
 (the classification bench's smallest configurations) at K = 16 / 64 / 256, with and without
 the output-aware options, calibrated on the first CALIB_ROWS training features. Scored on
@@ -11,7 +11,7 @@ ratio = dense FP32 bytes / `CompressedModel.nbytes`; compile wall seconds.
 
 Run (from the repository root; ~15 minutes on 2 cores, most of it the per-output least
 squares of `compensate` on 1,280-input rows):
-    .venv/bin/python benches/bench_compensate.py     # writes benches/results/compensate.{json,md}
+    PYTHONPATH=benches .venv/bin/python -m sharekan_bench compensate     # writes benches/results/compensate.{json,md}
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ import time
 from pathlib import Path
 
 import sharekan
-from sharekan.bench import methods as M
-from sharekan.bench.data import cache_dir
-from sharekan.bench.features import features_tag
-from sharekan.bench.heads import HeadRecipe, kan_forward
-from sharekan.bench.vision import cached_head, load_features
+from sharekan_bench import methods as M
+from sharekan.demo.data import cache_dir
+from sharekan.demo.features import features_tag
+from sharekan.demo.heads import HeadRecipe, kan_forward
+from sharekan.demo.heads import cached_head, load_features
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 CALIB_ROWS = 8192
 BASE = {"int8": True, "base": "fold", "gain_bits": 4, "seed": 0}
 VARIANTS = {
@@ -40,12 +40,12 @@ VARIANTS = {
 }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ks", default="16,64,256")
     parser.add_argument("--variants", default="plain,compensate,output + compensate")
     parser.add_argument("--out", default=str(ROOT / "benches" / "results"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     cache = cache_dir()
     data = load_features(cache, 64, print)
     _, sd, _ = cached_head(cache, features_tag("mobilenetv2", 64), HeadRecipe(kind="kan"), data, print)
@@ -82,7 +82,7 @@ def markdown(record: dict) -> str:
     lines = [
         "# Output-aware compilation on the classification head",
         "",
-        f"Command: `.venv/bin/python benches/bench_compensate.py`. Head: {record['head']}, dense "
+        f"Command: `PYTHONPATH=benches .venv/bin/python -m sharekan_bench compensate`. Head: {record['head']}, dense "
         f"accuracy {record['dense_accuracy']:.2f} %, {record['dense_bytes']:,} bytes. All rows: Int8, "
         f"`base=\"fold\"`, `gain_bits=4`, calibration = first {record['calibration_rows']:,} "
         "training features; test split (10,000 images) against the dense head.",

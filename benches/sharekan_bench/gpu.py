@@ -2,7 +2,7 @@
 
 Heads (efficient-kan layout, G = 10, k = 3, compressed with `sharekan.torch.compress_`,
 K = 256, Int8: codebook, gains, per-edge biases and base weights int8; first layer's bias
-folded, as in benches/bench_lutham.py):
+folded, as in benches/sharekan_bench/lutham.py):
 
 - demo: 1280 -> 256 -> 10, seeded random weights (efficient-kan init, torch.manual_seed(0));
 - paper: 2048 -> 512 -> 20, smooth coefficients: every edge's spline is a random mix of
@@ -25,7 +25,7 @@ rounds. Peak memory: `torch.cuda.max_memory_allocated()` after `reset_peak_memor
 for one call, minus the memory allocated before it. L2 hit rate is not measured: it needs
 Nsight Compute (`ncu --metrics lts__t_sector_hit_rate.pct`); torch.profiler does not report it.
 
-Run:  python benches/bench_gpu.py [--device cuda] [--quick]
+Run:  PYTHONPATH=benches python -m sharekan_bench gpu [--device cuda] [--quick]
 Writes benches/results/gpu.json, gpu.md (and gpu.png when matplotlib imports). On another
 device (e.g. `--device cpu --quick`, a smoke test) the files go to a temporary directory
 unless --out is given.
@@ -54,7 +54,7 @@ import sharekan
 from sharekan.torch import KAN, compress_, lutham_layers, ops
 from sharekan.torch.kan import _uniform_basis, bspline_basis_recursion
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # benches/
 GRID_SIZE, SPLINE_ORDER, CODEBOOK_SIZE = 10, 3, 256
 HEADS = {"demo": [1280, 256, 10], "paper": [2048, 512, 20]}
 BATCHES = [1, 4, 16, 64, 256, 1024, 4096]
@@ -221,7 +221,7 @@ def _no_grad(fn, *args):
 def _markdown(r: dict) -> str:
     env = r["environment"]
     lines = [
-        "# LUTHAM on a GPU (benches/bench_gpu.py)",
+        "# LUTHAM on a GPU (benches/sharekan_bench/gpu.py)",
         "",
         f"Device: {env['device_name']}; torch {env['torch']}, triton {env['triton']}. "
         f"Command: `{env['command']}`. Median latency in microseconds "
@@ -283,14 +283,14 @@ def _plot(r: dict, path: Path) -> bool:
     return True
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--quick", action="store_true", help=f"batches {QUICK_BATCHES}, few rounds")
     ap.add_argument("--heads", default="demo,paper", help="comma-separated: demo, paper")
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--out", type=Path, default=None)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("bench_gpu: no CUDA device here; run with --device cpu --quick for a smoke test")
@@ -319,7 +319,7 @@ def main() -> None:
             "cuda": torch.version.cuda, "python": sys.version.split()[0],
             "sharekan": sharekan.__version__, "logical_cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
-            "command": "python benches/bench_gpu.py " + " ".join(sys.argv[1:]),
+            "command": "python -m sharekan_bench " + " ".join(sys.argv[1:]),
             "quick": args.quick, "rounds": rounds,
         },
     }

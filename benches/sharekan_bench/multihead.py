@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from . import methods as M
-from .heads import HeadRecipe, head_state_dict, kan_forward, train_head
+from sharekan.demo.heads import HeadRecipe, head_state_dict, kan_forward, train_head
 
 
 def tasks(n: int = 50) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:

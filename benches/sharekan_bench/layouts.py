@@ -10,7 +10,7 @@ the layout-exact fixtures of tests/fixtures_kan_libraries.py (TorchKAN's PyPI re
 ships no code). Where sharekan's LUTHAM evaluator supports the layers, its output is also
 compared with the library's output on the decompressed weights.
 
-    .venv/bin/python benches/bench_layouts.py      # writes benches/results/layouts.{json,md}
+    PYTHONPATH=benches .venv/bin/python -m sharekan_bench layouts      # writes benches/results/layouts.{json,md}
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import time
 import numpy as np
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # benches/
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 import sharekan  # noqa: E402
@@ -169,7 +169,7 @@ def markdown(rows):
     return "\n".join(lines) + "\n"
 
 
-def main():
+def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     rows = []
     for name, (make, inputs, source) in cases().items():
@@ -180,7 +180,7 @@ def main():
     out_dir = os.path.join(HERE, "results")
     os.makedirs(out_dir, exist_ok=True)
     meta = {"K": K, "train_steps": STEPS, "python": platform.python_version(), "torch": torch.__version__,
-            "sharekan": sharekan.__version__, "command": "python benches/bench_layouts.py"}
+            "sharekan": sharekan.__version__, "command": "PYTHONPATH=benches python -m sharekan_bench layouts"}
     with open(os.path.join(out_dir, "layouts.json"), "w") as fh:
         json.dump({"meta": meta, "rows": rows}, fh, indent=2, default=lambda v: None)
     md = markdown(rows)

@@ -26,8 +26,8 @@ Then the layer is compressed at K = 16, 256, 4096 and the compression ratio and 
 coefficient / function SQNR are reported.
 
 Run (from the repository root, after `maturin develop --release`):
-    .venv/bin/python benches/bench_kmeans.py            # writes benches/results/kmeans.{json,md}
-    .venv/bin/python benches/bench_kmeans.py --repeats 1 --sweep-ks 16,256   # quicker
+    PYTHONPATH=benches .venv/bin/python -m sharekan_bench kmeans            # writes benches/results/kmeans.{json,md}
+    PYTHONPATH=benches .venv/bin/python -m sharekan_bench kmeans --repeats 1 --sweep-ks 16,256   # quicker
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 sys.path.insert(0, str(ROOT / "python"))
 CACHE = ROOT / "benches" / ".cache"
 RESULTS = ROOT / "benches" / "results"
@@ -732,7 +732,7 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="k-means compile benchmark (see module doc)")
     ap.add_argument("--threads", type=int, default=THREADS)
     ap.add_argument("--repeats", type=int, default=3)
@@ -742,7 +742,7 @@ def main() -> None:
     ap.add_argument("--sweep-ks", default="16,256,4096")
     ap.add_argument("--no-numpy", action="store_true", help="skip the NumPy reference row")
     ap.add_argument("--out", default=str(RESULTS / "kmeans"))
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     state, head = trained_head()
     calib_x = state.pop("data.test_x")
@@ -812,7 +812,7 @@ def main() -> None:
     sweep_rows = sweep(state, layer, metric, [int(v) for v in args.sweep_ks.split(",") if v],
                        args.n_iter, args.seed, calib_x)
     result = {
-        "command": "python benches/bench_kmeans.py " + " ".join(sys.argv[1:]),
+        "command": "python -m sharekan_bench " + " ".join(sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": machine_info(), "head": head,
         "config": {"layer": LAYER, "E": e, "M": m, "G": m - spline_k, "k": spline_k,

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from . import methods as M
-from .heads import kan_forward
+from sharekan.demo.heads import kan_forward
 
 
 def _f_exp_sin(x: np.ndarray) -> np.ndarray:
@@ -106,7 +106,7 @@ def train_regressor(data: dict[str, np.ndarray], cfg: RegressionConfig,
     """Full-batch Adam with a cosine schedule; returns the float32 state_dict."""
     import torch
 
-    from ..torch import KAN
+    from sharekan.torch import KAN
 
     torch.manual_seed(cfg.seed)
     widths = [data["x_train"].shape[1], *cfg.hidden, 1]

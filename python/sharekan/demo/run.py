@@ -11,16 +11,26 @@ table and writes `demo_report.json` (+ the artifact and programs) under the cach
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
+import shutil
+import subprocess
+import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import methods as M
-from .heads import HeadRecipe, kan_forward, module_forward
+import sharekan
+from sharekan import _core
+
+from . import metrics as M
+from .data import FASHION_MNIST_DIR
+from .data import cache_dir as _cache_dir
+from .heads import HeadRecipe, cached_head, kan_forward, load_features, module_forward
 
 #: The compression the demo applies (sharekan.Config fields): the classification winner of the benchmark: layer 0's SiLU base branch folded into its
 #: splines (calibration shows its tanh inputs inside the grid), Int8 everything else.
@@ -63,11 +73,7 @@ def run_demo(cache_dir: str | None = None, quick: bool = False, log=print) -> di
     """
     import torch
 
-    import sharekan
     from sharekan.torch import KAN, LuthamLinear
-
-    from .data import cache_dir as _cache_dir
-    from .vision import cached_head, load_features
 
     started = time.perf_counter()
     ensure_dependencies(log)
@@ -142,7 +148,7 @@ def run_demo(cache_dir: str | None = None, quick: bool = False, log=print) -> di
         "paths": {"artifact": str(artifact), "dense": str(dense_path), "out_dir": str(out_dir)},
         "threads": torch.get_num_threads(), "seconds": round(time.perf_counter() - started, 1),
     }
-    (out_dir / "demo_report.json").write_text(json.dumps(_clean(report), indent=1) + "\n")
+    (out_dir / "demo_report.json").write_text(json.dumps(M.jsonable(report), indent=1) + "\n")
     log("")
     log(format_table(report))
     log(f"\nreport: {out_dir / 'demo_report.json'}  ({report['seconds']:.0f} s total)")
@@ -156,13 +162,6 @@ def ensure_dependencies(log=print, install: bool = True) -> None:
     Raises:
         RuntimeError: something is missing and cannot be installed here (says what to run).
     """
-    import importlib.util
-    import shutil
-    import subprocess
-    import sys
-
-    from .data import FASHION_MNIST_DIR
-
     missing = [spec for mod, spec in PIP_PACKAGES.items() if importlib.util.find_spec(mod) is None]
     if missing:
         cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", *missing]
@@ -192,9 +191,6 @@ def _steps(log):
 @contextlib.contextmanager
 def _stderr_to(path: Path, log):
     """Redirect file descriptor 2 (Python warnings and C++ logging alike) to `path`."""
-    import sys
-    import warnings
-
     sys.stderr.flush()
     saved = os.dup(2)
     with open(path, "w") as sink, warnings.catch_warnings():
@@ -210,8 +206,6 @@ def _stderr_to(path: Path, log):
 
 
 def _save_dense(sd: dict[str, np.ndarray], path: Path) -> None:
-    from .. import _core
-
     _core.save_safetensors(str(path), {k: np.ascontiguousarray(v) for k, v in sd.items()}, {})
 
 
@@ -221,9 +215,10 @@ def _executorch(head, comp, x_test, dense_logits, y_test, out_dir: Path, reps: i
     try:
         import torch
 
-        from .. import lutham
-        from ..export import export_pte
         from executorch.runtime import Runtime
+
+        from sharekan import lutham
+        from sharekan.export import export_pte
     except Exception as exc:  # noqa: BLE001 - optional: report why it was skipped
         log(f"  skipped: {type(exc).__name__}: {exc}")
         return {"skipped": f"{type(exc).__name__}: {exc}"}
@@ -274,7 +269,3 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _clean(obj: Any) -> Any:
-    from .report import _clean as clean
-
-    return clean(obj)

@@ -18,7 +18,17 @@ from typing import Any
 
 import numpy as np
 
-from .methods import Compressed, capped
+import sharekan
+from sharekan import _core
+from sharekan.layouts import detect_layout
+
+try:  # the compiler's SiLU fit for base="fold" (moving from sharekan.compiler to sharekan.folding)
+    from sharekan.folding import silu_spline_fit
+except ImportError:  # pragma: no cover - older tree
+    from sharekan.compiler import silu_spline_fit
+
+from .methods import Compressed, capped, sharekan_method
+from .methods import dense as dense_method
 
 #: Fractions of max|w| tried as the clipping point of each output's scale.
 CLIP_FRACTIONS = tuple(np.linspace(0.2, 1.0, 33))
@@ -52,8 +62,6 @@ def quantize_mse(w: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
 def lowbit_forward(model: Any, gain_bits: int, base_bits: int
                    ) -> tuple[Callable[[np.ndarray], np.ndarray], int, dict[str, Any]]:
     """Re-quantise a CompressedModel's gains / base weights; returns (forward, nbytes, details)."""
-    from .. import _core
-
     layers = []
     nbytes = 0
     for layer in model.layers.values():
@@ -97,10 +105,6 @@ def lowbit_variants(sd: Mapping[str, np.ndarray], calib: np.ndarray, *, seed: in
                     bits: tuple[tuple[int, int], ...] = ((4, 8), (8, 4), (4, 4), (3, 4)),
                     ) -> Iterator[tuple[str, Callable[[], Compressed]]]:
     """(label, make) pairs: K x (gain bits, base bits) variants of SHARe-KAN Int8 bias=auto."""
-    import sharekan
-
-    from .methods import sharekan_method
-
     models: dict[int, Any] = {}
 
     def model_for(k: int) -> Any:
@@ -128,49 +132,25 @@ def lowbit_variants(sd: Mapping[str, np.ndarray], calib: np.ndarray, *, seed: in
 # ------------------------------------------------------------------ base folded into splines
 
 
-def silu_spline_coeffs(grid_row: np.ndarray, spline_order: int, points: int = 2048) -> np.ndarray:
-    """(M,) coefficients s with sum_m s_m B_m(x) ~= SiLU(x) on the grid range (least squares).
-
-    Cubic B-splines on 10 intervals of [-1, 1] reproduce SiLU there to about 1e-6.
-    """
-    from .. import _core
-
-    grid = np.asarray(grid_row, dtype=np.float64)[None, :]
-    k = spline_order
-    lo, hi = grid[0, k], grid[0, -k - 1]
-    x = np.linspace(lo, hi, points, endpoint=False)[:, None]
-    basis = _core.bspline_basis(np.ascontiguousarray(x), grid, k)[:, 0, :]  # (P, M)
-    target = x[:, 0] / (1.0 + np.exp(-x[:, 0]))
-    coef, *_ = np.linalg.lstsq(basis, target, rcond=None)
-    return coef
-
-
 def fold_base(sd: Mapping[str, np.ndarray], prefixes: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Fold the base branch of the given layers into their spline coefficients.
+    """The state_dict with the base branch of the given layers folded into their splines,
+    as the compiler's `base="fold"` does before clustering (same SiLU fit,
+    `sharekan.compiler.silu_spline_fit`), kept dense FP32: the reference row for the fold.
 
-    Inside the grid range, w_base * SiLU(x) = sum_m w_base * s_m B_m(x) (s from
-    `silu_spline_coeffs`), so `spline_weight' = spline_weight * spline_scaler + base_weight
-    * s` and the base weight (one byte per edge after int8) disappears. Exact, up to the
-    tiny spline fit of SiLU, while the layer's inputs stay inside the grid (the first layer
-    of these heads: tanh-squashed features); outside it the base branch would be lost.
+    Inside the grid range, w_base * SiLU(x) = sum_m w_base * s_m B_m(x), so
+    `spline_weight' = spline_weight * spline_scaler + base_weight * s` and the base weight
+    disappears. Exact up to the spline fit of SiLU while the layer's inputs stay inside the
+    grid (the first layer of these heads: tanh-squashed features).
     """
     out = {k: np.asarray(v) for k, v in sd.items()}
+    sources = {src.name: src for src in detect_layout(sd).extract(sd).layers}
     for p in prefixes:
-        w = np.asarray(sd[f"{p}.spline_weight"], np.float64)  # (n_out, n_in, M)
-        if f"{p}.spline_scaler" in sd:
-            w = w * np.asarray(sd[f"{p}.spline_scaler"], np.float64)[..., None]
-            out.pop(f"{p}.spline_scaler")
-        grid = np.asarray(sd[f"{p}.grid"], np.float64)
-        k = grid.shape[1] - w.shape[2] - 1
-        if f"{p}.base_weight" in sd:
-            base = np.asarray(sd[f"{p}.base_weight"], np.float64)  # (n_out, n_in)
-            if not (grid == grid[:1]).all():
-                coefs = np.stack([silu_spline_coeffs(g, k) for g in grid])  # (n_in, M)
-                w = w + base[..., None] * coefs[None]
-            else:
-                w = w + base[..., None] * silu_spline_coeffs(grid[0], k)[None, None, :]
-            out.pop(f"{p}.base_weight")
-        out[f"{p}.spline_weight"] = w.astype(np.float32)
+        src = sources[p]
+        coef, _ = silu_spline_fit(src)  # (n_in, M)
+        w = src.coeffs + src.base_weight[:, :, None] * coef[:, None, :]  # (n_in, n_out, M)
+        out[f"{p}.spline_weight"] = np.ascontiguousarray(w.transpose(1, 0, 2), dtype=np.float32)
+        out.pop(f"{p}.spline_scaler", None)
+        out.pop(f"{p}.base_weight", None)
     return out
 
 
@@ -178,9 +158,6 @@ def base_fold_variants(sd: Mapping[str, np.ndarray], calib: np.ndarray, *, seed:
                        ks: tuple[int, ...] = (16, 64, 256),
                        ) -> Iterator[tuple[str, Callable[[], Compressed]]]:
     """Variants with the first layer's base branch folded into its splines (inputs in grid)."""
-    from .methods import dense as dense_method
-    from .methods import sharekan_method
-
     first = "layers.0"
     if f"{first}.base_weight" not in sd:
         return

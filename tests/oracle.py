@@ -1,6 +1,6 @@
 """A slow, obviously-correct NumPy (float64) oracle of sharekan's math.
 
-Written from the specification (SPEC.md §2-3, ARCHITECTURE.md §2-4), not from the Rust
+Written from the specification (docs/SPEC.md §2-3, ARCHITECTURE.md §2-4), not from the Rust
 code, and computed a different way where that is possible:
 
 - basis: efficient-kan's `b_splines` recursion, vectorised over the whole grid;

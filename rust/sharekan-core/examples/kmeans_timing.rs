@@ -37,7 +37,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let arg = |i: usize, d: usize| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(d);
     let threads = arg(1, 2);
-    let k = arg(2, 256);
+    let n_codes = arg(2, 256);
     let n_iter = arg(3, 25);
     let reps = arg(4, 3).max(1);
     let pool = rayon::ThreadPoolBuilder::new()
@@ -60,7 +60,7 @@ fn main() {
     let e = r.nrows();
     let run = |n_iter: usize| {
         let params = KMeansParams {
-            k,
+            n_codes,
             n_iter,
             tol: 0.0,
             seed: 0,
@@ -84,7 +84,7 @@ fn main() {
     let res = last.expect("one run");
     let (ti, ta) = (median(t_init.clone()), median(t_all.clone()));
     println!(
-        "spherical_kmeans E={e} M={m} K={k} iterations={} threads={threads}: total {ta:.3} s \
+        "spherical_kmeans E={e} M={m} K={n_codes} iterations={} threads={threads}: total {ta:.3} s \
          (runs {t_all:.3?}), init {ti:.3} s, per iter {:.4} s, J {:.6e} -> {:.6e}, reseeds {}, \
          digest {:016x}",
         res.iterations,

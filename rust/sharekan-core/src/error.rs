@@ -38,7 +38,7 @@ pub enum Error {
         index: usize,
     },
     /// A code is negative or not below the codebook size (or `2^bits` when packing).
-    #[error("code out of range in `{arg}` at flat (row-major) index {index}: code {code} is not in [0, {k})")]
+    #[error("code out of range in `{arg}` at flat (row-major) index {index}: code {code} is not in [0, {n_codes})")]
     CodeOutOfRange {
         /// Name of the offending argument.
         arg: String,
@@ -47,7 +47,7 @@ pub enum Error {
         /// The offending code value.
         code: i64,
         /// The exclusive upper bound the code must respect.
-        k: usize,
+        n_codes: usize,
     },
     /// A serialized artifact is truncated, corrupt or not in the expected format.
     #[error("format error: {0}")]
@@ -130,7 +130,7 @@ mod tests {
             arg: "codes".into(),
             index: 7,
             code: 300,
-            k: 256,
+            n_codes: 256,
         };
         let s = e.to_string();
         assert!(s.contains("codes") && s.contains("300") && s.contains("256") && s.contains('7'));

@@ -316,7 +316,7 @@ mod tests {
         let c = random(10, 4, 0);
         let bad_metric = Array2::<f64>::zeros((4, 4));
         let p = KMeansParams {
-            k: 2,
+            n_codes: 2,
             ..KMeansParams::default()
         };
         assert!(matches!(
@@ -344,7 +344,7 @@ mod tests {
             ),
             Err(Error::CodeOutOfRange {
                 code: 2,
-                k: 2,
+                n_codes: 2,
                 index: 0,
                 ..
             })
@@ -386,7 +386,7 @@ mod tests {
         let r = spd(m, 8);
         let w = random(300, m, 9);
         let p = KMeansParams {
-            k: 16,
+            n_codes: 16,
             n_iter: 10,
             tol: 0.0,
             seed: 2,
@@ -411,7 +411,7 @@ mod tests {
         }
         w.row_mut(11).fill(0.7); // flat (constant) edge
         let p = KMeansParams {
-            k: 12,
+            n_codes: 12,
             ..KMeansParams::default()
         };
         let f = fit(w.view(), Array2::<f64>::eye(6).view(), &p).unwrap();
@@ -427,7 +427,7 @@ mod tests {
         fn k_equal_e_reconstructs_exactly(e in 1usize..40, m in 2usize..10, seed in 0u64..500, data_metric in any::<bool>()) {
             let w = random(e, m, seed) * 3.0;
             let r = if data_metric { spd(m, seed + 1) } else { Array2::<f64>::eye(m) };
-            let p = KMeansParams { k: e, n_iter: 25, tol: 1e-4, seed, init: Init::KMeansPlusPlus };
+            let p = KMeansParams { n_codes: e, n_iter: 25, tol: 1e-4, seed, init: Init::KMeansPlusPlus };
             let f = fit(w.view(), r.view(), &p).unwrap();
             let wh = reconstruct(f.codebook.view(), &f.codes, f.gains.view(), f.biases.view()).unwrap();
             for (a, b) in w.iter().zip(wh.iter()) {
@@ -440,7 +440,7 @@ mod tests {
             // Edges that are pure constants: gain 0, exact bias.
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
             let w = Array2::from_shape_fn((e, 5), |(i, _)| i as f64 - 3.0 + 0.0 * rng.random::<f64>());
-            let f = fit(w.view(), Array2::<f64>::eye(5).view(), &KMeansParams { k: 1, ..KMeansParams::default() }).unwrap();
+            let f = fit(w.view(), Array2::<f64>::eye(5).view(), &KMeansParams { n_codes: 1, ..KMeansParams::default() }).unwrap();
             let wh = reconstruct(f.codebook.view(), &f.codes, f.gains.view(), f.biases.view()).unwrap();
             for (a, b) in w.iter().zip(wh.iter()) {
                 prop_assert!((a - b).abs() < 1e-12);

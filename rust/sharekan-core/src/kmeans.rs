@@ -45,7 +45,7 @@ pub enum Init {
 #[derive(Debug, Clone, PartialEq)]
 pub struct KMeansParams {
     /// Number of codewords `K` (`1 <= K <= E`).
-    pub k: usize,
+    pub n_codes: usize,
     /// Maximum number of iterations (0 = initialisation and one assignment only).
     pub n_iter: usize,
     /// Stop when the relative objective improvement `(J_prev - J) / J_prev` is below this.
@@ -59,7 +59,7 @@ pub struct KMeansParams {
 impl Default for KMeansParams {
     fn default() -> Self {
         KMeansParams {
-            k: 256,
+            n_codes: 256,
             n_iter: 25,
             tol: 1e-4,
             seed: 0,
@@ -107,23 +107,23 @@ pub fn spherical_kmeans(
             fmt_shape(&[e, m]),
         ));
     }
-    let k = params.k;
-    if k == 0 {
+    let n_codes = params.n_codes;
+    if n_codes == 0 {
         return Err(Error::invalid(
             "k",
             "codebook size K must be at least 1, got 0",
         ));
     }
-    if k > e {
+    if n_codes > e {
         return Err(Error::invalid(
             "k",
-            format!("codebook size K = {k} exceeds the number of edges E = {e}"),
+            format!("codebook size K = {n_codes} exceeds the number of edges E = {e}"),
         ));
     }
-    if k > u32::MAX as usize {
+    if n_codes > u32::MAX as usize {
         return Err(Error::invalid(
             "k",
-            format!("K = {k} does not fit in u32 codes"),
+            format!("K = {n_codes} does not fit in u32 codes"),
         ));
     }
     if params.tol.is_nan() || params.tol < 0.0 {
@@ -137,7 +137,7 @@ pub fn spherical_kmeans(
         .as_slice()
         .ok_or_else(|| Error::invalid("residuals", "could not be made contiguous"))?;
     check_finite("residuals", r.iter())?;
-    let mut state = State::new(r, e, m, k);
+    let mut state = State::new(r, e, m, n_codes);
     state.init(params.seed);
     let mut codes = vec![0u32; e];
     let mut err = vec![0.0f64; e];
@@ -179,7 +179,7 @@ pub fn spherical_kmeans(
         }
         j = j_new;
     }
-    let centroids = Array2::from_shape_vec((k, m), state.cent)
+    let centroids = Array2::from_shape_vec((n_codes, m), state.cent)
         .map_err(|err| Error::invalid("centroids", err.to_string()))?;
     Ok(KMeansResult {
         centroids,
@@ -259,11 +259,11 @@ struct State<'a> {
     ub: Vec<f64>,
     e: usize,
     m: usize,
-    k: usize,
+    n_codes: usize,
 }
 
 impl<'a> State<'a> {
-    fn new(r: &'a [f64], e: usize, m: usize, k: usize) -> Self {
+    fn new(r: &'a [f64], e: usize, m: usize, n_codes: usize) -> Self {
         let norm2: Vec<f64> = r.par_chunks(m).map(|row| dot(row, row)).collect();
         let max_gamma = norm2.iter().fold(0.0_f64, |a, &b| a.max(b)).sqrt();
         let flat = norm2
@@ -279,12 +279,12 @@ impl<'a> State<'a> {
             nrm: norm2.iter().map(|v| v.sqrt()).collect(),
             norm2,
             flat,
-            cent: vec![0.0; k * m],
-            cb: Codebook32::new(m, k),
+            cent: vec![0.0; n_codes * m],
+            cb: Codebook32::new(m, n_codes),
             ub: vec![f64::INFINITY; e],
             e,
             m,
-            k,
+            n_codes,
         }
     }
 
@@ -322,7 +322,7 @@ impl<'a> State<'a> {
     /// projections `p` and `max(||r||^2 - p^2, 0)` in f64, the same values whichever way
     /// they are computed. Sequential decisions, fixed chunks: thread-count independent.
     fn init(&mut self, seed: u64) {
-        let (e, m, k) = (self.e, self.m, self.k);
+        let (e, m, n_codes) = (self.e, self.m, self.n_codes);
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut d: Vec<f64> = (0..e)
             .map(|i| if self.flat[i] { 0.0 } else { self.norm2[i] })
@@ -333,7 +333,7 @@ impl<'a> State<'a> {
         let mut pend = Codebook32::new(m, INIT_BATCH_MAX);
         let mut pending: Vec<f64> = Vec::with_capacity(INIT_BATCH_MAX * m);
         let mut one = [Top2::default()];
-        for q in 0..k {
+        for q in 0..n_codes {
             let limit = (q / 8).clamp(1, INIT_BATCH_MAX);
             if pending.len() >= limit * m {
                 self.apply_pending(&mut d, &mut chunk_sums, &pend, &mut pending);
@@ -457,7 +457,7 @@ impl<'a> State<'a> {
     /// second is within f32 rounding of the best, every codeword is scored in f64.
     /// Writes codes, per-edge errors and bounds; returns the objective.
     fn assign(&mut self, drift: Option<&Drift>, codes: &mut [u32], err: &mut [f64]) -> f64 {
-        let (m, k) = (self.m, self.k);
+        let (m, n_codes) = (self.m, self.n_codes);
         // Bound on the f32 error of one score (inputs rounded to f32, M-term sum):
         // (M + 2) eps ||r|| with a factor 2 of safety.
         let margin32 = 2.0 * (m as f64 + 2.0) * f32::EPSILON as f64;
@@ -501,14 +501,16 @@ impl<'a> State<'a> {
                         let nrm = this.nrm[i];
                         let tol32 = margin32 * nrm;
                         let q1 = top.index as usize;
-                        let (best_q, best_sc, other_max) =
-                            if (top.second as f64) < top.best as f64 - 2.0 * tol32 && q1 < k {
-                                // One candidate within f32 rounding of the best.
-                                let p = dot(row, &this.cent[q1 * m..(q1 + 1) * m]);
-                                (q1, p * p, top.second.max(0.0) as f64 + tol32)
-                            } else {
-                                this.full_scan_f64(i)
-                            };
+                        let (best_q, best_sc, other_max) = if (top.second as f64)
+                            < top.best as f64 - 2.0 * tol32
+                            && q1 < n_codes
+                        {
+                            // One candidate within f32 rounding of the best.
+                            let p = dot(row, &this.cent[q1 * m..(q1 + 1) * m]);
+                            (q1, p * p, top.second.max(0.0) as f64 + tol32)
+                        } else {
+                            this.full_scan_f64(i)
+                        };
                         let (q, sc, other) = if drift.is_none() {
                             (best_q, best_sc, other_max)
                         } else {
@@ -566,11 +568,11 @@ impl<'a> State<'a> {
     /// Reseeds empty clusters (ascending q) with the edges of largest current error
     /// (ties: lowest index), each edge used at most once. Returns the number reseeded.
     fn reseed(&mut self, codes: &[u32], err: &[f64]) -> usize {
-        let mut counts = vec![0usize; self.k];
+        let mut counts = vec![0usize; self.n_codes];
         for &c in codes {
             counts[c as usize] += 1;
         }
-        let empty: Vec<usize> = (0..self.k).filter(|&q| counts[q] == 0).collect();
+        let empty: Vec<usize> = (0..self.n_codes).filter(|&q| counts[q] == 0).collect();
         if empty.is_empty() {
             return 0;
         }
@@ -598,7 +600,7 @@ impl<'a> State<'a> {
     /// Update step: per cluster, top eigenvector of `S_q = sum r r^T` (edge-index order),
     /// warm-started from the old centroid, kept only if its Rayleigh quotient is not lower.
     fn update(&mut self, codes: &[u32]) {
-        let (m, k) = (self.m, self.k);
+        let (m, n_codes) = (self.m, self.n_codes);
         let mm = m * m;
         // Scatter matrices: the clusters are split into UPDATE_GROUPS fixed groups
         // (q mod UPDATE_GROUPS), processed in parallel; each group streams all edges in
@@ -609,7 +611,7 @@ impl<'a> State<'a> {
         let mp = m.div_ceil(4) * 4;
         let groups: Vec<(Vec<f64>, Vec<usize>)> = (0..UPDATE_GROUPS)
             .into_par_iter()
-            .map(|g| scatter_group(codes, r, norm2, g, k, m))
+            .map(|g| scatter_group(codes, r, norm2, g, n_codes, m))
             .collect();
         self.cent.par_chunks_mut(m).enumerate().for_each_init(
             || (vec![0.0f64; mm], vec![0.0f64; m], vec![0.0f64; m]),
@@ -666,17 +668,17 @@ fn scatter_group(
     r: &[f64],
     norm2: &[f64],
     g: usize,
-    k: usize,
+    n_codes: usize,
     m: usize,
 ) -> (Vec<f64>, Vec<usize>) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2 (checked just above).
-            return unsafe { scatter_group_avx2(codes, r, norm2, g, k, m) };
+            return unsafe { scatter_group_avx2(codes, r, norm2, g, n_codes, m) };
         }
     }
-    scatter_group_body(codes, r, norm2, g, k, m)
+    scatter_group_body(codes, r, norm2, g, n_codes, m)
 }
 
 /// [`scatter_group_body`] compiled for AVX2 (same operations: multiply, then add).
@@ -690,10 +692,10 @@ unsafe fn scatter_group_avx2(
     r: &[f64],
     norm2: &[f64],
     g: usize,
-    k: usize,
+    n_codes: usize,
     m: usize,
 ) -> (Vec<f64>, Vec<usize>) {
-    scatter_group_body(codes, r, norm2, g, k, m)
+    scatter_group_body(codes, r, norm2, g, n_codes, m)
 }
 
 #[inline(always)]
@@ -702,11 +704,11 @@ fn scatter_group_body(
     r: &[f64],
     norm2: &[f64],
     g: usize,
-    k: usize,
+    n_codes: usize,
     m: usize,
 ) -> (Vec<f64>, Vec<usize>) {
     let mp = m.div_ceil(4) * 4;
-    let nq = (k + UPDATE_GROUPS - 1 - g) / UPDATE_GROUPS;
+    let nq = (n_codes + UPDATE_GROUPS - 1 - g) / UPDATE_GROUPS;
     let mut s_all = vec![0.0f64; nq * m * mp];
     let mut biggest = vec![usize::MAX; nq];
     let mut rp = vec![0.0f64; mp];
@@ -802,8 +804,8 @@ mod tests {
     #[test]
     fn errors() {
         let r = random_residuals(10, 4, 0);
-        let p = |k| KMeansParams {
-            k,
+        let p = |n_codes| KMeansParams {
+            n_codes,
             ..KMeansParams::default()
         };
         assert!(matches!(
@@ -856,7 +858,7 @@ mod tests {
         let res = spherical_kmeans(
             r.view(),
             &KMeansParams {
-                k: 3,
+                n_codes: 3,
                 n_iter: 50,
                 tol: 0.0,
                 seed: 1,
@@ -882,7 +884,7 @@ mod tests {
         let res = spherical_kmeans(
             r.view(),
             &KMeansParams {
-                k: 4,
+                n_codes: 4,
                 ..KMeansParams::default()
             },
         )
@@ -901,7 +903,7 @@ mod tests {
         let res = spherical_kmeans(
             z.view(),
             &KMeansParams {
-                k: 2,
+                n_codes: 2,
                 ..KMeansParams::default()
             },
         )
@@ -914,7 +916,7 @@ mod tests {
     fn deterministic_across_thread_counts_and_seeds_matter() {
         let r = random_residuals(5000, 9, 11);
         let p = KMeansParams {
-            k: 37,
+            n_codes: 37,
             n_iter: 8,
             tol: 0.0,
             seed: 5,
@@ -949,7 +951,7 @@ mod tests {
         let res = spherical_kmeans(
             r.view(),
             &KMeansParams {
-                k: 10,
+                n_codes: 10,
                 n_iter: 10,
                 tol: 0.0,
                 seed: 0,
@@ -976,7 +978,7 @@ mod tests {
             let res = spherical_kmeans(
                 r.view(),
                 &KMeansParams {
-                    k: 40,
+                    n_codes: 40,
                     n_iter: 0,
                     tol: 0.0,
                     seed,
@@ -1016,16 +1018,16 @@ mod tests {
         fn objective_never_increases_and_is_thread_invariant(
             e in 1usize..400, m in 1usize..10, kfrac in 0.0f64..1.0, seed in 0u64..1000,
         ) {
-            let k = 1 + ((e - 1) as f64 * kfrac * 0.3) as usize;
+            let n_codes = 1 + ((e - 1) as f64 * kfrac * 0.3) as usize;
             let r = random_residuals(e, m, seed);
-            let p = KMeansParams { k, n_iter: 6, tol: 0.0, seed, init: Init::KMeansPlusPlus };
+            let p = KMeansParams { n_codes, n_iter: 6, tol: 0.0, seed, init: Init::KMeansPlusPlus };
             let a = run_in_pool(1, &r, &p);
             let b = run_in_pool(2, &r, &p);
             prop_assert_eq!(&a, &b);
             for w in a.objective.windows(2) {
                 prop_assert!(w[1] <= w[0], "objective increased: {:?}", a.objective);
             }
-            prop_assert!(a.codes.iter().all(|&c| (c as usize) < k));
+            prop_assert!(a.codes.iter().all(|&c| (c as usize) < n_codes));
             let j = objective_of(&r, &a);
             prop_assert!((j - a.objective.last().unwrap()).abs() <= 1e-9 * (1.0 + a.objective[0]));
         }

@@ -179,12 +179,12 @@ pub fn dequantize_i8(
     }))
 }
 
-/// Bits per code for a codebook of size `k`: `ceil(log2 k)`, 0 when `k <= 1`.
-pub fn bits_for(k: usize) -> u32 {
-    if k <= 1 {
+/// Bits per code for a codebook of `n_codes` words: `ceil(log2 n_codes)`, 0 when `n_codes <= 1`.
+pub fn bits_for(n_codes: usize) -> u32 {
+    if n_codes <= 1 {
         0
     } else {
-        usize::BITS - (k - 1).leading_zeros()
+        usize::BITS - (n_codes - 1).leading_zeros()
     }
 }
 
@@ -214,7 +214,7 @@ pub fn pack_codes(codes: &[u32], bits: u32) -> Result<Vec<u8>> {
             arg: "codes".into(),
             index,
             code: codes[index] as i64,
-            k: limit as usize,
+            n_codes: limit as usize,
         });
     }
     let mut out = vec![0u8; packed_len(codes.len(), bits)?];
@@ -329,7 +329,7 @@ mod tests {
             Err(Error::CodeOutOfRange {
                 index: 1,
                 code: 4,
-                k: 4,
+                n_codes: 4,
                 ..
             })
         ));

@@ -105,12 +105,12 @@ pub(crate) fn check_codebook<'a>(
     codebook: ArrayView2<'a, f64>,
     m: usize,
 ) -> Result<Cow<'a, [f64]>> {
-    let (k, cm) = codebook.dim();
-    if k == 0 || cm != m {
+    let (n_codes, cm) = codebook.dim();
+    if n_codes == 0 || cm != m {
         return Err(Error::shape(
             "codebook",
             format!("(K, M) with K >= 1 and M = {m}"),
-            fmt_shape(&[k, cm]),
+            fmt_shape(&[n_codes, cm]),
         ));
     }
     let c = contiguous(&codebook);
@@ -118,7 +118,7 @@ pub(crate) fn check_codebook<'a>(
     Ok(c)
 }
 
-pub(crate) fn check_codes(codes: &[u32], e: usize, k: usize) -> Result<()> {
+pub(crate) fn check_codes(codes: &[u32], e: usize, n_codes: usize) -> Result<()> {
     if codes.len() != e {
         return Err(Error::shape(
             "codes",
@@ -126,12 +126,12 @@ pub(crate) fn check_codes(codes: &[u32], e: usize, k: usize) -> Result<()> {
             fmt_shape(&[codes.len()]),
         ));
     }
-    if let Some(index) = codes.iter().position(|&c| c as usize >= k) {
+    if let Some(index) = codes.iter().position(|&c| c as usize >= n_codes) {
         return Err(Error::CodeOutOfRange {
             arg: "codes".into(),
             index,
             code: codes[index] as i64,
-            k,
+            n_codes,
         });
     }
     Ok(())
@@ -289,13 +289,13 @@ fn assign_all(
     edges: &Edges<'_>,
     terms: &EdgeTerms,
     codebook: &[f64],
-    k: usize,
+    n_codes: usize,
     codes: &[u32],
 ) -> Vec<u32> {
     let m = edges.m;
     let mm = m * m;
     // outer[q] = vec(C_q C_q^T), (K, M*M): a_eq = <vec R_e, outer[q]>
-    let mut outer = vec![0.0; k * mm];
+    let mut outer = vec![0.0; n_codes * mm];
     for (o, cq) in outer.chunks_exact_mut(mm).zip(codebook.chunks_exact(m)) {
         for (orow, cj) in o.chunks_exact_mut(m).zip(cq) {
             for (x, cl) in orow.iter_mut().zip(cq) {
@@ -309,19 +309,19 @@ fn assign_all(
         |(a, cp): &mut (Vec<f64>, Vec<f64>), (ci, out_c)| {
             let start = ci * ASSIGN_CHUNK;
             let n = out_c.len();
-            a.resize(n * k, 0.0);
-            cp.resize(2 * n * k, 0.0);
+            a.resize(n * n_codes, 0.0);
+            cp.resize(2 * n * n_codes, 0.0);
             let r = &edges.r[start * mm..(start + n) * mm];
             let uv = &terms.uv[start * 2 * m..(start + n) * 2 * m];
             // SAFETY: every pointer/stride pair addresses in-bounds elements of a
-            // live slice: r is (n, mm) row-major, outer (k, mm) read as its
-            // transpose (mm, k), a is (n, k); uv is (2n, m), codebook (k, m) read as
-            // (m, k), cp is (2n, k). Outputs do not alias inputs; beta = 0.
+            // live slice: r is (n, mm) row-major, outer (K, mm) read as its
+            // transpose (mm, K), a is (n, K); uv is (2n, m), codebook (K, m) read as
+            // (m, K), cp is (2n, K). Outputs do not alias inputs; beta = 0.
             unsafe {
                 matrixmultiply::dgemm(
                     n,
                     mm,
-                    k,
+                    n_codes,
                     1.0,
                     r.as_ptr(),
                     mm as isize,
@@ -331,13 +331,13 @@ fn assign_all(
                     mm as isize,
                     0.0,
                     a.as_mut_ptr(),
-                    k as isize,
+                    n_codes as isize,
                     1,
                 );
                 matrixmultiply::dgemm(
                     2 * n,
                     m,
-                    k,
+                    n_codes,
                     1.0,
                     uv.as_ptr(),
                     m as isize,
@@ -347,20 +347,20 @@ fn assign_all(
                     m as isize,
                     0.0,
                     cp.as_mut_ptr(),
-                    k as isize,
+                    n_codes as isize,
                     1,
                 );
             }
             for (t, code) in out_c.iter_mut().enumerate() {
                 let i = start + t;
                 let (d, s) = (terms.d[i], terms.s[i]);
-                let a_t = &a[t * k..(t + 1) * k];
-                let c_t = &cp[2 * t * k..(2 * t + 1) * k];
-                let p_t = &cp[(2 * t + 1) * k..(2 * t + 2) * k];
+                let a_t = &a[t * n_codes..(t + 1) * n_codes];
+                let c_t = &cp[2 * t * n_codes..(2 * t + 1) * n_codes];
+                let p_t = &cp[(2 * t + 1) * n_codes..(2 * t + 2) * n_codes];
                 // numpy.argmax: the first maximum, or the first NaN
                 let mut best = 0usize;
                 let mut best_val = explained(a_t[0], c_t[0], d, p_t[0], s);
-                for q in 1..k {
+                for q in 1..n_codes {
                     if best_val.is_nan() {
                         break;
                     }
@@ -384,7 +384,7 @@ fn assign_all(
 fn update_all(
     edges: &Edges<'_>,
     codebook: &[f64],
-    k: usize,
+    n_codes: usize,
     codes: &[u32],
     gains: &[f64],
     biases: &[f64],
@@ -392,11 +392,11 @@ fn update_all(
     let (e, m) = (edges.e, edges.m);
     let mm = m * m;
     // counting sort by code: members of every cluster in edge-index order
-    let mut start = vec![0usize; k + 1];
+    let mut start = vec![0usize; n_codes + 1];
     for &q in codes {
         start[q as usize + 1] += 1;
     }
-    for q in 0..k {
+    for q in 0..n_codes {
         start[q + 1] += start[q];
     }
     let mut fill = start.clone();
@@ -483,10 +483,10 @@ pub fn assign(
 ) -> Result<Vec<u32>> {
     let edges = check_edges(metrics, coeffs)?;
     let book = check_codebook(codebook, edges.m)?;
-    let k = codebook.nrows();
-    check_codes(codes, edges.e, k)?;
+    let n_codes = codebook.nrows();
+    check_codes(codes, edges.e, n_codes)?;
     let terms = edge_terms(&edges);
-    Ok(assign_all(&edges, &terms, &book, k, codes))
+    Ok(assign_all(&edges, &terms, &book, n_codes, codes))
 }
 
 /// Codeword update for fixed codes, gains and biases: `C_q` solves
@@ -507,12 +507,12 @@ pub fn update(
 ) -> Result<Array2<f64>> {
     let edges = check_edges(metrics, coeffs)?;
     let book = check_codebook(codebook, edges.m)?;
-    let k = codebook.nrows();
-    check_codes(codes, edges.e, k)?;
+    let n_codes = codebook.nrows();
+    check_codes(codes, edges.e, n_codes)?;
     let g = check_scalars(gains, "gains", edges.e)?;
     let b = check_scalars(biases, "biases", edges.e)?;
-    let out = update_all(&edges, &book, k, codes, &g, &b);
-    to_array(out, k, edges.m, "codebook")
+    let out = update_all(&edges, &book, n_codes, codes, &g, &b);
+    to_array(out, n_codes, edges.m, "codebook")
 }
 
 /// `sum_e (w_e - g_e C[q_e] - b_e 1)^T R_e (w_e - g_e C[q_e] - b_e 1)`, summed in
@@ -552,16 +552,16 @@ pub fn lloyd_refine(
 ) -> Result<LloydResult> {
     let edges = check_edges(metrics, coeffs)?;
     let mut book = check_codebook(codebook, edges.m)?.into_owned();
-    let k = codebook.nrows();
-    check_codes(codes, edges.e, k)?;
+    let n_codes = codebook.nrows();
+    check_codes(codes, edges.e, n_codes)?;
     let terms = edge_terms(&edges);
     let mut codes = codes.to_vec();
     let (mut gains, mut biases) = gain_bias_all(&edges, &book, &codes);
     let mut best = objective_all(&edges, &book, &codes, &gains, &biases);
     let mut history = vec![best];
     for _ in 0..n_iter {
-        let cand_book = update_all(&edges, &book, k, &codes, &gains, &biases);
-        let cand_codes = assign_all(&edges, &terms, &cand_book, k, &codes);
+        let cand_book = update_all(&edges, &book, n_codes, &codes, &gains, &biases);
+        let cand_codes = assign_all(&edges, &terms, &cand_book, n_codes, &codes);
         let (g, b) = gain_bias_all(&edges, &cand_book, &cand_codes);
         let value = objective_all(&edges, &cand_book, &cand_codes, &g, &b);
         // also stops on NaN
@@ -578,7 +578,7 @@ pub fn lloyd_refine(
         }
     }
     Ok(LloydResult {
-        codebook: to_array(book, k, edges.m, "codebook")?,
+        codebook: to_array(book, n_codes, edges.m, "codebook")?,
         codes,
         objective: history,
     })
@@ -600,7 +600,7 @@ mod tests {
     }
 
     /// Random SPD metrics (A A^T / M + 0.05 I), coefficients, codebook and codes.
-    fn case(e: usize, m: usize, k: usize, seed: u64) -> Case {
+    fn case(e: usize, m: usize, n_codes: usize, seed: u64) -> Case {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut metrics = Array3::<f64>::zeros((e, m, m));
         for i in 0..e {
@@ -609,8 +609,10 @@ mod tests {
             metrics.slice_mut(ndarray::s![i, .., ..]).assign(&r);
         }
         let coeffs = Array2::from_shape_fn((e, m), |_| rng.random::<f64>() * 2.0 - 1.0);
-        let codebook = Array2::from_shape_fn((k, m), |_| rng.random::<f64>() * 2.0 - 1.0);
-        let codes = (0..e).map(|_| rng.random_range(0..k as u32)).collect();
+        let codebook = Array2::from_shape_fn((n_codes, m), |_| rng.random::<f64>() * 2.0 - 1.0);
+        let codes = (0..e)
+            .map(|_| rng.random_range(0..n_codes as u32))
+            .collect();
         Case {
             metrics,
             coeffs,
@@ -675,7 +677,7 @@ mod tests {
             Err(Error::CodeOutOfRange {
                 index: 4,
                 code: 3,
-                k: 3,
+                n_codes: 3,
                 ..
             })
         ));
@@ -869,9 +871,9 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(24))]
         #[test]
         fn lloyd_pass_never_increases_and_is_thread_invariant(
-            e in 1usize..150, m in 2usize..9, k in 1usize..12, seed in 0u64..1000, zero_every in 2usize..9,
+            e in 1usize..150, m in 2usize..9, n_codes in 1usize..12, seed in 0u64..1000, zero_every in 2usize..9,
         ) {
-            let mut c = case(e, m, k, seed);
+            let mut c = case(e, m, n_codes, seed);
             for i in (0..e).step_by(zero_every) {
                 c.coeffs.row_mut(i).fill(0.0);
             }

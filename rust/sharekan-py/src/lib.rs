@@ -35,9 +35,9 @@ fn bits_arg(py: Python<'_>, bits: i64) -> PyResult<u32> {
     u32::try_from(bits).map_err(|_| invalid(py, &format!("bits: expected 0..=32, got {bits}")))
 }
 
-fn kmeans_params(k: usize, n_iter: usize, tol: f64, seed: u64) -> kmeans::KMeansParams {
+fn kmeans_params(n_codes: usize, n_iter: usize, tol: f64, seed: u64) -> kmeans::KMeansParams {
     kmeans::KMeansParams {
-        k,
+        n_codes,
         n_iter,
         tol,
         seed,
@@ -218,14 +218,15 @@ fn unpack_nibbles<'py>(
 /// Bits per code for a codebook of `k` words: ceil(log2 k), 0 when k == 1.
 #[pyfunction]
 fn bits_for(py: Python<'_>, k: i64) -> PyResult<u32> {
-    let k = count(py, k, "k")?;
-    if k == 0 {
+    // `k` is the Python keyword; the codebook size is `n_codes` in Rust.
+    let n_codes = count(py, k, "k")?;
+    if n_codes == 0 {
         return Err(invalid(
             py,
             "k: the codebook size must be at least 1, got 0",
         ));
     }
-    Ok(quant::bits_for(k))
+    Ok(quant::bits_for(n_codes))
 }
 
 /// Pack codes (E,) u32 into an LSB-first bit stream of `bits` per code.

@@ -165,7 +165,7 @@ fn gsb_fit_with_int8_and_edge_bias_matches_dense() {
         l.coeffs.view(),
         metric.view(),
         &crate::kmeans::KMeansParams {
-            k: 8,
+            n_codes: 8,
             n_iter: 10,
             tol: 0.0,
             seed: 0,
@@ -302,7 +302,7 @@ fn validation_errors() {
         Err(Error::CodeOutOfRange {
             index: 5,
             code: -1,
-            k: 6,
+            n_codes: 6,
             ..
         })
     ));

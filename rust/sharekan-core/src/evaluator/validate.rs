@@ -325,7 +325,7 @@ pub(super) fn check_inputs<'a, C: Code>(inp: &LuthamInputs<'a, C>) -> Result<Che
             arg: "codes".into(),
             index,
             code,
-            k: kc,
+            n_codes: kc,
         });
     }
     check_edge_shape("gains", inp.gains.dim(), n_in, n_out)?;

@@ -31,17 +31,17 @@ pub(super) struct Top2 {
 pub(super) struct Codebook32 {
     c: Vec<f32>,
     m: usize,
-    k: usize,
+    n_codes: usize,
     kp: usize,
 }
 
 impl Codebook32 {
-    pub(super) fn new(m: usize, k: usize) -> Self {
-        let kp = k.div_ceil(QSTEP) * QSTEP;
+    pub(super) fn new(m: usize, n_codes: usize) -> Self {
+        let kp = n_codes.div_ceil(QSTEP) * QSTEP;
         Codebook32 {
             c: vec![0.0; kp * m],
             m,
-            k,
+            n_codes,
             kp,
         }
     }
@@ -55,18 +55,18 @@ impl Codebook32 {
         self.c[n..].fill(0.0);
     }
 
-    /// Uses only the first `k` codewords from now on (`k` <= the capacity given to new).
-    pub(super) fn truncate(&mut self, k: usize) {
-        let kp = k.div_ceil(QSTEP) * QSTEP;
+    /// Uses only the first `n_codes` codewords from now on (<= the capacity given to new).
+    pub(super) fn truncate(&mut self, n_codes: usize) {
+        let kp = n_codes.div_ceil(QSTEP) * QSTEP;
         if kp * self.m <= self.c.len() {
-            self.k = k;
+            self.n_codes = n_codes;
             self.kp = kp;
         }
     }
 
     /// Top-2 `|score|` of every row of `rows` (`n x M` f32, row-major) into `out[..n]`.
     pub(super) fn top2(&self, rows: &[f32], out: &mut [Top2]) {
-        if self.k == 0 {
+        if self.n_codes == 0 {
             return;
         }
         #[cfg(target_arch = "x86_64")]
@@ -193,15 +193,17 @@ mod tests {
     #[test]
     fn kernels_agree_with_a_plain_scan() {
         let mut rng = ChaCha8Rng::seed_from_u64(4);
-        for &(m, k, n) in &[
+        for &(m, n_codes, n) in &[
             (13usize, 256usize, 37usize),
             (5, 3, 4),
             (9, 40, 1),
             (1, 17, 3),
         ] {
-            let cent: Vec<f64> = (0..k * m).map(|_| rng.random::<f64>() - 0.5).collect();
+            let cent: Vec<f64> = (0..n_codes * m)
+                .map(|_| rng.random::<f64>() - 0.5)
+                .collect();
             let rows: Vec<f32> = (0..n * m).map(|_| rng.random::<f32>() - 0.5).collect();
-            let mut cb = Codebook32::new(m, k);
+            let mut cb = Codebook32::new(m, n_codes);
             cb.set(&cent);
             let mut fast = vec![Top2::default(); n];
             let mut slow = vec![Top2::default(); n];
@@ -212,7 +214,7 @@ mod tests {
                 assert_eq!(f.second.to_bits(), s.second.to_bits());
                 assert_eq!(f.index, s.index);
                 let row = &rows[e * m..(e + 1) * m];
-                let mut sc: Vec<(f64, usize)> = (0..k)
+                let mut sc: Vec<(f64, usize)> = (0..n_codes)
                     .map(|q| {
                         let p: f64 = row
                             .iter()
@@ -225,10 +227,10 @@ mod tests {
                 sc.sort_by(|a, b| b.0.total_cmp(&a.0));
                 for t in [f, s] {
                     assert!((t.best as f64 - sc[0].0).abs() < 1e-5);
-                    assert!((t.index as usize) < k);
-                    let second = if k > 1 { sc[1].0 } else { 0.0 };
-                    if k > 1 {
-                        assert!((t.second as f64 - second).abs() < 1e-5, "{m} {k}");
+                    assert!((t.index as usize) < n_codes);
+                    let second = if n_codes > 1 { sc[1].0 } else { 0.0 };
+                    if n_codes > 1 {
+                        assert!((t.second as f64 - second).abs() < 1e-5, "{m} {n_codes}");
                     }
                 }
                 if sc.len() < 2 || sc[0].0 - sc[1].0 > 1e-4 {

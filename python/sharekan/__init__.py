@@ -7,20 +7,15 @@ by codebook lookup.
 >>> import sharekan
 >>> model = sharekan.compress(state_dict, codebook_size=64)   # doctest: +SKIP
 >>> print(model.report); model.save("kan.sharekan")            # doctest: +SKIP
+>>> sharekan.save(model, "kan.sharekan")                       # doctest: +SKIP
 >>> sharekan.load("kan.sharekan").forward(x)                   # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("sharekan")
-except PackageNotFoundError:  # running from a source tree
-    __version__ = "0.0.0+source"
-
 from . import errors
-from .artifact import load
+from ._version import __version__
+from .artifact import load, save
 from .compiler import compress
 from .compressed import CompressedLayer, CompressedModel
 from .config import Config
@@ -38,4 +33,5 @@ __all__ = [
     "export_pte",
     "errors",
     "load",
+    "save",
 ]

@@ -5,106 +5,53 @@ config, report and a SHA-256 digest (ARCHITECTURE §6).
 Format version 2 (written since 0.1): the digest covers every metadata entry as well as
 the tensors. Version 1 (digest over the tensors only) is still read. The digest detects
 corruption, not tampering (anyone can recompute it), so `load` also validates every
-field against every other before allocating anything (`sharekan.schema`)."""
+field against every other before allocating anything (`sharekan.schema`).
+
+This module reads artifacts (`read`, `load`) and is the public face of the format:
+`save`, `write`, `seal`, `digest`, `checksum` and the format constants are defined in
+`sharekan.schema` (below the compressed types, whose `save` method uses them) and
+re-exported here."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from . import _core
+from .compressed import CompressedLayer, CompressedModel
+from .config import Config
 from .errors import ArtifactError, ShareKanError
-from .schema import validate
+from .report import Report
+from .schema import (
+    DIGEST_KEY,
+    FORMAT,
+    FORMAT_VERSION,
+    READABLE_VERSIONS,
+    checksum,
+    digest,
+    save,
+    seal,
+    validate,
+    write,
+)
 
-if TYPE_CHECKING:
-    from .compressed import CompressedModel
-
-FORMAT = "sharekan"
-#: The version `save` writes.
-FORMAT_VERSION = "2"
-#: Every version `read` accepts.
-READABLE_VERSIONS = ("1", "2")
-#: The metadata key holding the digest (never itself digested).
-DIGEST_KEY = "checksum"
-
-
-def _update_tensors(digest: Any, tensors: Mapping[str, np.ndarray]) -> None:
-    for name in sorted(tensors):
-        array = np.ascontiguousarray(tensors[name])
-        digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
-        digest.update(array.tobytes())
-
-
-def checksum(tensors: Mapping[str, np.ndarray]) -> str:
-    """Format version 1 digest: SHA-256 over names, dtypes, shapes and bytes of the
-    tensors, in sorted name order (the metadata is not covered)."""
-    digest = hashlib.sha256()
-    _update_tensors(digest, tensors)
-    return digest.hexdigest()
-
-
-def digest(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> str:
-    """Format version 2 digest: SHA-256 over every metadata entry but the digest itself
-    (sorted by key, each key and value length-prefixed so no two headers collide), then
-    the tensors as in version 1."""
-    h = hashlib.sha256(b"sharekan-artifact-v2\0")
-    for key in sorted(metadata):
-        if key == DIGEST_KEY:
-            continue
-        for part in (key.encode(), str(metadata[key]).encode()):
-            h.update(len(part).to_bytes(8, "little"))
-            h.update(part)
-    _update_tensors(h, tensors)
-    return h.hexdigest()
-
-
-def seal(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> dict[str, str]:
-    """`metadata` with the digest its `format_version` calls for (a copy)."""
-    out = dict(metadata)
-    if out.get("format_version") == "1":
-        out[DIGEST_KEY] = checksum(tensors)
-    else:
-        out[DIGEST_KEY] = digest(tensors, out)
-    return out
-
-
-def write(path: str | os.PathLike[str], tensors: Mapping[str, np.ndarray],
-          metadata: Mapping[str, str]) -> None:
-    """Write tensors and (already sealed) metadata atomically: a temporary file in the
-    same directory, then renamed over `path`."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        _core.save_safetensors(tmp, dict(tensors), dict(metadata))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def save(model: CompressedModel, path: str | os.PathLike[str]) -> None:
-    """Write `model` to `path` (written to a temporary file, then renamed)."""
-    from . import __version__
-
-    tensors = {k: np.ascontiguousarray(v) for k, v in model.stored_tensors().items()}
-    metadata = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "sharekan_version": __version__,
-        "source_layout": model.source_layout,
-        "config": model.config.to_json(),
-        "seed": str(model.config.seed),
-        "layers": json.dumps([layer.metadata() for layer in model.layers.values()]),
-        "passthrough": json.dumps(sorted(model.passthrough)),
-        "key_order": json.dumps(model.key_order),
-        "report": model.report.to_json(indent=None, timings=False),
-    }
-    write(path, tensors, seal(tensors, metadata))
+__all__ = [
+    "DIGEST_KEY",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "READABLE_VERSIONS",
+    "checksum",
+    "digest",
+    "load",
+    "read",
+    "save",
+    "seal",
+    "write",
+]
 
 
 def read(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -146,10 +93,6 @@ def load(path: str | os.PathLike[str]) -> CompressedModel:
         FileNotFoundError: no file at `path`.
         ArtifactError: not a sharekan artifact, unsupported version, truncated or corrupted.
     """
-    from .compressed import CompressedLayer, CompressedModel
-    from .config import Config
-    from .report import Report
-
     tensors, metadata = read(path)
     try:
         validate(tensors, metadata)

@@ -1,5 +1,10 @@
 """`compress`: state_dict in, CompressedModel out (SPEC §2). Orchestration only: every
-numerical loop (k-means, gain/bias fitting, int8, bit packing, evaluation) runs in Rust."""
+numerical loop (k-means, gain/bias fitting, int8, bit packing, evaluation) runs in Rust.
+
+The pieces it drives live in their own modules: the fit metrics (`sharekan.metrics`),
+base-branch and bias folding (`sharekan.folding`), the output metric and compensation
+(`sharekan.refine`) and the dense float64 layer (`sharekan.dense`). Their names used to be
+defined here and stay importable from this module."""
 
 from __future__ import annotations
 
@@ -12,10 +17,18 @@ from typing import Any
 import numpy as np
 
 from . import _core
-from .compressed import CompressedLayer, CompressedModel, base_activation
+from .compressed import CompressedLayer, CompressedModel
 from .config import Config
+from .dense import dense_evaluable, dense_layer_forward
 from .errors import InvalidInputError, LayoutError, ShapeError
+from .folding import (
+    can_fold,
+    fold_base_branches,
+    fraction_outside_grid,
+    inputs_inside_grid,
+)
 from .layouts import LayerSource, Layout, detect_layout, get_layout
+from .metrics import function_metric, layer_metric
 from .refine import (
     check_chain,
     compensate_output,
@@ -27,9 +40,19 @@ from .refine import (
 from .report import LayerReport, Report
 from .validation import as_state_dict, float_array, to_numpy
 
-#: Ridge added to a data metric (relative to its mean eigenvalue) so basis functions that
-#: calibration never reaches still get a small, well-conditioned weight.
-DATA_METRIC_RIDGE = 1e-3
+__all__ = [
+    "DPHI_POINTS_PER_INTERVAL",
+    "can_fold",
+    "compress",
+    "dense_evaluable",
+    "dense_layer_forward",
+    "fraction_outside_grid",
+    "function_metric",
+    "inputs_inside_grid",
+    "layer_metric",
+    "lloyd_refine",
+]
+
 #: Points per knot interval where max |d phi| is measured.
 DPHI_POINTS_PER_INTERVAL = 8
 
@@ -111,7 +134,7 @@ def compress(
         model_inputs = calib[sources[0].name]
     folded: dict[str, str] = {}
     if any(cfg.for_layer(src.name).base == "fold" for src in sources):
-        sources, folded = _fold_base_branches(sources, cfg, calib)
+        sources, folded = fold_base_branches(sources, cfg, calib)
     sensitivities = output_sensitivities(sources, model_inputs) if model_inputs is not None else {}
 
     notify = _progress(progress, len(sources))
@@ -139,142 +162,6 @@ def compress(
     )
     passthrough = {k: np.array(v, copy=True) for k, v in extraction.passthrough.items()}
     return CompressedModel(layers, passthrough, adapter.name, cfg, report, list(sd))
-
-
-# ---------------------------------------------------------------------------- metrics
-
-
-def dense_evaluable(source: LayerSource) -> str | None:
-    """None when `dense_layer_forward` computes the whole layer, else what it lacks."""
-    if source.semantics.conv is not None:
-        return "a convolution layer"
-    if source.semantics.post:
-        return "post-sum operations " + ", ".join(source.semantics.post)
-    return None
-
-
-def dense_layer_forward(
-    source: LayerSource,
-    x: np.ndarray,
-    coeffs: np.ndarray | None = None,
-    base_weight: np.ndarray | None = None,
-) -> np.ndarray:
-    """Dense KAN layer (any basis, base branch, input LayerNorm) on x (batch, n_in) float64
-    -> (batch, n_out) float64, with the source's or the given coefficients (n_in, n_out, M)
-    and base weights (n_in, n_out). Post-sum operations and conv layers are not evaluated
-    (see `dense_evaluable`)."""
-    coeffs = source.coeffs if coeffs is None else coeffs
-    base_weight = source.base_weight if base_weight is None else base_weight
-    basis = source.basis.values(source.basis_inputs(x))  # (batch, n_in, M)
-    n_in, n_out, m = coeffs.shape
-    # (batch, n_in*M) @ (n_in*M, n_out)
-    out = basis.reshape(len(x), n_in * m) @ coeffs.transpose(0, 2, 1).reshape(n_in * m, n_out)
-    if base_weight is not None:
-        out += base_activation(source.semantics.base_activation, x) @ base_weight
-    if "base_bias" in source.aux:
-        out += source.aux["base_bias"]
-    return out
-
-
-def function_metric(source: LayerSource) -> np.ndarray:
-    """(M, M) Gram matrix of the basis over its domain, averaged over inputs."""
-    return source.basis.gram()
-
-
-def data_metric(source: LayerSource, x: np.ndarray) -> np.ndarray:
-    """(M, M) mean of B(x_i) B(x_i)^T over calibration rows and inputs, plus a small ridge."""
-    basis = source.basis.values(source.basis_inputs(x))  # (rows, n_in, M)
-    flat = basis.reshape(-1, basis.shape[-1])
-    gram = flat.T @ flat / flat.shape[0]
-    ridge = DATA_METRIC_RIDGE * max(np.trace(gram) / gram.shape[0], 1e-12)
-    return gram + ridge * np.eye(gram.shape[0])
-
-
-def layer_metric(source: LayerSource, metric: str, calib: Mapping[str, np.ndarray]) -> np.ndarray:
-    if metric == "coefficient":
-        return np.eye(source.n_coeffs)
-    if metric == "function":
-        return function_metric(source)
-    if source.name not in calib:
-        raise InvalidInputError(
-            f"layer {source.name!r}: metric='data' needs calibration inputs "
-            "(pass calibration=<model inputs> or {layer name: inputs})"
-        )
-    return data_metric(source, calib[source.name])
-
-
-#: Sample points per knot interval for the least-squares spline fit of SiLU (base="fold").
-FOLD_POINTS_PER_INTERVAL = 64
-
-
-def silu_spline_fit(source: LayerSource) -> tuple[np.ndarray, float]:
-    """Coefficients s (n_in, M) with sum_m s[i, m] B_m(x) ~= SiLU(x) on each input's grid
-    range (least squares on midpoints), and the largest |error| seen."""
-    k, g = source.spline_order, source.grid_size
-    lo, hi = source.grid[:, k], source.grid[:, g + k]
-    n = g * FOLD_POINTS_PER_INTERVAL
-    t = (np.arange(n) + 0.5) / n
-    pts = lo[None, :] + t[:, None] * (hi - lo)[None, :]  # (P, n_in)
-    basis = _core.bspline_basis(np.ascontiguousarray(pts), source.grid, k)  # (P, n_in, M)
-    silu = pts / (1.0 + np.exp(-pts))
-    gram = np.einsum("pim,pil->iml", basis, basis)  # per input normal equations
-    rhs = np.einsum("pim,pi->im", basis, silu)
-    coef = np.linalg.solve(gram, rhs[..., None])[..., 0]  # (n_in, M)
-    err = float(np.abs(np.einsum("pim,im->pi", basis, coef) - silu).max())
-    return coef, err
-
-
-def _fold_base_branches(
-    sources: list[LayerSource], cfg: Config, calib: Mapping[str, np.ndarray]
-) -> tuple[list[LayerSource], dict[str, str]]:
-    """base="fold": write w_base * SiLU(x) in the layer's own B-spline basis and add it to
-    the coefficients, dropping the base weights (one byte per edge less after int8). Exact
-    up to the spline fit of SiLU, and only while inputs stay inside the grid, so it is
-    applied where bias="auto" would fold; elsewhere the base branch stays (int8)."""
-    out, outcome = [], {}
-    for source in sources:
-        lcfg = cfg.for_layer(source.name)
-        if lcfg.base != "fold" or source.base_weight is None:
-            out.append(source)
-            continue
-        kind = getattr(getattr(source, "basis", None), "kind", "bspline")
-        activation = getattr(getattr(source, "semantics", None), "base_activation", "silu")
-        if kind != "bspline" or activation != "silu":
-            outcome[source.name] = "int8 (fold needs B-splines and a SiLU base)"
-            out.append(source)
-        elif not inputs_inside_grid(source, lcfg, calib):
-            outcome[source.name] = "int8 (fold refused: inputs not known to stay in the grid)"
-            out.append(source)
-        else:
-            coef, err = silu_spline_fit(source)
-            coeffs = source.coeffs + source.base_weight[:, :, None] * coef[:, None, :]
-            outcome[source.name] = f"fold (SiLU fit max err {err:.1e})"
-            out.append(dataclasses.replace(source, coeffs=coeffs, base_weight=None))
-    return out, outcome
-
-
-def fraction_outside_grid(source: LayerSource, x: np.ndarray) -> float:
-    """Fraction of calibration values outside each input's basis domain (B-splines:
-    [t_k, t_{G+k}]; RBF: the centres' range; tanh-normalised bases: never outside)."""
-    return float(source.basis.outside(source.basis_inputs(x)).mean())
-
-
-def inputs_inside_grid(source: LayerSource, cfg: Config, calib: Mapping[str, np.ndarray]) -> bool:
-    """Whether folding this layer's biases is known to be exact (SPEC §2.6, bias="auto")."""
-    if not can_fold(source):
-        return False
-    if source.name in calib:
-        return fraction_outside_grid(source, calib[source.name]) == 0.0
-    if cfg.input_range is not None:
-        return source.basis.inside_range(*cfg.input_range)
-    return False
-
-
-def can_fold(source: LayerSource) -> bool:
-    """Per-edge biases may be folded only for partition-of-unity bases (B-splines) on dense
-    layers: RBF/Chebyshev/Gram edges scale the bias by sum_m B_m(x), and conv layers pad
-    in basis space (SPEC §2.6)."""
-    return source.basis.partition_of_unity and source.semantics.conv is None
 
 
 # ---------------------------------------------------------------------------- compile

@@ -1,16 +1,20 @@
-"""Compressed KAN layers and models: decode, evaluate (Rust LUTHAM evaluator), save."""
+"""Compressed KAN layers and models: the data types, decoding and the forward pass (Rust
+LUTHAM evaluator). Their stored form (tensors and metadata of an artifact) is defined in
+`sharekan.schema`; the methods here that store or rebuild a layer delegate to it."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from . import _core
+from . import schema
 from .config import Config
+from .dense import base_activation, code_dtype, dequant
 from .errors import ArtifactError, ShapeError, ShareKanError
 from .layouts import (
     Basis,
@@ -18,46 +22,12 @@ from .layouts import (
     Semantics,
     TensorInfo,
     UnsupportedLayerError,
-    basis_from_dict,
     evaluator_support,
     get_layout,
 )
 from .layouts.base import LUTHAM_BASE_ACT, LUTHAM_BASIS
+from .report import Report
 from .validation import float_array, to_numpy
-
-if TYPE_CHECKING:
-    from .report import Report
-
-
-def _dequant(values: np.ndarray | None, scale: np.ndarray | None) -> np.ndarray | None:
-    """float64 values of an (n_in, n_out) tensor, int8 with per-output scales or float."""
-    if values is None:
-        return None
-    out = values.astype(np.float64)
-    if values.dtype == np.int8:
-        assert scale is not None
-        out *= scale.astype(np.float64)[None, :]
-    return out
-
-
-def base_activation(name: str | None, x: np.ndarray) -> np.ndarray:
-    """Base-branch activation in float64: SiLU, exact (erf) GELU or identity."""
-    if name == "silu":
-        return x / (1.0 + np.exp(-x))
-    if name == "gelu":
-        from math import erf, sqrt
-
-        return 0.5 * x * (1.0 + np.vectorize(erf, otypes=[np.float64])(x / sqrt(2.0)))
-    return x
-
-
-def code_dtype(codebook_size: int) -> np.dtype:
-    """Narrowest dtype LUTHAM accepts for codes of a K-word codebook (u8, i16 or i32)."""
-    if codebook_size <= 256:
-        return np.dtype(np.uint8)
-    if codebook_size <= 32768:
-        return np.dtype(np.int16)
-    return np.dtype(np.int32)
 
 
 @dataclass(frozen=True, eq=False)
@@ -131,14 +101,14 @@ class CompressedLayer:
 
     def edge_gains(self) -> np.ndarray:
         """(n_in, n_out) float64 gains."""
-        out = _dequant(self.gains, self.gains_scale)
+        out = dequant(self.gains, self.gains_scale)
         assert out is not None
         return out
 
     def edge_biases(self) -> np.ndarray:
         """(n_in, n_out) float64 coefficient-space biases (folded ones spread over inputs)."""
         if self.edge_bias is not None:
-            out = _dequant(self.edge_bias, self.edge_bias_scale)
+            out = dequant(self.edge_bias, self.edge_bias_scale)
             assert out is not None
             return out
         assert self.out_bias is not None
@@ -148,7 +118,7 @@ class CompressedLayer:
 
     def base_weights(self) -> np.ndarray | None:
         """(n_in, n_out) float64 base-branch weights, or None."""
-        return _dequant(self.base_weight, self.base_scale)
+        return dequant(self.base_weight, self.base_scale)
 
     def decoded_coeffs(self) -> np.ndarray:
         """(n_in, n_out, M) float64 decoded spline coefficients."""
@@ -248,49 +218,17 @@ class CompressedLayer:
         return np.asarray(y, dtype=np.float32)
 
     def stored_tensors(self) -> dict[str, np.ndarray]:
-        """Tensors this layer stores (field name -> array), codes packed; codebook excluded."""
-        # efficient-kan's default grid is the same for every input: store that row once.
-        shared = self.n_in > 1 and bool((self.grid == self.grid[:1]).all())
-        out: dict[str, np.ndarray] = {
-            "codes": _core.pack_codes(
-                np.ascontiguousarray(self.codes.reshape(-1), dtype=np.uint32), self.bits
-            ),
-            "grid": np.ascontiguousarray(self.grid[:1]) if shared else self.grid,
-        }
-        _put_weight(out, "gains", self.gains, self.gains_scale)
-        if self.edge_bias is not None:
-            _put_weight(out, "edge_bias", self.edge_bias, self.edge_bias_scale)
-        if self.out_bias is not None:
-            out["out_bias"] = self.out_bias
-        if self.base_weight is not None:
-            _put_weight(out, "base_weight", self.base_weight, self.base_scale)
-        for name, array in self.extras.items():
-            out[f"extra_{name}"] = array
-        return out
+        """Tensors this layer stores (field name -> array), codes packed; codebook excluded
+        (`schema.layer_tensors`)."""
+        return schema.layer_tensors(self)
 
     def stored_codebook(self) -> dict[str, np.ndarray]:
         """The codebook tensors of this layer's group (field name -> array)."""
-        if self.codebook_q is not None:
-            assert self.codebook_scale is not None
-            return {"codebook_q": self.codebook_q, "codebook_scale": self.codebook_scale}
-        return {"codebook": self.codebook}
+        return schema.layer_codebook(self)
 
     def metadata(self) -> dict[str, Any]:
         """JSON-serialisable parameters needed to rebuild the layer from stored tensors."""
-        return {
-            "name": self.name,
-            "n_in": self.n_in,
-            "n_out": self.n_out,
-            "grid_size": self.grid_size,
-            "spline_order": self.spline_order,
-            "codebook_size": self.codebook_size,
-            "bits": self.bits,
-            "codebook_group": self.codebook_group,
-            "source": {role: info.to_dict() for role, info in self.source.items()},
-            "basis": self.basis.to_dict() if self.basis is not None else {"kind": "bspline"},
-            "semantics": self.semantics.to_dict(),
-            "layout_info": dict(self.layout_info),
-        }
+        return schema.layer_metadata(self)
 
     @classmethod
     def from_stored(
@@ -300,83 +238,7 @@ class CompressedLayer:
         codebook: Mapping[str, np.ndarray],
     ) -> CompressedLayer:
         """Inverse of `stored_tensors` + `stored_codebook` + `metadata`."""
-        n_in, n_out = int(meta["n_in"]), int(meta["n_out"])
-        codes = _core.unpack_codes(tensors["codes"], int(meta["bits"]), n_in * n_out)
-        if codes.size and int(codes.max()) >= int(meta["codebook_size"]):
-            from .errors import ArtifactError
-
-            raise ArtifactError(
-                f"layer {meta['name']!r}: stored code {int(codes.max())} >= K = {meta['codebook_size']}"
-            )
-        gains, gains_scale = _get_weight(tensors, "gains", (n_in, n_out))
-        edge_bias, edge_bias_scale = _get_weight(tensors, "edge_bias", (n_in, n_out))
-        base, base_scale = _get_weight(tensors, "base_weight", (n_in, n_out))
-        if "codebook_q" in codebook:
-            cq, cs = codebook["codebook_q"], codebook["codebook_scale"]
-            book = (cq.astype(np.float32) * cs[:, None]).astype(np.float32)
-        else:
-            cq, cs, book = None, None, codebook["codebook"]
-        if gains_scale is None:
-            gains_scale = np.ones(n_out, dtype=np.float32)
-        grid = np.ascontiguousarray(
-            np.broadcast_to(tensors["grid"], (n_in, tensors["grid"].shape[-1]))
-        )
-        basis_meta = dict(meta.get("basis") or {"kind": "bspline"})
-        if basis_meta.get("kind", "bspline") == "bspline":
-            basis_meta.setdefault("k", int(meta["spline_order"]))
-        return cls(
-            name=str(meta["name"]),
-            n_in=n_in,
-            n_out=n_out,
-            grid_size=int(meta["grid_size"]),
-            spline_order=int(meta["spline_order"]),
-            codebook_size=int(meta["codebook_size"]),
-            bits=int(meta["bits"]),
-            codebook_group=str(meta["codebook_group"]),
-            grid=grid,
-            codebook=book,
-            codebook_q=cq,
-            codebook_scale=cs,
-            codes=codes.reshape(n_in, n_out),
-            gains=gains,
-            gains_scale=gains_scale,
-            edge_bias=edge_bias,
-            edge_bias_scale=edge_bias_scale,
-            out_bias=tensors.get("out_bias"),
-            base_weight=base,
-            base_scale=base_scale,
-            source={r: TensorInfo.from_dict(i) for r, i in meta["source"].items()},
-            basis=basis_from_dict(basis_meta, grid),
-            semantics=Semantics.from_dict(meta.get("semantics")),
-            layout_info=dict(meta.get("layout_info") or {}),
-            extras={k[len("extra_"):]: v for k, v in tensors.items() if k.startswith("extra_")},
-        )
-
-
-def _put_weight(
-    out: dict[str, np.ndarray], name: str, values: np.ndarray, scale: np.ndarray | None
-) -> None:
-    if values.dtype == np.int8:
-        assert scale is not None
-        if values.size and -8 <= int(values.min()) and int(values.max()) <= 7:
-            # 4-bit values (Config gain_bits=4 / base="int4"): two per byte, lossless
-            out[f"{name}_q4"] = _core.pack_nibbles(np.ascontiguousarray(values.reshape(-1)))
-        else:
-            out[f"{name}_q"] = values
-        out[f"{name}_scale"] = scale
-    else:
-        out[name] = values
-
-
-def _get_weight(
-    tensors: Mapping[str, np.ndarray], name: str, shape: tuple[int, int]
-) -> tuple[np.ndarray | None, np.ndarray | None]:
-    if f"{name}_q" in tensors:
-        return tensors[f"{name}_q"], tensors[f"{name}_scale"]
-    if f"{name}_q4" in tensors:
-        values = _core.unpack_nibbles(tensors[f"{name}_q4"], shape[0] * shape[1])
-        return values.reshape(shape), tensors[f"{name}_scale"]
-    return tensors.get(name), None
+        return cls(**schema.layer_fields(meta, tensors, codebook))
 
 
 @dataclass(eq=False)
@@ -408,16 +270,8 @@ class CompressedModel:
         return sum(int(a.nbytes) for a in self.stored_tensors().values())
 
     def stored_tensors(self) -> dict[str, np.ndarray]:
-        """Every tensor of the artifact by its artifact name."""
-        out: dict[str, np.ndarray] = {}
-        for layer in self.layers.values():
-            for field_name, array in layer.stored_tensors().items():
-                out[f"{layer.name}.{field_name}"] = array
-            for field_name, array in layer.stored_codebook().items():
-                out[f"codebooks.{layer.codebook_group}.{field_name}"] = array
-        for key, array in self.passthrough.items():
-            out[f"passthrough.{key}"] = array
-        return out
+        """Every tensor of the artifact by its artifact name (`schema.model_tensors`)."""
+        return schema.model_tensors(self)
 
     def forward(self, x: Any) -> np.ndarray:
         """Run every layer in order with the Rust LUTHAM evaluator: (batch, n_in) -> (batch, n_out) f32.
@@ -479,9 +333,7 @@ class CompressedModel:
 
     def save(self, path: str) -> None:
         """Write a safetensors artifact (see `sharekan.load`)."""
-        from .artifact import save
-
-        save(self, path)
+        schema.save(self, path)
 
     def replace_report(self, report: Report) -> CompressedModel:
         return dataclasses.replace(self, report=report)

@@ -7,17 +7,26 @@ import fnmatch
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 from .errors import InvalidInputError
 
-METRICS = ("coefficient", "function", "data", "output")
-SHARES = ("layer", "model")
-BIAS_MODES = ("auto", "fold", "edge")
-BASE_MODES = ("int8", "int4", "float", "fold")
-GAIN_BITS = (4, 8)
-CODEBOOK_SCALES = ("codeword", "shared")
-INITS = ("kmeans++",)
+Metric = Literal["coefficient", "function", "data", "output"]
+Share = Literal["layer", "model"]
+BiasMode = Literal["auto", "fold", "edge"]
+BaseMode = Literal["int8", "int4", "float", "fold"]
+GainBits = Literal[4, 8]
+CodebookScale = Literal["codeword", "shared"]
+Init = Literal["kmeans++"]
+
+# the allowed values, checked at run time (`Config.__post_init__`)
+METRICS: tuple[str, ...] = get_args(Metric)
+SHARES: tuple[str, ...] = get_args(Share)
+BIAS_MODES: tuple[str, ...] = get_args(BiasMode)
+BASE_MODES: tuple[str, ...] = get_args(BaseMode)
+GAIN_BITS: tuple[int, ...] = get_args(GainBits)
+CODEBOOK_SCALES: tuple[str, ...] = get_args(CodebookScale)
+INITS: tuple[str, ...] = get_args(Init)
 MAX_CODEBOOK_SIZE = 1 << 16
 
 
@@ -73,17 +82,17 @@ class Config:
     """
 
     codebook_size: int = 256
-    share: str = "layer"
-    metric: str = "function"
+    share: Share = "layer"
+    metric: Metric = "function"
     int8: bool = True
-    bias: str = "auto"
-    gain_bits: int = 8
-    codebook_scale: str = "codeword"
-    base: str = "int8"
+    bias: BiasMode = "auto"
+    gain_bits: GainBits = 8
+    codebook_scale: CodebookScale = "codeword"
+    base: BaseMode = "int8"
     compensate: bool = False
     n_iter: int = 25
     tol: float = 1e-4
-    init: str = "kmeans++"
+    init: Init = "kmeans++"
     seed: int = 0
     input_range: tuple[float, float] | None = None
     overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)

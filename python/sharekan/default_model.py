@@ -29,6 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
+from sharekan import _core
+from sharekan.errors import ArtifactError
+
 #: Where the shipped checkpoint lives inside the package.
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "data" / "default_kan.safetensors"
 
@@ -215,16 +218,12 @@ def load_default(
         >>> state_dict["layers.0.spline_weight"].shape
         (32, 64, 11)
     """
-    from sharekan import _core
-
     tensors, _metadata = _core.load_safetensors(str(path or DEFAULT_MODEL_PATH))
     state_dict = {k: tensors[k] for k in sorted(tensors) if not k.startswith(DATA_PREFIX)}
     try:
         test_x = tensors[DATA_PREFIX + "test_x"]
         test_y = tensors[DATA_PREFIX + "test_y"]
     except KeyError as exc:
-        from sharekan.errors import ArtifactError
-
         raise ArtifactError(
             f"{path or DEFAULT_MODEL_PATH}: missing tensor {exc.args[0]!r} "
             "(expected data.test_x and data.test_y next to the state_dict)"
@@ -234,8 +233,6 @@ def load_default(
 
 def default_metadata(path: str | Path | None = None) -> dict[str, str]:
     """Header metadata of the default model file (seed, widths, accuracies, recipe)."""
-    from sharekan import _core
-
     _tensors, metadata = _core.load_safetensors(str(path or DEFAULT_MODEL_PATH))
     return dict(metadata)
 

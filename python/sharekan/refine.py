@@ -2,7 +2,7 @@
 sequential error compensation (`compensate=True`).
 
 Both need calibration *model inputs* (an array), propagated through the dense layers in
-forward order, and every layer evaluable in NumPy (`compiler.dense_evaluable`).
+forward order, and every layer evaluable in NumPy (`dense.dense_evaluable`).
 
 - Output sensitivities: for layer l with outputs h_o, `s_o(x) = sum_j (d y_j / d h_o)^2`
   over the model outputs y_j, back-propagated through the dense layers (the diagonal of
@@ -32,7 +32,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from . import _core
-from .compressed import base_activation
+from .dense import base_activation, dense_evaluable, dense_layer_forward
 from .errors import CodeRangeError, DTypeError, InvalidInputError
 from .layouts import LayerSource
 
@@ -54,8 +54,6 @@ _BLOCK = 4_000_000
 def check_chain(sources: Sequence[LayerSource], what: str) -> None:
     """Raise InvalidInputError unless every layer is a plain dense KAN layer (no conv, no
     post-sum operations, no input norm), as the output metric and compensation need."""
-    from .compiler import dense_evaluable
-
     for s in sources:
         lacking = dense_evaluable(s) or ("an input LayerNorm" if s.semantics.input_norm else None)
         if lacking is not None:
@@ -81,8 +79,6 @@ def edge_derivatives(source: LayerSource, x: np.ndarray) -> np.ndarray:
 def output_sensitivities(sources: Sequence[LayerSource], x: np.ndarray) -> dict[str, np.ndarray]:
     """{layer name: (rows, n_out) float64} with s_o = sum_j (d y_j / d h_o)^2 over the model
     outputs y_j, for the chain of `sources` (forward order) on model inputs x (rows, n_in)."""
-    from .compiler import dense_layer_forward
-
     check_chain(sources, "metric='output' / compensate")
     inputs = []
     h = np.asarray(x, dtype=np.float64)
@@ -123,7 +119,9 @@ def edge_metrics(source: LayerSource, x: np.ndarray, weights: np.ndarray) -> np.
     return out.reshape(n_in * n_out, m, m)
 
 
-def _edge_arrays(metrics, coeffs, codebook, codes) -> tuple[np.ndarray, ...]:
+def _edge_arrays(
+    metrics: np.ndarray, coeffs: np.ndarray, codebook: np.ndarray, codes: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """float64 / uint32 C-contiguous copies-if-needed for the core (which re-checks shapes,
     finiteness and code ranges); negative codes are refused here, before the uint32 cast."""
     codes = np.asarray(codes)
@@ -161,7 +159,8 @@ def edge_gain_bias(
     Example:
         >>> g, b = edge_gain_bias(np.eye(3)[None], np.ones((1, 3)), np.eye(3)[:1], [0])
     """
-    return _core.edge_gain_bias(*_edge_arrays(metrics, coeffs, codebook, codes))
+    r, w, book, q = _edge_arrays(metrics, coeffs, codebook, codes)
+    return _core.edge_gain_bias(r, w, book, q)
 
 
 def lloyd_refine(
@@ -195,7 +194,8 @@ def lloyd_refine(
     Example:
         >>> book, codes, history = lloyd_refine(metrics, coeffs, book0, codes0)  # doctest: +SKIP
     """
-    out = _core.lloyd_refine(*_edge_arrays(metrics, coeffs, codebook, codes), int(n_iter))
+    r, w, book, q = _edge_arrays(metrics, coeffs, codebook, codes)
+    out = _core.lloyd_refine(r, w, book, q, int(n_iter))
     return out["codebook"], out["codes"], [float(v) for v in out["objective"]]
 
 

@@ -1,4 +1,17 @@
-"""The artifact schema: what a sharekan artifact may hold, checked field against field.
+"""The artifact schema: what a sharekan artifact holds and how it is written.
+
+- Encoding: a compressed layer / model as named tensors and JSON metadata
+  (`layer_tensors`, `layer_codebook`, `layer_metadata`, `model_tensors`, `model_metadata`)
+  and back (`layer_fields`: the `CompressedLayer` fields of a stored layer).
+- Sealing and writing: the digest of format versions 1 and 2 (`checksum`, `digest`,
+  `seal`), the atomic `write` and `save(model, path)`. Reading and `load` are in
+  `sharekan.artifact`, which builds the model types from what this module decodes.
+- Validation (`validate`), described below.
+
+The compressed types are only named in annotations here: this module sits below
+`sharekan.compressed`, whose `save` and `stored_*` methods call it.
+
+What a sharekan artifact may hold is checked field against field on load.
 
 A file written by someone else is untrusted input, and its digest only detects accidents
 (anyone can recompute it). `validate` therefore checks every metadata value and every
@@ -22,15 +35,31 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import hashlib
+import os
 
 import numpy as np
 
 from . import _core
+from ._version import __version__
 from .config import MAX_CODEBOOK_SIZE
 from .errors import ArtifactError
+from .layouts import Semantics, TensorInfo, basis_from_dict
 from .layouts.base import BASE_ACTIVATIONS
 from .layouts.bases import BASIS_KINDS
+
+if TYPE_CHECKING:
+    from .compressed import CompressedLayer, CompressedModel
+
+FORMAT = "sharekan"
+#: The version `save` writes.
+FORMAT_VERSION = "2"
+#: Every version `read` accepts.
+READABLE_VERSIONS = ("1", "2")
+#: The metadata key holding the digest (never itself digested).
+DIGEST_KEY = "checksum"
 
 MAX_SPLINE_ORDER = 15
 MAX_DIM = 1 << 24
@@ -57,6 +86,236 @@ _LAYER_KEYS: dict[str, tuple[type, ...]] = {
 }
 _SEMANTICS_KEYS = {"base_activation", "input_norm", "post", "conv", "base_bias"}
 
+
+
+# ---------------------------------------------------------------------------- encoding
+
+
+def layer_tensors(layer: CompressedLayer) -> dict[str, np.ndarray]:
+    """Tensors `layer` stores (field name -> array), codes packed; codebook excluded."""
+    # efficient-kan's default grid is the same for every input: store that row once.
+    shared = layer.n_in > 1 and bool((layer.grid == layer.grid[:1]).all())
+    out: dict[str, np.ndarray] = {
+        "codes": _core.pack_codes(
+            np.ascontiguousarray(layer.codes.reshape(-1), dtype=np.uint32), layer.bits
+        ),
+        "grid": np.ascontiguousarray(layer.grid[:1]) if shared else layer.grid,
+    }
+    _put_weight(out, "gains", layer.gains, layer.gains_scale)
+    if layer.edge_bias is not None:
+        _put_weight(out, "edge_bias", layer.edge_bias, layer.edge_bias_scale)
+    if layer.out_bias is not None:
+        out["out_bias"] = layer.out_bias
+    if layer.base_weight is not None:
+        _put_weight(out, "base_weight", layer.base_weight, layer.base_scale)
+    for name, array in layer.extras.items():
+        out[f"extra_{name}"] = array
+    return out
+
+
+def layer_codebook(layer: CompressedLayer) -> dict[str, np.ndarray]:
+    """The codebook tensors of `layer`'s group (field name -> array)."""
+    if layer.codebook_q is not None:
+        assert layer.codebook_scale is not None
+        return {"codebook_q": layer.codebook_q, "codebook_scale": layer.codebook_scale}
+    return {"codebook": layer.codebook}
+
+
+def layer_metadata(layer: CompressedLayer) -> dict[str, Any]:
+    """JSON-serialisable parameters needed to rebuild `layer` from its stored tensors."""
+    return {
+        "name": layer.name,
+        "n_in": layer.n_in,
+        "n_out": layer.n_out,
+        "grid_size": layer.grid_size,
+        "spline_order": layer.spline_order,
+        "codebook_size": layer.codebook_size,
+        "bits": layer.bits,
+        "codebook_group": layer.codebook_group,
+        "source": {role: info.to_dict() for role, info in layer.source.items()},
+        "basis": layer.basis.to_dict() if layer.basis is not None else {"kind": "bspline"},
+        "semantics": layer.semantics.to_dict(),
+        "layout_info": dict(layer.layout_info),
+    }
+
+
+def layer_fields(
+    meta: Mapping[str, Any],
+    tensors: Mapping[str, np.ndarray],
+    codebook: Mapping[str, np.ndarray],
+) -> dict[str, Any]:
+    """The `CompressedLayer` fields of a stored layer (inverse of `layer_tensors` +
+    `layer_codebook` + `layer_metadata`)."""
+    n_in, n_out = int(meta["n_in"]), int(meta["n_out"])
+    codes = _core.unpack_codes(tensors["codes"], int(meta["bits"]), n_in * n_out)
+    if codes.size and int(codes.max()) >= int(meta["codebook_size"]):
+        raise ArtifactError(
+            f"layer {meta['name']!r}: stored code {int(codes.max())} >= K = {meta['codebook_size']}"
+        )
+    gains, gains_scale = _get_weight(tensors, "gains", (n_in, n_out))
+    edge_bias, edge_bias_scale = _get_weight(tensors, "edge_bias", (n_in, n_out))
+    base, base_scale = _get_weight(tensors, "base_weight", (n_in, n_out))
+    if "codebook_q" in codebook:
+        cq, cs = codebook["codebook_q"], codebook["codebook_scale"]
+        book = (cq.astype(np.float32) * cs[:, None]).astype(np.float32)
+    else:
+        cq, cs, book = None, None, codebook["codebook"]
+    if gains_scale is None:
+        gains_scale = np.ones(n_out, dtype=np.float32)
+    grid = np.ascontiguousarray(
+        np.broadcast_to(tensors["grid"], (n_in, tensors["grid"].shape[-1]))
+    )
+    basis_meta = dict(meta.get("basis") or {"kind": "bspline"})
+    if basis_meta.get("kind", "bspline") == "bspline":
+        basis_meta.setdefault("k", int(meta["spline_order"]))
+    return {
+        "name": str(meta["name"]),
+        "n_in": n_in,
+        "n_out": n_out,
+        "grid_size": int(meta["grid_size"]),
+        "spline_order": int(meta["spline_order"]),
+        "codebook_size": int(meta["codebook_size"]),
+        "bits": int(meta["bits"]),
+        "codebook_group": str(meta["codebook_group"]),
+        "grid": grid,
+        "codebook": book,
+        "codebook_q": cq,
+        "codebook_scale": cs,
+        "codes": codes.reshape(n_in, n_out),
+        "gains": gains,
+        "gains_scale": gains_scale,
+        "edge_bias": edge_bias,
+        "edge_bias_scale": edge_bias_scale,
+        "out_bias": tensors.get("out_bias"),
+        "base_weight": base,
+        "base_scale": base_scale,
+        "source": {r: TensorInfo.from_dict(i) for r, i in meta["source"].items()},
+        "basis": basis_from_dict(basis_meta, grid),
+        "semantics": Semantics.from_dict(meta.get("semantics")),
+        "layout_info": dict(meta.get("layout_info") or {}),
+        "extras": {k[len("extra_"):]: v for k, v in tensors.items() if k.startswith("extra_")},
+    }
+
+
+def _put_weight(
+    out: dict[str, np.ndarray], name: str, values: np.ndarray, scale: np.ndarray | None
+) -> None:
+    if values.dtype == np.int8:
+        assert scale is not None
+        if values.size and -8 <= int(values.min()) and int(values.max()) <= 7:
+            # 4-bit values (Config gain_bits=4 / base="int4"): two per byte, lossless
+            out[f"{name}_q4"] = _core.pack_nibbles(np.ascontiguousarray(values.reshape(-1)))
+        else:
+            out[f"{name}_q"] = values
+        out[f"{name}_scale"] = scale
+    else:
+        out[name] = values
+
+
+def _get_weight(
+    tensors: Mapping[str, np.ndarray], name: str, shape: tuple[int, int]
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    if f"{name}_q" in tensors:
+        return tensors[f"{name}_q"], tensors[f"{name}_scale"]
+    if f"{name}_q4" in tensors:
+        values = _core.unpack_nibbles(tensors[f"{name}_q4"], shape[0] * shape[1])
+        return values.reshape(shape), tensors[f"{name}_scale"]
+    return tensors.get(name), None
+
+
+def model_tensors(model: CompressedModel) -> dict[str, np.ndarray]:
+    """Every tensor of `model`'s artifact by its artifact name (codebooks once per group)."""
+    out: dict[str, np.ndarray] = {}
+    for layer in model.layers.values():
+        for field_name, array in layer_tensors(layer).items():
+            out[f"{layer.name}.{field_name}"] = array
+        for field_name, array in layer_codebook(layer).items():
+            out[f"codebooks.{layer.codebook_group}.{field_name}"] = array
+    for key, array in model.passthrough.items():
+        out[f"passthrough.{key}"] = array
+    return out
+
+
+def model_metadata(model: CompressedModel) -> dict[str, str]:
+    """The header metadata of `model`'s artifact, without the digest."""
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "sharekan_version": __version__,
+        "source_layout": model.source_layout,
+        "config": model.config.to_json(),
+        "seed": str(model.config.seed),
+        "layers": json.dumps([layer_metadata(layer) for layer in model.layers.values()]),
+        "passthrough": json.dumps(sorted(model.passthrough)),
+        "key_order": json.dumps(model.key_order),
+        "report": model.report.to_json(indent=None, timings=False),
+    }
+
+
+# ---------------------------------------------------------------------------- sealing, writing
+
+
+def _update_tensors(digest: Any, tensors: Mapping[str, np.ndarray]) -> None:
+    for name in sorted(tensors):
+        array = np.ascontiguousarray(tensors[name])
+        digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+
+
+def checksum(tensors: Mapping[str, np.ndarray]) -> str:
+    """Format version 1 digest: SHA-256 over names, dtypes, shapes and bytes of the
+    tensors, in sorted name order (the metadata is not covered)."""
+    digest = hashlib.sha256()
+    _update_tensors(digest, tensors)
+    return digest.hexdigest()
+
+
+def digest(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> str:
+    """Format version 2 digest: SHA-256 over every metadata entry but the digest itself
+    (sorted by key, each key and value length-prefixed so no two headers collide), then
+    the tensors as in version 1."""
+    h = hashlib.sha256(b"sharekan-artifact-v2\0")
+    for key in sorted(metadata):
+        if key == DIGEST_KEY:
+            continue
+        for part in (key.encode(), str(metadata[key]).encode()):
+            h.update(len(part).to_bytes(8, "little"))
+            h.update(part)
+    _update_tensors(h, tensors)
+    return h.hexdigest()
+
+
+def seal(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> dict[str, str]:
+    """`metadata` with the digest its `format_version` calls for (a copy)."""
+    out = dict(metadata)
+    if out.get("format_version") == "1":
+        out[DIGEST_KEY] = checksum(tensors)
+    else:
+        out[DIGEST_KEY] = digest(tensors, out)
+    return out
+
+
+def write(path: str | os.PathLike[str], tensors: Mapping[str, np.ndarray],
+          metadata: Mapping[str, str]) -> None:
+    """Write tensors and (already sealed) metadata atomically: a temporary file in the
+    same directory, then renamed over `path`."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        _core.save_safetensors(tmp, dict(tensors), dict(metadata))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save(model: CompressedModel, path: str | os.PathLike[str]) -> None:
+    """Write `model` to `path` (written to a temporary file, then renamed)."""
+    tensors = {k: np.ascontiguousarray(v) for k, v in model_tensors(model).items()}
+    write(path, tensors, seal(tensors, model_metadata(model)))
+
+
+# ---------------------------------------------------------------------------- validation
 
 def _fail(where: str, detail: str) -> ArtifactError:
     return ArtifactError(f"{where}: {detail}")

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-import _safetensors
+import _safetensors  # noqa: F401 (the serialize hook patched by the mutators)
 
 INTS = [0, -1, -3, 1, 2, 3, 4, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 255, 256, 257,
         2**15, 2**16, 2**31 - 1, 2**31, 2**32, 2**32 + 1, 2**40, 2**53 + 1, 2**62, 2**63 - 1,

@@ -28,7 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..compiler import compress
+from ..config import Config
 from ..errors import InvalidInputError, LayoutError, ShapeError
+from ..layouts import UnsupportedLayerError
 from . import ops
 from .kan import KANLinear
 
@@ -479,11 +482,11 @@ def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def _kan_modules(model: nn.Module, filter_fn: Callable[[str, nn.Module], bool] | None
+def _kan_modules(model: nn.Module, filter_fn: Callable[[nn.Module, str], bool] | None
                  ) -> list[tuple[str, nn.Module]]:
     found = []
     for name, mod in model.named_modules():
-        if kan_layer_kind(mod) is not None and (filter_fn is None or filter_fn(name, mod)):
+        if kan_layer_kind(mod) is not None and (filter_fn is None or filter_fn(mod, name)):
             # nested KAN layers inside an already selected one are not separate layers
             if any(name.startswith(p + ".") for p, _ in found if p):
                 continue
@@ -491,8 +494,8 @@ def _kan_modules(model: nn.Module, filter_fn: Callable[[str, nn.Module], bool] |
     return found
 
 
-def compress_(model: nn.Module, config: Any = None, *,
-              filter_fn: Callable[[str, nn.Module], bool] | None = None,
+def compress_(model: nn.Module, config: Config | None = None,
+              filter_fn: Callable[[nn.Module, str], bool] | None = None,
               **overrides: Any) -> nn.Module:
     """Compress every KAN layer of `model` in place.
 
@@ -513,7 +516,9 @@ def compress_(model: nn.Module, config: Any = None, *,
     Args:
         model: a module containing KANLinear-like layers (or one such layer).
         config: a `sharekan.Config` (default: the defaults).
-        filter_fn: optional `(name, module) -> bool` choosing which layers to compress.
+        filter_fn: optional `(module, fqn) -> bool` choosing which KAN layers to compress
+            (torchao's `quantize_` order; fqn is the module's name in `model`, "" for
+            `model` itself).
         **overrides: Config fields, e.g. `codebook_size=64`.
 
     Returns:
@@ -524,10 +529,6 @@ def compress_(model: nn.Module, config: Any = None, *,
     Raises:
         InvalidInputError: the model has no KAN layer. Errors of `sharekan.compress`.
     """
-    from ..compiler import compress  # noqa: PLC0415 - needs the Rust extension
-
-    from ..layouts import UnsupportedLayerError  # noqa: PLC0415
-
     targets = _kan_modules(model, filter_fn)
     if not targets:
         raise InvalidInputError(

@@ -51,6 +51,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import InvalidInputError
+from . import portable
+
+try:  # the Rust evaluator; without it the op runs the portable path (`resolve_impl`)
+    from .. import _core
+except ImportError:  # pragma: no cover - exercised only without the built extension
+    _core = None  # type: ignore[assignment]
+
 __all__ = ["IMPLS", "OP_NAME", "absent", "is_absent", "lutham", "lutham_numpy_args",
            "requested_impl", "resolve_impl", "rust_available", "triton_available", "use_impl"]
 
@@ -131,8 +139,6 @@ def use_impl(impl: str) -> Iterator[None]:
 
 def _check_impl(impl: str, where: str) -> None:
     if impl not in IMPLS:
-        from ..errors import InvalidInputError  # noqa: PLC0415
-
         raise InvalidInputError(f"{where}: expected one of {IMPLS}, got {impl!r}")
 
 
@@ -156,14 +162,9 @@ def _triton_module() -> Any:
     return triton_lutham
 
 
-@functools.lru_cache(maxsize=1)
 def rust_available() -> bool:
     """True when the Rust extension `sharekan._core` imports."""
-    try:
-        from .. import _core  # noqa: F401, PLC0415
-    except ImportError:
-        return False
-    return True
+    return _core is not None
 
 
 def triton_available() -> bool:
@@ -192,16 +193,13 @@ def resolve_impl(device: torch.device | str) -> str:
 
 
 def _forward_rust(*args: Any) -> torch.Tensor:
-    from .. import _core  # noqa: PLC0415 - the extension is needed only when the op runs
-
+    assert _core is not None  # checked by `_forward` (rust_available)
     xs, kwargs = lutham_numpy_args(*args)
     return torch.from_numpy(_core.lutham_forward(xs, **kwargs))
 
 
 def _forward(*args: Any) -> torch.Tensor:
     """One call of the op on whatever device x is on, by `resolve_impl`."""
-    from ..errors import InvalidInputError  # noqa: PLC0415
-
     x = args[0]
     impl = resolve_impl(x.device)
     if impl == "rust":
@@ -219,9 +217,7 @@ def _forward(*args: Any) -> torch.Tensor:
                 "sharekan::lutham: impl 'triton' forced, but triton_lutham is missing or not "
                 "available (needs triton and a CUDA device, or TRITON_INTERPRET=1)")
         return _triton_module().lutham_triton(*args)
-    from .portable import lutham_portable  # noqa: PLC0415
-
-    return lutham_portable(*args)
+    return portable.lutham_portable(*args)
 
 
 def _forward_out(args: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor:

@@ -1,14 +1,16 @@
 """Build and load the LUTHAM ExecuTorch kernel library (`sharekan::lutham.out`).
 
-The kernel (`lutham/lutham_kernel.cpp`) is compiled on first use with the system C++
-compiler against the installed `executorch` wheel (headers in `executorch/include`, linked
+The kernel (`lutham/lutham_executorch.cpp`, the ExecuTorch adapter over the runtime-neutral
+headers `lutham/kernel/*.h`) is compiled on first use with the system C++ compiler, with
+the flags of `lutham/build_flags.txt` (shared with the Makefile and CMakeLists.txt), against the installed `executorch` wheel (headers in `executorch/include`, linked
 to the wheel's shared `libexecutorch.so`, which holds the operator registry the Python
 runtime uses). The result is cached under
 
     $SHAREKAN_CACHE_DIR/lutham/<key>/libsharekan_lutham.so
     (default ~/.cache/sharekan, or $XDG_CACHE_HOME/sharekan)
 
-where `<key>` hashes the kernel source, the compiler flags, the compiler's version and the
+where `<key>` hashes the kernel sources (the adapter, every kernel header and
+build_flags.txt), the compiler flags, the compiler's version and the
 executorch version, so a changed source or a new executorch never reuses a stale build.
 If that directory cannot be created or written, the cache falls back to
 `<tempdir>/sharekan-lutham-<uid>`.
@@ -44,13 +46,16 @@ import tempfile
 import threading
 from collections.abc import Sequence
 from contextlib import contextmanager
+from importlib import metadata
 from pathlib import Path
 
 from .errors import LuthamBuildError
 
 __all__ = [
+    "KERNEL_SOURCE",
     "LIBRARY_NAME",
     "RUNNER_NAME",
+    "build_flags",
     "build_library",
     "build_runner",
     "cache_dir",
@@ -63,13 +68,14 @@ __all__ = [
 LIBRARY_NAME = "libsharekan_lutham.so"
 RUNNER_NAME = "lutham_runner"
 
-# Portable build: -O3 with auto-vectorisation, no -march=native. The kernel clones its hot
-# loops for x86-64-v3 at runtime (ifunc) itself.
-_OPT_FLAGS = ("-O3", "-fPIC", "-fno-math-errno")
-_SANITIZE_FLAGS = ("-O1", "-g", "-fPIC", "-fno-omit-frame-pointer",
-                   "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
-                   "-DLUTHAM_NO_MULTIVERSION")
-_DEFINES = ("-DC10_USING_CUSTOM_GENERATED_MACROS", "-DET_EVENT_TRACER_ENABLED")
+# The ExecuTorch adapter (the library's one translation unit), the runtime-neutral kernel
+# headers it includes, and the build flags shared with the Makefile and CMakeLists.txt.
+KERNEL_SOURCE = "lutham_executorch.cpp"
+_KERNEL_HEADERS = "kernel/*.h"
+_FLAGS_FILE = "build_flags.txt"
+# the flag sets of build_flags.txt that the builds below use
+_FLAG_SETS = ("LUTHAM_STD", "LUTHAM_DEFINES", "LUTHAM_WARNINGS", "LUTHAM_KERNEL_OPT",
+              "LUTHAM_RUNNER_OPT", "LUTHAM_SANITIZE_FLAGS", "LUTHAM_SANITIZE_KERNEL_FLAGS")
 
 _lock = threading.Lock()
 _loaded: Path | None = None
@@ -77,7 +83,7 @@ _loaded_handle: ctypes.CDLL | None = None
 
 
 def kernel_source() -> Path:
-    """Directory holding `lutham_kernel.cpp` and `runner.cpp`.
+    """Directory holding `lutham_executorch.cpp`, `kernel/`, `build_flags.txt`, `runner.cpp`.
 
     Looked up in `$SHAREKAN_LUTHAM_SOURCE`, then in the source tree (`<repo>/lutham`, for
     editable installs), then beside the package in site-packages (`lutham/`, where a wheel
@@ -93,10 +99,10 @@ def kernel_source() -> Path:
     here = Path(__file__).resolve().parent
     candidates += [here.parent.parent / "lutham", here.parent / "lutham"]
     for cand in candidates:
-        if (cand / "lutham_kernel.cpp").is_file():
+        if (cand / KERNEL_SOURCE).is_file():
             return cand
     raise LuthamBuildError(
-        "LUTHAM kernel source lutham_kernel.cpp not found; looked in "
+        f"LUTHAM kernel source {KERNEL_SOURCE} not found; looked in "
         + ", ".join(str(c) for c in candidates)
         + " (set SHAREKAN_LUTHAM_SOURCE to the lutham/ directory)"
     )
@@ -120,9 +126,7 @@ def executorch_info() -> dict[str, object]:
         ) from exc
     root = Path(list(executorch.__path__)[0])
     try:
-        from importlib.metadata import version  # noqa: PLC0415
-
-        et_version = version("executorch")
+        et_version = metadata.version("executorch")
     except Exception:  # noqa: BLE001 - a source checkout without metadata
         et_version = "unknown"
     include = root / "include"
@@ -328,9 +332,45 @@ def _strip_group_other_write(path: Path) -> None:
     os.chmod(path, stat.S_IMODE(os.stat(path).st_mode) & ~0o022)
 
 
-def _common_flags(info: dict[str, object]) -> list[str]:
+def build_flags(src_dir: Path) -> dict[str, list[str]]:
+    """The flag sets of `lutham/build_flags.txt` (`LUTHAM_NAME = flag flag ...` lines).
+
+    Raises:
+        LuthamBuildError: the file is missing or lacks a flag set the build uses.
+    """
+    path = src_dir / _FLAGS_FILE
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise LuthamBuildError(f"LUTHAM build flags {path} not readable: {exc}") from exc
+    flags: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition("=")
+        if sep and line.startswith("LUTHAM_"):
+            flags[name.strip()] = value.split()
+    missing = [n for n in _FLAG_SETS if n not in flags]
+    if missing:
+        raise LuthamBuildError(f"LUTHAM build flags {path} lacks {', '.join(missing)}")
+    return flags
+
+
+def _common_flags(info: dict[str, object], flags: dict[str, list[str]]) -> list[str]:
     includes = [f"-I{p}" for p in info["include_dirs"]]  # type: ignore[union-attr]
-    return ["-std=c++17", *_DEFINES, *includes]
+    return [*flags["LUTHAM_STD"], *flags["LUTHAM_DEFINES"], *flags["LUTHAM_WARNINGS"],
+            *includes]
+
+
+def _source_parts(src_dir: Path, names: Sequence[str]) -> list[bytes]:
+    """Name and bytes of each file (globs expanded, sorted), for a build key."""
+    parts: list[bytes] = []
+    for name in names:
+        paths = sorted(src_dir.glob(name)) if "*" in name else [src_dir / name]
+        for path in paths:
+            try:
+                parts += [path.relative_to(src_dir).as_posix().encode(), path.read_bytes()]
+            except OSError as exc:
+                raise LuthamBuildError(f"LUTHAM source {path} not readable: {exc}") from exc
+    return parts
 
 
 def _build_key(parts: Sequence[str | bytes]) -> str:
@@ -384,14 +424,19 @@ def build_library(out_dir: str | os.PathLike[str] | None = None, *, sanitize: bo
         LuthamBuildError: no compiler, no executorch, missing source, or a compile error.
     """
     src_dir = kernel_source()
-    source = src_dir / "lutham_kernel.cpp"
+    source = src_dir / KERNEL_SOURCE
     info = executorch_info()
     cxx = _compiler()
-    flags = [*_common_flags(info), *(_SANITIZE_FLAGS if sanitize else _OPT_FLAGS)]
+    fs = build_flags(src_dir)
+    opt = ([*fs["LUTHAM_SANITIZE_FLAGS"], *fs["LUTHAM_SANITIZE_KERNEL_FLAGS"]] if sanitize
+           else fs["LUTHAM_KERNEL_OPT"])
+    flags = [*_common_flags(info, fs), "-fPIC", *opt]
     lib_dir = str(info["lib_dir"])
     link = ["-shared", f"-L{lib_dir}", "-lexecutorch", f"-Wl,-rpath,{lib_dir}"]
-    key = _build_key([source.read_bytes(), str(info["version"]), lib_dir,
-                      _compiler_version(cxx), *flags, *link])
+    # every file the library's translation unit includes from lutham/ is part of its key
+    sources = _source_parts(src_dir, [KERNEL_SOURCE, _KERNEL_HEADERS, _FLAGS_FILE])
+    key = _build_key([*sources, str(info["version"]), lib_dir, _compiler_version(cxx),
+                      *flags, *link])
     cached = out_dir is None
     if cached:
         target_dir = _make_private_dir(_cache_root(cache_dir()) / key)
@@ -443,9 +488,9 @@ def build_runner(out_dir: str | os.PathLike[str] | None = None, *,
     kernel_lib = build_library(out_dir, sanitize=sanitize)
     info = executorch_info()
     cxx = _compiler()
-    flags = [*_common_flags(info), *(("-O1", "-g", "-fno-omit-frame-pointer",
-                                      "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined")
-                                     if sanitize else ("-O2",))]
+    fs = build_flags(src_dir)
+    flags = [*_common_flags(info, fs),
+             *fs["LUTHAM_SANITIZE_FLAGS" if sanitize else "LUTHAM_RUNNER_OPT"]]
     lib_dir = str(info["lib_dir"])
     kdir = str(kernel_lib.parent)
     link = [f"-L{lib_dir}", f"-L{kdir}", "-Wl,--no-as-needed", "-lsharekan_lutham",
@@ -454,8 +499,8 @@ def build_runner(out_dir: str | os.PathLike[str] | None = None, *,
     target = kernel_lib.parent / RUNNER_NAME
     key_file = kernel_lib.parent / (RUNNER_NAME + ".key")
     # every file the runner's translation unit includes from lutham/ is part of its key
-    headers = [p.read_bytes() for p in sorted(src_dir.glob("*.h"))]
-    key = _build_key([source.read_bytes(), *headers, *flags, *link, _compiler_version(cxx)])
+    sources = _source_parts(src_dir, ["runner.cpp", "*.h", _FLAGS_FILE])
+    key = _build_key([*sources, *flags, *link, _compiler_version(cxx)])
     cached = out_dir is None
     with _file_lock(kernel_lib.parent / ".lock"):
         if not force and os.path.lexists(target) and _read_key(key_file) == key:

@@ -1,0 +1,186 @@
+// LUTHAM kernel: the shared vocabulary of the runtime-neutral kernel (no ExecuTorch types).
+//
+// Constants, overflow-checked arithmetic, the validated layer (`Layer`), the error status
+// every entry returns (`Status`) and the capped scratch allocator. Included by every other
+// header of lutham/kernel/; users include lutham.h.
+
+#pragma once
+
+#include <cstdarg>
+#include <cstdint>
+#include <cstdio>
+#include <memory>
+#include <new>
+
+namespace sharekan {
+namespace lutham {
+
+/// Largest supported spline order k (basis values live in fixed-size stack arrays).
+constexpr int64_t kMaxSplineOrder = 15;
+/// Batches at least this large use the decoded-tile strategy.
+constexpr int64_t kDecodeMinBatch = 12;
+/// The decoded-tile strategy processes the batch in tiles of this many rows (bounds the
+/// scratch memory and keeps a tile's outputs in L2).
+constexpr int64_t kBatchTile = 64;
+/// Cap on the scratch memory of one call, all blocks together (1 GiB: fits a 32-bit
+/// size_t; a compressed layer needs a few MiB).
+constexpr uint64_t kMaxScratchBytes = uint64_t{1} << 30;
+
+/// *out = a * b; false on overflow (then *out is unspecified).
+template <typename T>
+static inline bool checked_mul(T a, T b, T* out) {
+  return !__builtin_mul_overflow(a, b, out);
+}
+
+/// *out = a + b; false on overflow (then *out is unspecified).
+template <typename T>
+static inline bool checked_add(T a, T b, T* out) {
+  return !__builtin_add_overflow(a, b, out);
+}
+
+/// Error class of a failed check; a runtime maps it onto its own (ExecuTorch:
+/// InvalidArgument 0x12, MemoryAllocationFailed 0x21).
+enum class StatusCode { kOk, kInvalidArgument, kMemoryAllocationFailed };
+
+/// Outcome of validation or evaluation: a code and, on failure, the message
+/// (`lutham: <what>`, naming the argument).
+struct Status {
+  StatusCode code = StatusCode::kOk;
+  char message[512] = {0};
+
+  bool ok() const { return code == StatusCode::kOk; }
+};
+
+/// A failed Status with a printf-formatted message.
+__attribute__((format(printf, 2, 3))) static inline Status status_error(StatusCode code,
+                                                                      const char* fmt, ...) {
+  Status st;
+  st.code = code;
+  va_list ap;
+  va_start(ap, fmt);
+  std::vsnprintf(st.message, sizeof st.message, fmt, ap);
+  va_end(ap);
+  return st;
+}
+
+// ---------------------------------------------------------------------------------------
+// The validated layer: plain pointers. Everything past validation assumes its invariants.
+
+enum class CodeType { kU8, kI16, kI32 };
+
+constexpr int64_t kBasisBSpline = 0, kBasisRbf = 1, kBasisChebyshev = 2;
+constexpr int64_t kActSilu = 0, kActGelu = 1;
+
+/// A per-edge (n_in, n_out) tensor stored as int8 or float32; data == nullptr when absent.
+struct EdgeTensor {
+  const void* data = nullptr;
+  bool is_i8 = false;
+};
+
+/// One validated layer. All arrays are C-contiguous.
+struct Layer {
+  int64_t n_in = 0, n_out = 0, K = 0, M = 0, k = 0;
+  const float* grid = nullptr;      // (n_in or 1, M + k + 1), strictly increasing rows
+  bool shared_grid = false;         // grid has one row, the knots of every input
+  const float* codebook = nullptr;  // (K, M)
+  const void* codes = nullptr;      // (n_in, n_out), all in [0, K)
+  CodeType code_type = CodeType::kU8;
+  EdgeTensor gains;                 // (n_in, n_out), present
+  const float* gain_scale = nullptr;       // (n_out,) or nullptr (= ones)
+  EdgeTensor edge_bias;                    // (n_in, n_out) or absent
+  const float* edge_bias_scale = nullptr;  // (n_out,) or nullptr (= ones)
+  const float* out_bias = nullptr;         // (n_out,) or nullptr
+  EdgeTensor base_weight;                  // (n_in, n_out) or absent
+  const float* base_scale = nullptr;       // (n_out,) or nullptr (= ones)
+  int64_t basis = kBasisBSpline;           // kBasis*
+  double h = 1.0;                          // RBF width (basis == kBasisRbf), finite > 0
+  int64_t base_act = kActSilu;             // kAct*
+};
+
+// ---------------------------------------------------------------------------------------
+// The call's inputs as a runtime describes them (validate.h turns them into a Layer).
+
+/// Element type of a tensor (the runtime's dtype mapped onto these; kOther = anything else).
+enum class DType { kUInt8, kInt8, kInt16, kInt32, kInt64, kFloat32, kFloat64, kFloat16,
+                   kBFloat16, kBool, kOther };
+
+/// One tensor argument: data pointer, dtype, rank, the first two sizes (the kernel reads no
+/// others), element count, and whether it is C-contiguous (row-major, no gaps: the runtime's
+/// judgement, e.g. strides and dim order).
+struct TensorView {
+  const void* data = nullptr;
+  DType dtype = DType::kOther;
+  int64_t dim = 0;
+  int64_t sizes[2] = {0, 0};  // sizes[d] for d < min(dim, 2), else 0
+  int64_t numel = 0;
+  bool contiguous = false;
+
+  int64_t size(int64_t d) const { return sizes[d]; }
+};
+
+/// Arguments of one `sharekan::lutham` call (schema in lutham.h). An optional tensor is
+/// absent when it is 1-D of size 0 (any dtype). `out_dtype`: the output's element type
+/// (checked with the inputs; the output's shape is the caller's, (batch, n_out)).
+struct Args {
+  TensorView x, grid, codebook, codes, gains, gain_scale, edge_bias, edge_bias_scale,
+      out_bias, base_weight, base_scale;
+  int64_t k = 0;
+  int64_t basis = 0;
+  double h = 1.0;
+  int64_t base_act = 0;
+  DType out_dtype = DType::kFloat32;
+};
+
+static inline float scale_or_one(const float* s, int64_t o) { return s ? s[o] : 1.0f; }
+
+// ---------------------------------------------------------------------------------------
+// Scratch memory.
+
+/// Outcome of planning or allocating the scratch memory.
+enum class ScratchStatus { kOk, kTooLarge, kNoMemory };
+
+/// Scratch arrays, one heap block each (so AddressSanitizer sees every array's bounds),
+/// freed together. Sizes are computed with overflow checks and their sum is capped at
+/// kMaxScratchBytes; allocation failure is reported, never thrown. A measuring Scratch
+/// only adds up the sizes (returns nullptr), to choose a strategy before allocating.
+class Scratch {
+ public:
+  explicit Scratch(bool measure_only = false) : measure_only_(measure_only) {}
+
+  /// An array of a * b elements of T, or nullptr (measuring, or status() != kOk).
+  template <typename T>
+  T* get(int64_t a, int64_t b = 1) {
+    if (status_ != ScratchStatus::kOk) return nullptr;
+    uint64_t n = 0, bytes = 0;
+    if (a < 0 || b < 0 ||
+        !checked_mul(static_cast<uint64_t>(a), static_cast<uint64_t>(b), &n) ||
+        !checked_mul(n, static_cast<uint64_t>(sizeof(T)), &bytes) ||
+        !checked_add(total_, bytes, &total_) || total_ > kMaxScratchBytes ||
+        used_ == kMaxBlocks) {
+      status_ = ScratchStatus::kTooLarge;
+      return nullptr;
+    }
+    if (measure_only_) {
+      ++used_;
+      return nullptr;
+    }
+    // bytes <= kMaxScratchBytes: fits size_t on every target.
+    auto& block = blocks_[used_++];
+    block.reset(new (std::nothrow) unsigned char[bytes ? static_cast<size_t>(bytes) : 1]);
+    if (!block) status_ = ScratchStatus::kNoMemory;
+    return reinterpret_cast<T*>(block.get());
+  }
+  ScratchStatus status() const { return status_; }
+  bool ok() const { return status_ == ScratchStatus::kOk; }
+
+ private:
+  static constexpr int kMaxBlocks = 16;
+  std::unique_ptr<unsigned char[]> blocks_[kMaxBlocks];
+  int used_ = 0;
+  uint64_t total_ = 0;
+  bool measure_only_;
+  ScratchStatus status_ = ScratchStatus::kOk;
+};
+
+}  // namespace lutham
+}  // namespace sharekan

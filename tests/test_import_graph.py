@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from sharekan import _import_graph
 
-# the benchmark harness is being moved out of the package; drop this line once it is gone
-EXCLUDED = ("sharekan.bench",)
+EXCLUDED: tuple[str, ...] = ()
 
 # Function-level imports of sharekan modules that stay function-level, with the reason:
 # - sharekan.torch (and its submodules) needs torch, an optional dependency: the core
@@ -24,9 +23,6 @@ EXCLUDED = ("sharekan.bench",)
 #   imported, so ops.py imports it on the op's first CUDA dispatch.
 ALLOWED_LAZY = {("sharekan.torch.ops", "sharekan.torch.triton_lutham")}
 
-# Owned by the harness move (cli.py and the demo package); their function-level imports
-# are listed in that work's report. Remove once they import at module level.
-PENDING_LAZY = ("sharekan.cli", "sharekan.demo")
 
 
 def _excluded(module: str, prefixes: tuple[str, ...]) -> bool:
@@ -63,8 +59,7 @@ def test_find_cycle_reports_one():
 
 
 def test_no_function_level_import_of_sharekan_modules():
-    lazy = [e for e in _edges() if e.function_level and not _optional(e)
-            and not _excluded(e.source, PENDING_LAZY)]
+    lazy = [e for e in _edges() if e.function_level and not _optional(e)]
     assert not lazy, "function-level imports of sharekan modules:\n" + "\n".join(
         f"  {e.source}:{e.line} imports {e.target}" for e in lazy)
 

@@ -9,7 +9,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from . import compress
+from .artifact import load, read
+from .checkpoints import read_checkpoint, write_checkpoint
+from .compiler import dense_layer_forward
+from .config import Config
+from .default_model import load_default
+from .demo import run_demo
 from .errors import ShareKanError
+from .export import export_pte
+from .layouts import detect_layout
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -34,7 +43,6 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace, default_k: int):
-    from .config import Config
 
     return Config(
         codebook_size=args.codebook_size or default_k,
@@ -51,12 +59,9 @@ def _config(args: argparse.Namespace, default_k: int):
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    from . import compress
-    from .checkpoints import read_checkpoint
 
     test = None
     if args.checkpoint is None:
-        from .default_model import load_default
 
         state_dict, test_x, test_y = load_default()
         cfg = _config(args, default_k=64)
@@ -84,8 +89,6 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 
 def _print_default_accuracy(state_dict, model, test_x: np.ndarray, test_y: np.ndarray) -> None:
-    from .compiler import dense_layer_forward
-    from .layouts import detect_layout
 
     started = time.perf_counter()
     dense = test_x.astype(np.float64)
@@ -102,7 +105,6 @@ def _print_default_accuracy(state_dict, model, test_x: np.ndarray, test_y: np.nd
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .artifact import load, read
 
     tensors, metadata = read(args.artifact)
     model = load(args.artifact)
@@ -122,8 +124,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_decompress(args: argparse.Namespace) -> int:
-    from .artifact import load
-    from .checkpoints import write_checkpoint
 
     state_dict = load(args.artifact).decompress()
     write_checkpoint(state_dict, args.output)
@@ -132,8 +132,6 @@ def cmd_decompress(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .artifact import load
-    from .export import export_pte
 
     model = load(args.artifact)
     if model.source_layout != "efficient-kan":
@@ -163,7 +161,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
 
     run_demo(cache_dir=args.cache_dir, quick=args.quick)
     return 0

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 import sharekan
-from sharekan import _core
+from sharekan import _core, lutham
+from sharekan.export import export_pte
 
 from . import metrics as M
 from .data import FASHION_MNIST_DIR
@@ -216,9 +217,6 @@ def _executorch(head, comp, x_test, dense_logits, y_test, out_dir: Path, reps: i
         import torch
 
         from executorch.runtime import Runtime
-
-        from sharekan import lutham
-        from sharekan.export import export_pte
     except Exception as exc:  # noqa: BLE001 - optional: report why it was skipped
         log(f"  skipped: {type(exc).__name__}: {exc}")
         return {"skipped": f"{type(exc).__name__}: {exc}"}

@@ -54,7 +54,9 @@ def write_checkpoint(state_dict: Mapping[str, np.ndarray], path: str | os.PathLi
     if suffix == ".safetensors":
         _core.save_safetensors(path, arrays, {"format": "pt"})
     elif suffix == ".npz":
-        np.savez(path, **arrays)
+        # allow_pickle spelled out (numpy's default): a tensor named "allow_pickle" is then
+        # an error, as one named "file" already is, instead of silently becoming the flag
+        np.savez(path, allow_pickle=True, **arrays)
     elif suffix in (".pt", ".pth"):
         import torch
 

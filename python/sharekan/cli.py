@@ -143,6 +143,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .torch import KAN, LuthamLinear
 
     layers = list(model.layers.values())
+    net: torch.nn.Module
     if args.dense:
         widths = [layers[0].n_in] + [layer.n_out for layer in layers]
         first = layers[0]

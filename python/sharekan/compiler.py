@@ -145,6 +145,7 @@ def compress(
         ):
             compiled[layer.name] = (layer, extra, make_report)
     if uses_compensate:
+        assert model_inputs is not None  # compensate=True raised above without model inputs
         _compensate(sources, compiled, cfg, model_inputs, sensitivities)
     notify(None)
 
@@ -208,11 +209,13 @@ def _compile_group(
         )
     started = time.perf_counter()
     per_edge: list[np.ndarray | None] = [None] * len(members)
+    output_edges: list[np.ndarray] = []  # per_edge's metrics when metric == "output"
     if gcfg.metric == "output":
         # one metric per edge (first-order model-output error); the k-means starts from
         # their mean, then Lloyd iterations refine the codebook under the per-edge metrics
-        per_edge = [edge_metrics(s, calib[s.name], sensitivities[s.name]) for s in members]
-        metrics = [r.mean(axis=0) for r in per_edge]  # type: ignore[union-attr]
+        output_edges = [edge_metrics(s, calib[s.name], sensitivities[s.name]) for s in members]
+        per_edge = [*output_edges]
+        metrics = [r.mean(axis=0) for r in output_edges]
     else:
         metrics = [layer_metric(s, gcfg.metric, calib) for s in members]
     weights = np.array([s.n_in * s.n_out for s in members], dtype=np.float64)
@@ -228,7 +231,7 @@ def _compile_group(
         [float(v) for v in raw["objective"]],
     )
     if gcfg.metric == "output":
-        all_edges = np.concatenate(per_edge)  # type: ignore[arg-type]  # (E, M, M)
+        all_edges = np.concatenate(output_edges)  # (E, M, M)
         book, codes, _ = lloyd_refine(all_edges, coeffs, fit.codebook, fit.codes)
         gains, _ = edge_gain_bias(all_edges, coeffs, book, codes.astype(np.int64))
         fit = dataclasses.replace(fit, codebook=book, codes=codes, gains=gains)
@@ -487,7 +490,7 @@ def _layer_report(
             approx = dense_layer_forward(source, x, layer.decoded_coeffs(), layer.base_weights())
         if approx is not None:
             dense = dense_layer_forward(source, x)
-            err = np.linalg.norm(dense - approx) / max(np.linalg.norm(dense), 1e-300)
+            err = np.linalg.norm(dense - approx) / max(float(np.linalg.norm(dense)), 1e-300)
             output_sqnr = -20.0 * np.log10(err) if err > 0 else float("inf")
     return LayerReport(
         name=source.name,
@@ -508,7 +511,7 @@ def _layer_report(
         bytes_source=sum(np.dtype(i.dtype).itemsize * int(np.prod(i.shape)) for i in infos),
         bytes_compressed=sum(tensor_bytes.values()),
         tensor_bytes=tensor_bytes,
-        coeff_rel_err=float(np.linalg.norm(diff) / max(np.linalg.norm(flat_w), 1e-300)),
+        coeff_rel_err=float(np.linalg.norm(diff) / max(float(np.linalg.norm(flat_w)), 1e-300)),
         func_rel_err=float(np.sqrt(func_num / func_den)) if func_den > 0 else 0.0,
         max_abs_dphi=_max_abs_dphi(source, w - w_hat),
         codebook_utilisation=used / layer.codebook_size,

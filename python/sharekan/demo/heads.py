@@ -56,7 +56,7 @@ def build_head(recipe: HeadRecipe):  # -> torch.nn.Module
     import torch
     from torch import nn
 
-    from ..torch import KAN
+    from ..torch import KAN, KANLinear
 
     torch.manual_seed(recipe.seed)
     if recipe.kind == "mlp":
@@ -69,9 +69,11 @@ def build_head(recipe: HeadRecipe):  # -> torch.nn.Module
     model = KAN(list(recipe.widths), grid_size=recipe.grid_size, spline_order=recipe.spline_order)
     if recipe.kind == "kan_spline_first":
         # the first layer has no base branch: its prediction goes through the splines
+        first = model.layers[0]
+        assert isinstance(first, KANLinear)  # KAN's layers are KANLinear
         with torch.no_grad():
-            model.layers[0].base_weight.zero_()
-        model.layers[0].base_weight.requires_grad_(False)
+            first.base_weight.zero_()
+        first.base_weight.requires_grad_(False)
     elif recipe.kind != "kan":
         raise ValueError(f"unknown head kind {recipe.kind!r}")
     return model
@@ -160,12 +162,12 @@ def kan_forward(state_dict: Mapping[str, np.ndarray], x: np.ndarray, *, batch: i
     with torch.inference_mode():
         for start in range(0, len(x), batch):
             h = torch.from_numpy(np.ascontiguousarray(x[start : start + batch], dtype=np.float32))
-            for w, base, grid, k in layers:
+            for w, base_w, grid, k in layers:
                 out = torch.zeros(h.shape[0], w.shape[0])
                 if spline:
                     out = out + F.linear(bspline_basis(h, grid, k).reshape(h.shape[0], -1), w)
-                if base is not None:
-                    out = out + F.linear(F.silu(h), base)
+                if base_w is not None:
+                    out = out + F.linear(F.silu(h), base_w)
                 h = out
             outs.append(h.numpy())
     return np.concatenate(outs)

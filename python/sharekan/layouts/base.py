@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -154,7 +154,10 @@ class TensorInfo:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, object]) -> TensorInfo:
-        return cls(str(d["key"]), tuple(int(v) for v in d["shape"]), str(d["dtype"]))  # type: ignore[union-attr]
+        key, shape = str(d["key"]), d["shape"]
+        if not isinstance(shape, Iterable):
+            raise TypeError(f"tensor info {key!r}: shape {shape!r} is not a sequence")
+        return cls(key, tuple(int(v) for v in shape), str(d["dtype"]))
 
 
 @dataclass(frozen=True)

@@ -136,10 +136,10 @@ class EfficientKanLayout:
             scaler = source["spline_scaler"]
             out[scaler.key] = np.ones(scaler.shape, dtype=scaler.dtype)  # folded into the weights
         if "base_weight" in source:
-            info = source["base_weight"]
+            base_info = source["base_weight"]
             if base_weight is None:  # base="fold": the branch now lives in the coefficients
-                out[info.key] = np.zeros(info.shape, dtype=info.dtype)
+                out[base_info.key] = np.zeros(base_info.shape, dtype=base_info.dtype)
             else:
-                out[info.key] = np.ascontiguousarray(base_weight.T).astype(info.dtype)
+                out[base_info.key] = np.ascontiguousarray(base_weight.T).astype(base_info.dtype)
         out[source["grid"].key] = grid.astype(source["grid"].dtype)
         return out

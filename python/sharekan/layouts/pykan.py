@@ -147,8 +147,8 @@ class PykanLayout:
         if mode == "ones":
             mask = np.ones((n_in, n_out))
         elif mode == "bits":
-            mask = _core.unpack_codes(extras["mask_bits"], 1, n_in * n_out).reshape(n_in, n_out)
-            mask = mask.astype(np.float64)
+            bits = _core.unpack_codes(extras["mask_bits"], 1, n_in * n_out)
+            mask = bits.reshape(n_in, n_out).astype(np.float64)
         else:
             mask = extras["mask"].astype(np.float64)
         live = mask != 0

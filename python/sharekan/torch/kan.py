@@ -78,13 +78,14 @@ def _uniform_basis(x: torch.Tensor, grid: torch.Tensor, k: int) -> torch.Tensor:
     u = (t - cell).unsqueeze(-1)
     local = [torch.ones_like(u)]
     for d in range(1, k + 1):
-        nxt = []
+        nxt: list[torch.Tensor] = []
         for m in range(d + 1):
-            v = 0
+            v: torch.Tensor | int = 0
             if m >= 1:
                 v = (u + (d - m)) * local[m - 1]
             if m < d:
                 v = v + ((m + 1) - u) * local[m]
+            assert isinstance(v, torch.Tensor)  # d >= 1, so m >= 1 or m < d made it a tensor
             nxt.append(v / d)
         local = nxt
     values = torch.cat(local, dim=-1) * inside.unsqueeze(-1).to(x.dtype)  # (batch, n_in, k + 1)
@@ -105,6 +106,8 @@ class KANLinear(nn.Module):
     spline_scaler (n_out, n_in); grid buffer (n_in, G + 2k + 1), uniform on
     `grid_range` extended by k intervals on each side.
     """
+
+    grid: torch.Tensor  # registered buffer (declared for type checkers)
 
     def __init__(
         self,

@@ -87,6 +87,20 @@ class LuthamLinear(nn.Module):
     forward: x (..., n_in) -> (..., n_out) float32.
     """
 
+    # Registered buffers (declared for type checkers; nn.Module.__getattr__ serves them).
+    grid: torch.Tensor
+    codebook: torch.Tensor
+    codes: torch.Tensor
+    gains: torch.Tensor
+    gain_scale: torch.Tensor
+    edge_bias: torch.Tensor
+    edge_bias_scale: torch.Tensor
+    out_bias: torch.Tensor
+    base_weight: torch.Tensor
+    base_scale: torch.Tensor
+    basis_params: torch.Tensor
+    layer_name: str
+
     def __init__(self, tensors: Mapping[str, Any]) -> None:
         super().__init__()
         for name in BUFFERS:
@@ -223,6 +237,15 @@ class LuthamKANLayer(nn.Module):
 
     forward: x (..., n_in) -> (..., n_out) float32.
     """
+
+    # Registered buffers (declared for type checkers; nn.Module.__getattr__ serves them).
+    norm_weight: torch.Tensor
+    norm_bias: torch.Tensor
+    base_weight: torch.Tensor
+    base_scale: torch.Tensor
+    base_bias: torch.Tensor
+    kan_params: torch.Tensor
+    layer_name: str
 
     def __init__(self, lutham: LuthamLinear, *, split: bool, post_norm: bool, eps: float,
                  activation: str | None, tensors: Mapping[str, Any]) -> None:
@@ -484,7 +507,7 @@ def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
 
 def _kan_modules(model: nn.Module, filter_fn: Callable[[nn.Module, str], bool] | None
                  ) -> list[tuple[str, nn.Module]]:
-    found = []
+    found: list[tuple[str, nn.Module]] = []
     for name, mod in model.named_modules():
         if kan_layer_kind(mod) is not None and (filter_fn is None or filter_fn(mod, name)):
             # nested KAN layers inside an already selected one are not separate layers

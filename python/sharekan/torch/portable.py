@@ -102,6 +102,7 @@ def _bspline(x: torch.Tensor, grid: torch.Tensor, k: int, m: int) -> torch.Tenso
                 if t < d:
                     r = (gw[p + d + 1] - xs) / (gw[p + d + 1] - gw[p + 1]) * level[t]
                     v = r if v is None else v + r
+                assert v is not None  # d >= 1, so t >= 1 or t < d assigned it
                 nxt.append(v)
             level = nxt
         vals = torch.stack(level, dim=-1)  # (b, n_in, k + 1): bases j - k .. j

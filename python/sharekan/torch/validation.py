@@ -72,12 +72,18 @@ class LuthamArgs:
     def contiguous(self) -> LuthamArgs:
         """The same bundle with every tensor detached and C-contiguous (copied only where
         it is not), for kernels that index raw pointers."""
-        def c(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.detach().contiguous()
+        def c(t: torch.Tensor) -> torch.Tensor:
+            return t.detach().contiguous()
+
+        def c_opt(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else c(t)
 
         return dataclasses.replace(
-            self, **{f.name: c(getattr(self, f.name)) for f in dataclasses.fields(self)
-                     if f.name in ("x", "grid", "codebook", "codes", "gains", *_OPTIONAL)})
+            self, x=c(self.x), grid=c(self.grid), codebook=c(self.codebook), codes=c(self.codes),
+            gains=c(self.gains), gain_scale=c_opt(self.gain_scale),
+            edge_bias=c_opt(self.edge_bias), edge_bias_scale=c_opt(self.edge_bias_scale),
+            out_bias=c_opt(self.out_bias), base_weight=c_opt(self.base_weight),
+            base_scale=c_opt(self.base_scale))
 
 
 # ---- host checks --------------------------------------------------------------------------
@@ -360,21 +366,27 @@ def validate(
         if t.dtype == torch.float32:
             checks.append((lambda: _all_finite(t), lambda: _first_nonfinite(name, t)))
 
+    def scale_without_weights(sname: str, wname: str) -> None:
+        checks.append((lambda: False, lambda: InvalidInputError(
+            f"invalid value for `{sname}`: given without {wname}")))
+
+    def vector(name: str, v: torch.Tensor) -> None:
+        checks.append((lambda: v.shape[0] == n_out, lambda: ShapeError(
+            f"wrong shape for `{name}`: expected (n_out,) = ({n_out},), got {_shape(v)}")))
+        checks.append((lambda: _all_finite(v), lambda: _first_nonfinite(name, v)))
+
     edge("gains", gains)
     for wname, sname in (("edge_bias", "edge_bias_scale"), ("base_weight", "base_scale")):
         w = opt[wname]
         if w is not None:
             edge(wname, w)
         elif opt[sname] is not None:
-            checks.append((lambda: False, lambda s=sname, w=wname: InvalidInputError(
-                f"invalid value for `{s}`: given without {w}")))
+            scale_without_weights(sname, wname)
     for name in ("gain_scale", "edge_bias_scale", "out_bias", "base_scale"):
         v = opt[name]
         if v is None:
             continue
-        checks.append((lambda v=v: v.shape[0] == n_out, lambda v=v, name=name: ShapeError(
-            f"wrong shape for `{name}`: expected (n_out,) = ({n_out},), got {_shape(v)}")))
-        checks.append((lambda v=v: _all_finite(v), lambda v=v, name=name: _first_nonfinite(name, v)))
+        vector(name, v)
     _run_checks(checks)
     return LuthamArgs(x, grid, codebook, codes, gains, opt["gain_scale"], opt["edge_bias"],
                       opt["edge_bias_scale"], opt["out_bias"], opt["base_weight"],

@@ -372,9 +372,9 @@ def _store_scalars(
     and base weights (n_in, n_out) or None, as CompressedLayer fields."""
     n_out = gains.shape[1]
     if cfg.int8:
-        gains_stored, gains_scale = _core.quantize_sym(np.ascontiguousarray(gains), 1, cfg.gain_bits)
+        gains_stored, gain_scale = _core.quantize_sym(np.ascontiguousarray(gains), 1, cfg.gain_bits)
     else:
-        gains_stored, gains_scale = gains.astype(np.float32), np.ones(n_out, dtype=np.float32)
+        gains_stored, gain_scale = gains.astype(np.float32), np.ones(n_out, dtype=np.float32)
     edge_bias = edge_bias_scale = out_bias = None
     if folded:
         out_bias = bias.astype(np.float32)
@@ -391,7 +391,7 @@ def _store_scalars(
             base = base_weight.astype(np.float32)
     return {
         "gains": gains_stored,
-        "gains_scale": gains_scale,
+        "gain_scale": gain_scale,
         "edge_bias": edge_bias,
         "edge_bias_scale": edge_bias_scale,
         "out_bias": out_bias,

@@ -25,7 +25,7 @@ from .layouts import (
     evaluator_support,
     get_layout,
 )
-from .layouts.base import LUTHAM_BASE_ACT, LUTHAM_BASIS
+from .layouts.adapter import LUTHAM_BASE_ACT, LUTHAM_BASIS
 from .report import Report
 from .validation import float_array, to_numpy
 
@@ -35,7 +35,7 @@ class CompressedLayer:
     """One compressed KAN layer. Per-edge arrays are input-major (n_in, n_out).
 
     Decoded coefficients of edge (i, o):
-    ``gains[i,o]*gains_scale[o] * codebook[codes[i,o]] + bias[i,o] * 1`` where the bias is
+    ``gains[i,o]*gain_scale[o] * codebook[codes[i,o]] + bias[i,o] * 1`` where the bias is
     ``edge_bias[i,o]*edge_bias_scale[o]`` (per-edge mode) or ``out_bias[o] / n_in`` spread
     over the inputs (folded mode: exact while inputs stay inside the grid).
     """
@@ -54,7 +54,7 @@ class CompressedLayer:
     codebook_scale: np.ndarray | None
     codes: np.ndarray
     gains: np.ndarray
-    gains_scale: np.ndarray
+    gain_scale: np.ndarray
     edge_bias: np.ndarray | None
     edge_bias_scale: np.ndarray | None
     out_bias: np.ndarray | None
@@ -101,7 +101,7 @@ class CompressedLayer:
 
     def edge_gains(self) -> np.ndarray:
         """(n_in, n_out) float64 gains."""
-        out = dequant(self.gains, self.gains_scale)
+        out = dequant(self.gains, self.gain_scale)
         assert out is not None
         return out
 
@@ -163,7 +163,7 @@ class CompressedLayer:
             "codebook": self.codebook,
             "codes": self.codes.astype(code_dtype(self.codebook_size)),
             "gains": self.gains,
-            "gain_scale": self.gains_scale,
+            "gain_scale": self.gain_scale,
             "edge_bias": self.edge_bias,
             "edge_bias_scale": self.edge_bias_scale,
             "out_bias": self.out_bias,

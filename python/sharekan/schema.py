@@ -47,8 +47,8 @@ from ._version import __version__
 from .config import MAX_CODEBOOK_SIZE
 from .errors import ArtifactError
 from .layouts import Semantics, TensorInfo, basis_from_dict
-from .layouts.base import BASE_ACTIVATIONS
-from .layouts.bases import BASIS_KINDS
+from .layouts.adapter import BASE_ACTIVATIONS
+from .layouts.basis import BASIS_KINDS
 
 if TYPE_CHECKING:
     from .compressed import CompressedLayer, CompressedModel
@@ -101,7 +101,7 @@ def layer_tensors(layer: CompressedLayer) -> dict[str, np.ndarray]:
         ),
         "grid": np.ascontiguousarray(layer.grid[:1]) if shared else layer.grid,
     }
-    _put_weight(out, "gains", layer.gains, layer.gains_scale)
+    _put_weight(out, "gains", layer.gains, layer.gain_scale)
     if layer.edge_bias is not None:
         _put_weight(out, "edge_bias", layer.edge_bias, layer.edge_bias_scale)
     if layer.out_bias is not None:
@@ -152,7 +152,7 @@ def layer_fields(
         raise ArtifactError(
             f"layer {meta['name']!r}: stored code {int(codes.max())} >= K = {meta['codebook_size']}"
         )
-    gains, gains_scale = _get_weight(tensors, "gains", (n_in, n_out))
+    gains, gain_scale = _get_weight(tensors, "gains", (n_in, n_out))
     edge_bias, edge_bias_scale = _get_weight(tensors, "edge_bias", (n_in, n_out))
     base, base_scale = _get_weight(tensors, "base_weight", (n_in, n_out))
     if "codebook_q" in codebook:
@@ -160,8 +160,8 @@ def layer_fields(
         book = (cq.astype(np.float32) * cs[:, None]).astype(np.float32)
     else:
         cq, cs, book = None, None, codebook["codebook"]
-    if gains_scale is None:
-        gains_scale = np.ones(n_out, dtype=np.float32)
+    if gain_scale is None:
+        gain_scale = np.ones(n_out, dtype=np.float32)
     grid = np.ascontiguousarray(
         np.broadcast_to(tensors["grid"], (n_in, tensors["grid"].shape[-1]))
     )
@@ -183,7 +183,7 @@ def layer_fields(
         "codebook_scale": cs,
         "codes": codes.reshape(n_in, n_out),
         "gains": gains,
-        "gains_scale": gains_scale,
+        "gain_scale": gain_scale,
         "edge_bias": edge_bias,
         "edge_bias_scale": edge_bias_scale,
         "out_bias": tensors.get("out_bias"),

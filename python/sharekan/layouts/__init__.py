@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInputError, LayoutError
-from .base import (
+from .adapter import (
     Extraction,
     LayerSource,
     Layout,
@@ -25,7 +25,7 @@ from .base import (
     UnsupportedLayerError,
     evaluator_support,
 )
-from .bases import RBF, Basis, BSpline, Chebyshev, Gram, as_basis, basis_from_dict, uniform_knots
+from .basis import RBF, Basis, BSpline, Chebyshev, Gram, as_basis, basis_from_dict, uniform_knots
 from .chebykan import ChebyKanLayout
 from .convkan import KagnConvLayout, KanConvLayout
 from .efficient_kan import EfficientKanLayout

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import LayoutError, ShapeError
 from ..validation import float_array
-from .base import Extraction, LayerSource, TensorEntry
+from .adapter import Extraction, LayerSource, TensorEntry
 
 PASSTHROUGH_REASON = "not part of a KAN layer; stored unchanged"
 

@@ -19,8 +19,8 @@ import numpy as np
 
 from ..errors import LayoutError
 from ._common import ledger, natural_key, prefix_key, tensor
-from .base import Extraction, LayerSource, Semantics, TensorInfo
-from .bases import Chebyshev
+from .adapter import Extraction, LayerSource, Semantics, TensorInfo
+from .basis import Chebyshev
 
 NAME = "chebykan"
 _COEFFS = re.compile(r"^(?:(?P<prefix>.*)\.)?cheby_coeffs$")

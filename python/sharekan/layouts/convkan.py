@@ -29,8 +29,8 @@ import numpy as np
 
 from ..errors import InvalidInputError, LayoutError
 from ._common import ledger, natural_key, prefix_key, tensor
-from .base import BASE_ACTIVATIONS, Extraction, LayerSource, Semantics, TensorInfo
-from .bases import BSpline, Gram, uniform_knots
+from .adapter import BASE_ACTIVATIONS, Extraction, LayerSource, Semantics, TensorInfo
+from .basis import BSpline, Gram, uniform_knots
 
 KANCONV = "torch-conv-kan"
 KAGNCONV = "torch-conv-kagn"

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import LayoutError, ShapeError
 from ..validation import float_array
-from .base import Extraction, LayerSource, TensorEntry, TensorInfo
+from .adapter import Extraction, LayerSource, TensorEntry, TensorInfo
 
 NAME = "efficient-kan"
 _SPLINE = re.compile(r"^(?P<prefix>.*)\.spline_weight$|^spline_weight$")

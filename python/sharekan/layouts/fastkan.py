@@ -27,8 +27,8 @@ import numpy as np
 
 from ..errors import InvalidInputError, LayoutError
 from ._common import ledger, natural_key, prefix_key, tensor
-from .base import BASE_ACTIVATIONS, Extraction, LayerSource, Semantics, TensorInfo
-from .bases import RBF
+from .adapter import BASE_ACTIVATIONS, Extraction, LayerSource, Semantics, TensorInfo
+from .basis import RBF
 
 NAME = "fastkan"
 _SPLINE = re.compile(r"^(?:(?P<prefix>.*)\.)?spline_linear\.weight$")

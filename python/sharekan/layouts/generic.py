@@ -25,8 +25,8 @@ import numpy as np
 
 from ..errors import InvalidInputError, LayoutError
 from ._common import ledger, tensor
-from .base import BASE_ACTIVATIONS, Extraction, LayerSource, Semantics, TensorInfo
-from .bases import Basis, as_basis
+from .adapter import BASE_ACTIVATIONS, Extraction, LayerSource, Semantics, TensorInfo
+from .basis import Basis, as_basis
 
 NAME = "generic"
 _AXES = ("in", "out", "coef")

@@ -28,7 +28,7 @@ import numpy as np
 from .. import _core
 from ..errors import InvalidInputError, LayoutError
 from ._common import check_knots, ledger, natural_key, prefix_key, tensor
-from .base import BASE_ACTIVATIONS, Extraction, LayerSource, Semantics, TensorInfo
+from .adapter import BASE_ACTIVATIONS, Extraction, LayerSource, Semantics, TensorInfo
 
 NAME = "pykan"
 _COEF = re.compile(r"^(?:(?P<prefix>.*)\.)?coef$")

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import InvalidInputError, LayoutError
 from ._common import check_knots, ledger, natural_key, prefix_key, tensor
-from .base import BASE_ACTIVATIONS, Extraction, LayerSource, Semantics, TensorInfo
+from .adapter import BASE_ACTIVATIONS, Extraction, LayerSource, Semantics, TensorInfo
 
 NAME = "torchkan"
 _SPLINE = re.compile(r"^(?:(?P<prefix>.*)\.)?spline_weights\.(?P<layer>\d+)$")

@@ -80,14 +80,14 @@ fn bspline_gram<'py>(
 fn spherical_kmeans<'py>(
     py: Python<'py>,
     residuals: &Bound<'py, PyAny>,
-    k: i64,
+    n_codes: i64,
     n_iter: i64,
     tol: f64,
     seed: u64,
 ) -> PyResult<Bound<'py, PyDict>> {
     let residuals = array2::<f64>(residuals, "residuals")?;
     let view = residuals.as_array();
-    let params = kmeans_params(count(py, k, "k")?, count(py, n_iter, "n_iter")?, tol, seed);
+    let params = kmeans_params(count(py, n_codes, "n_codes")?, count(py, n_iter, "n_iter")?, tol, seed);
     let res = run_core(py, "spherical_kmeans", || {
         kmeans::spherical_kmeans(view, &params)
     })?;
@@ -107,7 +107,7 @@ fn gsb_fit<'py>(
     py: Python<'py>,
     coeffs: &Bound<'py, PyAny>,
     metric: &Bound<'py, PyAny>,
-    k: i64,
+    n_codes: i64,
     n_iter: i64,
     tol: f64,
     seed: u64,
@@ -115,7 +115,7 @@ fn gsb_fit<'py>(
     let coeffs = array2::<f64>(coeffs, "coeffs")?;
     let metric = array2::<f64>(metric, "metric")?;
     let (cv, mv) = (coeffs.as_array(), metric.as_array());
-    let params = kmeans_params(count(py, k, "k")?, count(py, n_iter, "n_iter")?, tol, seed);
+    let params = kmeans_params(count(py, n_codes, "n_codes")?, count(py, n_iter, "n_iter")?, tol, seed);
     let fit = run_core(py, "gsb_fit", || gsb::fit(cv, mv, &params))?;
     let out = PyDict::new(py);
     out.set_item("codebook", fit.codebook.into_pyarray(py))?;
@@ -215,15 +215,14 @@ fn unpack_nibbles<'py>(
     Ok(Array1::from(values).into_pyarray(py))
 }
 
-/// Bits per code for a codebook of `k` words: ceil(log2 k), 0 when k == 1.
+/// Bits per code for a codebook of `n_codes` words: ceil(log2 n_codes), 0 when it is 1.
 #[pyfunction]
-fn bits_for(py: Python<'_>, k: i64) -> PyResult<u32> {
-    // `k` is the Python keyword; the codebook size is `n_codes` in Rust.
-    let n_codes = count(py, k, "k")?;
+fn bits_for(py: Python<'_>, n_codes: i64) -> PyResult<u32> {
+    let n_codes = count(py, n_codes, "n_codes")?;
     if n_codes == 0 {
         return Err(invalid(
             py,
-            "k: the codebook size must be at least 1, got 0",
+            "n_codes: the codebook size must be at least 1, got 0",
         ));
     }
     Ok(quant::bits_for(n_codes))

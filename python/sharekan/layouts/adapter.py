@@ -9,7 +9,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..errors import InvalidInputError
-from .bases import Basis, BSpline
+from .basis import Basis, BSpline
 
 
 class UnsupportedLayerError(InvalidInputError, NotImplementedError):

@@ -2,9 +2,11 @@
 numerical loop (k-means, gain/bias fitting, int8, bit packing, evaluation) runs in Rust.
 
 The pieces it drives live in their own modules: the fit metrics (`sharekan.metrics`),
-base-branch and bias folding (`sharekan.folding`), the output metric and compensation
-(`sharekan.refine`) and the dense float64 layer (`sharekan.dense`). Their names used to be
-defined here and stay importable from this module."""
+base-branch and bias folding (`sharekan.folding`), the output metric and the compensation
+math (`sharekan.refine`), the compensation loop over the layers (`sharekan.compensation`),
+the stored scalars (`sharekan.scalars`), the per-layer report (`sharekan.layer_report`) and
+the dense float64 layer (`sharekan.dense`). Their names used to be defined here and stay
+importable from this module."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import _core
+from .compensation import compensate_layers
 from .compressed import CompressedLayer, CompressedModel
 from .config import Config
 from .dense import dense_evaluable, dense_layer_forward
@@ -27,17 +30,18 @@ from .folding import (
     fraction_outside_grid,
     inputs_inside_grid,
 )
+from .layer_report import DPHI_POINTS_PER_INTERVAL, build_layer_report
 from .layouts import LayerSource, Layout, detect_layout, get_layout
 from .metrics import function_metric, layer_metric
 from .refine import (
     check_chain,
-    compensate_output,
     edge_gain_bias,
     edge_metrics,
     lloyd_refine,
     output_sensitivities,
 )
 from .report import LayerReport, Report
+from .scalars import store_scalars
 from .validation import as_state_dict, float_array, to_numpy
 
 __all__ = [
@@ -52,10 +56,6 @@ __all__ = [
     "layer_metric",
     "lloyd_refine",
 ]
-
-#: Points per knot interval where max |d phi| is measured.
-DPHI_POINTS_PER_INTERVAL = 8
-
 
 def compress(
     state_dict: Mapping[str, Any],
@@ -146,7 +146,7 @@ def compress(
             compiled[layer.name] = (layer, extra, make_report)
     if uses_compensate:
         assert model_inputs is not None  # compensate=True raised above without model inputs
-        _compensate(sources, compiled, cfg, model_inputs, sensitivities)
+        compensate_layers(sources, compiled, cfg, model_inputs, sensitivities)
     notify(None)
 
     layers = {s.name: compiled[s.name][0] for s in sources}
@@ -281,11 +281,10 @@ def _compile_group(
             metric: np.ndarray = metric,
             index: int = index,
         ) -> LayerReport:
-            return _layer_report(
+            return build_layer_report(
                 source,
                 layer,
                 lcfg,
-                fit,
                 flat_gain,
                 extra,
                 # the function metric the fit used is the Gram the report needs: reuse it
@@ -293,6 +292,9 @@ def _compile_group(
                 with_codebook=index == 0,
                 calib=calib,
                 seconds=extra["seconds"],
+                kmeans_iterations=fit.iterations,
+                kmeans_converged=fit.converged,
+                objective=fit.objective,
             )
 
         notify(source.name)  # one step per finished layer
@@ -327,7 +329,7 @@ def _compile_layer(
         bias_mode = "edge"
     if bias_mode == "auto":
         bias_mode = "fold" if inputs_inside_grid(source, cfg, calib) else "edge"
-    stored = _store_scalars(
+    stored = store_scalars(
         cfg,
         gains,
         biases.sum(axis=0) if bias_mode == "fold" else biases,
@@ -359,185 +361,6 @@ def _compile_layer(
         extras=dict(source.extras),
     )
     return layer, {"bias_mode": bias_mode, "prefold_biases": biases}
-
-
-def _store_scalars(
-    cfg: Config,
-    gains: np.ndarray,
-    bias: np.ndarray,
-    folded: bool,
-    base_weight: np.ndarray | None,
-) -> dict[str, Any]:
-    """The stored (quantised) gains (n_in, n_out), biases ((n_out,) folded or (n_in, n_out))
-    and base weights (n_in, n_out) or None, as CompressedLayer fields."""
-    n_out = gains.shape[1]
-    if cfg.int8:
-        gains_stored, gain_scale = _core.quantize_sym(np.ascontiguousarray(gains), 1, cfg.gain_bits)
-    else:
-        gains_stored, gain_scale = gains.astype(np.float32), np.ones(n_out, dtype=np.float32)
-    edge_bias = edge_bias_scale = out_bias = None
-    if folded:
-        out_bias = bias.astype(np.float32)
-    elif cfg.int8:
-        edge_bias, edge_bias_scale = _core.quantize_i8(np.ascontiguousarray(bias), 1)
-    else:
-        edge_bias = bias.astype(np.float32)
-    base = base_scale = None
-    if base_weight is not None:
-        if cfg.base in ("int8", "int4", "fold"):  # "fold" lands here only where it was refused
-            bits = 4 if cfg.base == "int4" else 8
-            base, base_scale = _core.quantize_sym(np.ascontiguousarray(base_weight), 1, bits)
-        else:
-            base = base_weight.astype(np.float32)
-    return {
-        "gains": gains_stored,
-        "gain_scale": gain_scale,
-        "edge_bias": edge_bias,
-        "edge_bias_scale": edge_bias_scale,
-        "out_bias": out_bias,
-        "base_weight": base,
-        "base_scale": base_scale,
-    }
-
-
-def _compressed_forward(source: LayerSource, layer: CompressedLayer, x: np.ndarray) -> np.ndarray:
-    """The compressed layer on x (batch, n_in) -> (batch, n_out) float64 (LUTHAM where it runs)."""
-    if layer.unsupported_reason() is None:
-        return layer.forward(x).astype(np.float64)
-    return dense_layer_forward(source, x, layer.decoded_coeffs(), layer.base_weights())
-
-
-def _compensate(
-    sources: list[LayerSource],
-    compiled: dict[str, tuple[CompressedLayer, dict[str, Any], Callable[..., LayerReport]]],
-    cfg: Config,
-    x: np.ndarray,
-    sensitivities: Mapping[str, np.ndarray],
-) -> None:
-    """compensate=True: in forward order, refit each layer's gains, base weights and biases
-    (codes and codebook fixed) so that on the compressed model's activations it matches the
-    dense layer on the dense activations, weighted by the output sensitivities; then store
-    them quantised as `_compile_layer` does. Replaces the entries of `compiled`."""
-    dense_x, comp_x = x, x
-    for source in sources:
-        layer, extra, make_report = compiled[source.name]
-        target = dense_layer_forward(source, dense_x)
-        lcfg = cfg.for_layer(source.name)
-        if lcfg.compensate:
-            started = time.perf_counter()
-            folded = layer.edge_bias is None
-            bias0 = layer.out_bias.astype(np.float64) if folded else layer.edge_biases()  # type: ignore[union-attr]
-            gains, base, bias = compensate_output(
-                source,
-                comp_x,
-                target,
-                sensitivities[source.name],
-                layer.codebook.astype(np.float64)[layer.codes],
-                layer.edge_gains(),
-                layer.base_weights(),
-                bias0,
-                folded,
-            )
-            stored = _store_scalars(lcfg, gains, bias, folded, base)
-            layer = dataclasses.replace(layer, **stored)
-            extra = dict(extra)
-            if folded:  # the report measures per-edge biases: spread the change over inputs
-                extra["prefold_biases"] = extra["prefold_biases"] + (bias - bias0) / source.n_in
-            else:
-                extra["prefold_biases"] = layer.edge_biases()
-            extra["seconds"] += time.perf_counter() - started
-            compiled[source.name] = (layer, extra, make_report)
-        comp_x = _compressed_forward(source, layer, comp_x)
-        dense_x = target
-
-
-def _layer_report(
-    source: LayerSource,
-    layer: CompressedLayer,
-    cfg: Config,
-    fit: _Fit,
-    flat_gain: np.ndarray,
-    extra: dict[str, Any],
-    *,
-    function_gram: np.ndarray | None,
-    with_codebook: bool,
-    calib: Mapping[str, np.ndarray],
-    seconds: float,
-) -> LayerReport:
-    w = source.coeffs
-    # Folded biases are measured per edge before folding; folding is exact inside the grid.
-    w_hat = layer.edge_gains()[..., None] * layer.codebook.astype(np.float64)[layer.codes]
-    w_hat += extra["prefold_biases"][..., None]
-    diff = (w - w_hat).reshape(-1, w.shape[-1])
-    flat_w = w.reshape(-1, w.shape[-1])
-    gram = function_gram if function_gram is not None else function_metric(source)
-    func_num = float(np.sum((diff @ gram) * diff))
-    func_den = float(np.sum((flat_w @ gram) * flat_w))
-    tensor_bytes = {f: int(a.nbytes) for f, a in layer.stored_tensors().items()}
-    if with_codebook:
-        tensor_bytes.update({f: int(a.nbytes) for f, a in layer.stored_codebook().items()})
-    infos = source.tensors.values()
-    live = np.abs(flat_gain) > 0
-    used = np.unique(layer.codes.reshape(-1)[live]).size
-    output_sqnr = outside = None
-    if source.name in calib:
-        x = calib[source.name]
-        outside = fraction_outside_grid(source, x)
-        approx = None
-        if layer.unsupported_reason() is None:
-            approx = layer.forward(x).astype(np.float64)  # the LUTHAM evaluator
-        elif dense_evaluable(source) is None:  # the dense layer on the decoded coefficients
-            approx = dense_layer_forward(source, x, layer.decoded_coeffs(), layer.base_weights())
-        if approx is not None:
-            dense = dense_layer_forward(source, x)
-            err = np.linalg.norm(dense - approx) / max(float(np.linalg.norm(dense)), 1e-300)
-            output_sqnr = -20.0 * np.log10(err) if err > 0 else float("inf")
-    return LayerReport(
-        name=source.name,
-        n_in=source.n_in,
-        n_out=source.n_out,
-        edges=source.n_in * source.n_out,
-        n_coeffs=source.n_coeffs,
-        grid_size=source.grid_size,
-        spline_order=source.spline_order,
-        codebook_size=layer.codebook_size,
-        bits=layer.bits,
-        metric=cfg.metric,
-        int8=cfg.int8,
-        bias=extra["bias_mode"],
-        base=cfg.base if source.base_weight is not None else "none",
-        codebook_group=layer.codebook_group,
-        bytes_dense_fp32=sum(4 * int(np.prod(i.shape)) for i in infos),
-        bytes_source=sum(np.dtype(i.dtype).itemsize * int(np.prod(i.shape)) for i in infos),
-        bytes_compressed=sum(tensor_bytes.values()),
-        tensor_bytes=tensor_bytes,
-        coeff_rel_err=float(np.linalg.norm(diff) / max(float(np.linalg.norm(flat_w)), 1e-300)),
-        func_rel_err=float(np.sqrt(func_num / func_den)) if func_den > 0 else 0.0,
-        max_abs_dphi=_max_abs_dphi(source, w - w_hat),
-        codebook_utilisation=used / layer.codebook_size,
-        kmeans_iterations=fit.iterations,
-        kmeans_converged=fit.converged,
-        objective=fit.objective,
-        seconds=seconds,
-        output_sqnr_db=None if output_sqnr is None else float(output_sqnr),
-        frac_inputs_outside_grid=outside,
-        basis=source.basis.describe(),
-        evaluator=layer.unsupported_reason() or "lutham",
-    )
-
-
-def _max_abs_dphi(source: LayerSource, diff: np.ndarray) -> float:
-    """max over edges and sample points inside the basis domain of |phi - phi_hat|."""
-    pts = source.basis.sample_points(DPHI_POINTS_PER_INTERVAL, source.n_in)  # (P, n_in)
-    basis = source.basis.values(pts)  # (P, n_in, M)
-    worst = 0.0
-    chunk = max(1, 4_000_000 // max(1, pts.shape[0] * source.n_out))
-    for start in range(0, source.n_in, chunk):
-        sl = slice(start, start + chunk)
-        # per input: (P, M) @ (M, n_out)
-        dphi = np.matmul(basis[:, sl].transpose(1, 0, 2), diff[sl].transpose(0, 2, 1))
-        worst = max(worst, float(np.abs(dphi).max()))
-    return worst
 
 
 def _calibration_inputs(sources: list[LayerSource], calibration: Any) -> dict[str, np.ndarray]:

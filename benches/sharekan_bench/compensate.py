@@ -17,14 +17,12 @@ squares of `compensate` on 1,280-input rows):
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import sharekan
 from sharekan_bench import methods as M
+from sharekan_bench import report
 from sharekan.demo.data import cache_dir
 from sharekan.demo.features import features_tag
 from sharekan.demo.heads import HeadRecipe, kan_forward
@@ -70,12 +68,10 @@ def main(argv: list[str] | None = None) -> None:
                   flush=True)
     record = {"head": "MobileNetV2 kan 1280-256-10 (classification bench)", "dense_accuracy": dense_acc,
               "dense_bytes": M.dense_bytes(sd), "calibration_rows": CALIB_ROWS, "rows": rows,
-              "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "compensate.json").write_text(json.dumps(record, indent=1) + "\n")
-    (out / "compensate.md").write_text(markdown(record))
-    print(markdown(record))
+              "machine": report.environment("platform", ("cpus", "logical_cpus"))}
+    md = markdown(record)
+    report.write_record(Path(args.out) / "compensate", record, md)
+    print(md)
 
 
 def markdown(record: dict) -> str:
@@ -87,13 +83,11 @@ def markdown(record: dict) -> str:
         f"`base=\"fold\"`, `gain_bits=4`, calibration = first {record['calibration_rows']:,} "
         "training features; test split (10,000 images) against the dense head.",
         "",
-        "| K | options | bytes | ratio | accuracy change | top-1 agreement % | output SQNR dB | compile s |",
-        "|---|---|---|---|---|---|---|---|",
     ]
-    for r in record["rows"]:
-        lines.append(f"| {r['K']} | {r['variant']} | {r['bytes']:,} | {r['ratio']:.1f}x | "
-                     f"{r['delta_accuracy']:+.2f} | {r['agreement']:.2f} | {r['sqnr_db']:.2f} | "
-                     f"{r['compile_seconds']:.0f} |")
+    lines += report.md_table(
+        ["K", "options", "bytes", "ratio", "accuracy change", "top-1 agreement %", "output SQNR dB", "compile s"],
+        [[r["K"], r["variant"], f"{r['bytes']:,}", f"{r['ratio']:.1f}x", f"{r['delta_accuracy']:+.2f}",
+          f"{r['agreement']:.2f}", f"{r['sqnr_db']:.2f}", f"{r['compile_seconds']:.0f}"] for r in record["rows"]])
     return "\n".join(lines) + "\n"
 
 

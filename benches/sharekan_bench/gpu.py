@@ -35,10 +35,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -53,6 +50,7 @@ from torch.nn import functional as F
 import sharekan
 from sharekan.torch import KAN, compress_, lutham_layers, ops
 from sharekan.torch.kan import _uniform_basis, bspline_basis_recursion
+from sharekan_bench import report
 
 HERE = Path(__file__).resolve().parents[1]  # benches/
 GRID_SIZE, SPLINE_ORDER, CODEBOOK_SIZE = 10, 3, 256
@@ -240,16 +238,13 @@ def _markdown(r: dict) -> str:
             f"Weights: {m['weights']}. Triton: {head['triton']}. LUTHAM buffers "
             f"{m['lutham_buffer_bytes']:,} bytes vs dense parameters {m['dense_param_bytes']:,}.",
             "",
-            "| batch | " + " | ".join(variants) + " | " +
-            " | ".join(f"peak MiB {v}" for v in variants) + " |",
-            "|---:|" + "---:|" * (2 * len(variants)),
         ]
-        for row in head["latency"]:
-            t, p = row["median_us"], row["peak_extra_bytes"]
-            lines.append(
-                f"| {row['batch']} | " + " | ".join(f"{t[v]:.0f}" for v in variants) + " | " +
-                " | ".join("-" if p[v] is None else f"{p[v] / 2**20:.1f}" for v in variants)
-                + " |")
+        lines += report.md_table(
+            ["batch", *variants, *(f"peak MiB {v}" for v in variants)],
+            [[row["batch"], *(f"{row['median_us'][v]:.0f}" for v in variants),
+              *("-" if row["peak_extra_bytes"][v] is None else f"{row['peak_extra_bytes'][v] / 2**20:.1f}"
+                for v in variants)] for row in head["latency"]],
+            align="r" * (1 + 2 * len(variants)))
         lines += ["", "Relative L2 of each variant against its reference (LUTHAM: the Rust "
                   "evaluator on CPU; dense: dense eager), and compressed vs dense:", ""]
         for row in head["latency"]:
@@ -261,12 +256,8 @@ def _markdown(r: dict) -> str:
 
 
 def _plot(r: dict, path: Path) -> bool:
-    try:
-        import matplotlib  # noqa: PLC0415
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # noqa: PLC0415
-    except ImportError:
+    plt = report.pyplot()
+    if plt is None:
         return False
     heads = list(r["heads"].items())
     fig, axes = plt.subplots(1, len(heads), figsize=(6 * len(heads), 4), squeeze=False)
@@ -278,8 +269,7 @@ def _plot(r: dict, path: Path) -> bool:
                title=f"{name} {'-'.join(map(str, head['model']['widths']))}")
         ax.legend(fontsize=8)
     fig.suptitle(r["environment"]["device_name"])
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    report.save_figure(fig, path, dpi=120)
     return True
 
 
@@ -301,36 +291,34 @@ def main(argv: list[str] | None = None) -> None:
     batches = QUICK_BATCHES if args.quick else BATCHES
     rounds = args.rounds or (5 if args.quick else 50)
     heads = {h: bench_head(h, HEADS[h], device, batches, rounds) for h in args.heads.split(",")}
-    try:
-        import triton  # noqa: PLC0415
+    def device_name() -> str:
+        if device.type == "cuda":
+            return torch.cuda.get_device_name(device)
+        return report.PROBES["processor"]()
 
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = "not installed"
+    def triton_version() -> str:
+        try:
+            return report.PROBES["triton"]()
+        except ImportError:
+            return "not installed"
+
     result = {
         "heads": heads,
         "l2_hit_rate": "not measured (needs Nsight Compute: ncu --metrics "
                        "lts__t_sector_hit_rate.pct; torch.profiler does not report it)",
-        "environment": {
-            "device": device.type,
-            "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
-                            else platform.processor() or platform.machine()),
-            "torch": torch.__version__, "triton": triton_version,
-            "cuda": torch.version.cuda, "python": sys.version.split()[0],
-            "sharekan": sharekan.__version__, "logical_cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "command": "python -m sharekan_bench " + " ".join(sys.argv[1:]),
-            "quick": args.quick, "rounds": rounds,
-        },
+        "environment": report.environment(
+            ("device", lambda: device.type), ("device_name", device_name), "torch",
+            ("triton", triton_version), "cuda", "python", "sharekan", "logical_cpus",
+            "torch_threads", command="python -m sharekan_bench " + " ".join(sys.argv[1:]),
+            quick=args.quick, rounds=rounds),
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu.json").write_text(json.dumps(result, indent=2) + "\n")
     md = _markdown(result)
     if _plot(result, out / "gpu.png"):
         md += "\n![latency](gpu.png)\n"
-    (out / "gpu.md").write_text(md)
+    paths = report.write_record(out / "gpu", result, md)
     print(md)
-    print(f"written: {out / 'gpu.json'}, {out / 'gpu.md'}")
+    print("written: " + ", ".join(map(str, paths)))
 
 
 if __name__ == "__main__":

@@ -55,9 +55,7 @@ THREADS = _early_threads()
 import gzip  # noqa: E402
 import hashlib  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -65,6 +63,9 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository
 sys.path.insert(0, str(ROOT / "python"))
+
+from sharekan_bench import report  # noqa: E402
+
 CACHE = ROOT / "benches" / ".cache"
 RESULTS = ROOT / "benches" / "results"
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -613,37 +614,10 @@ WHITE: dict = {}
 
 # --------------------------------------------------------------------------- report
 def machine_info() -> dict:
-    import sklearn
-
-    info = {"platform": platform.platform(), "python": platform.python_version(),
-            "cpu": platform.processor() or "", "logical_cpus": os.cpu_count(),
-            "affinity_cpus": len(os.sched_getaffinity(0)), "threads_used": THREADS,
-            "loadavg_at_start": os.getloadavg(), "numpy": np.__version__,
-            "scikit-learn": sklearn.__version__}
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
-        info["cpu"] = names[0] if names else info["cpu"]
-    except OSError:
-        pass
-    try:
-        import faiss
-
-        info["faiss"] = faiss.__version__
-    except ImportError:
-        pass
-    try:
-        import sharekan
-
-        info["sharekan"] = sharekan.__version__
-    except ImportError:
-        info["sharekan"] = "not importable"
-    try:
-        info["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                                            capture_output=True, text=True, check=False).stdout.strip()
-    except OSError:
-        pass
-    return info
+    return report.environment(
+        "platform", "python", ("cpu", "cpu_model"), "logical_cpus", "affinity_cpus",
+        ("threads_used", lambda: THREADS), ("loadavg_at_start", "load_average"), "numpy",
+        "scikit-learn", "faiss", "sharekan", "git_commit")
 
 
 def _f(x: object, fmt: str = ".3f") -> str:
@@ -679,21 +653,20 @@ def markdown(result: dict) -> str:
         "every method from its codes and its normalised centroids (gains <r_e, c_q>, optimal "
         "for the code); 'reassigned' re-chooses each code as argmax |<s_e, c_q>|. J/energy "
         "is J / sum gamma_e^2 (lower is better)."), "",
-        ("| method | what is timed | median wall s | runs wall (s) | median CPU s | "
-         "init wall s | per iter wall s | iterations | J/energy own codes | "
-         "J/energy reassigned | J vs sharekan | codes used |"),
-        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     ref = next((r for r in result["methods"] if r["method"] == "sharekan spherical_kmeans"),
                None)
-    for r in result["methods"]:
-        vs = "-" if ref is None else f"{r['J_own'] / ref['J_own']:.4f}x"
-        lines.append(
-            f"| {r['method']} | {r['timed']} | {r['median_s']:.3f} | "
-            f"{', '.join(f'{t:.2f}' for t in r['seconds'])} | {r['median_cpu_s']:.3f} | "
-            f"{_f(r.get('init_median_s'))} | {_f(r.get('per_iteration_s'))} | "
-            f"{r.get('iterations', '-')} | {r['J_own_rel']:.5f} | {r['J_reassigned_rel']:.5f} | "
-            f"{vs} | {r['codes_used']} |")
+    lines += report.md_table(
+        ["method", "what is timed", "median wall s", "runs wall (s)", "median CPU s",
+         "init wall s", "per iter wall s", "iterations", "J/energy own codes",
+         "J/energy reassigned", "J vs sharekan", "codes used"],
+        [[r["method"], r["timed"], f"{r['median_s']:.3f}",
+          ", ".join(f"{t:.2f}" for t in r["seconds"]), f"{r['median_cpu_s']:.3f}",
+          _f(r.get("init_median_s")), _f(r.get("per_iteration_s")), r.get("iterations", "-"),
+          f"{r['J_own_rel']:.5f}", f"{r['J_reassigned_rel']:.5f}",
+          "-" if ref is None else f"{r['J_own'] / ref['J_own']:.4f}x", r["codes_used"]]
+         for r in result["methods"]],
+        align="llrlrrrrrrrr")
     if result.get("speed"):
         lines += ["", "Speed-ups of sharekan's k-means (time of the other / time of sharekan; "
                   "wall, then CPU seconds summed over threads): "
@@ -709,22 +682,23 @@ def markdown(result: dict) -> str:
               "held-out feature rows). Float GSB = `gsb_fit` in float (codes bit-packed, "
               "float32 gains/biases, base weights untouched), own byte accounting. SQNR over "
               "the whole layer: coefficients (plain L2), functions (L2 over the grid range, "
-              "the `function` metric) and layer outputs on the calibration rows."), "",
-              ("| K | bits | compress s | ratio | bias | coeff SQNR dB | function SQNR dB | "
-              "output SQNR dB | codebook use | float GSB ratio | float coeff / func / "
-              "output SQNR dB | gsb_fit s |"),
-              "|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|---:|"]
-    for r in result["sweep"]:
+              "the `function` metric) and layer outputs on the calibration rows."), ""]
+
+    def sweep_row(r: dict) -> list:
         c = r.get("sharekan_compress", {})
         g = r.get("float32_gsb", {})
-        lines.append(
-            f"| {r['K']} | {r['bits']} | {_f(r.get('compress_s'), '.2f')} | "
-            f"{_f(c.get('ratio'), '.2f')} | {c.get('bias', '-')} | "
-            f"{_f(c.get('own_coeff_sqnr_db'), '.2f')} | {_f(c.get('own_func_sqnr_db'), '.2f')} | "
-            f"{_f(c.get('own_output_sqnr_db'), '.2f')} | "
-            f"{_f(c.get('codebook_utilisation'), '.3f')} | {_f(g.get('ratio'), '.2f')} | "
-            f"{_f(g.get('coeff_sqnr_db'), '.2f')} / {_f(g.get('func_sqnr_db'), '.2f')} / "
-            f"{_f(g.get('output_sqnr_db'), '.2f')} | {_f(r.get('gsb_fit_s'), '.2f')} |")
+        return [r["K"], r["bits"], _f(r.get("compress_s"), ".2f"), _f(c.get("ratio"), ".2f"),
+                c.get("bias", "-"), _f(c.get("own_coeff_sqnr_db"), ".2f"),
+                _f(c.get("own_func_sqnr_db"), ".2f"), _f(c.get("own_output_sqnr_db"), ".2f"),
+                _f(c.get("codebook_utilisation"), ".3f"), _f(g.get("ratio"), ".2f"),
+                f"{_f(g.get('coeff_sqnr_db'), '.2f')} / {_f(g.get('func_sqnr_db'), '.2f')} / "
+                f"{_f(g.get('output_sqnr_db'), '.2f')}", _f(r.get("gsb_fit_s"), ".2f")]
+
+    lines += report.md_table(
+        ["K", "bits", "compress s", "ratio", "bias", "coeff SQNR dB", "function SQNR dB",
+         "output SQNR dB", "codebook use", "float GSB ratio",
+         "float coeff / func / output SQNR dB", "gsb_fit s"],
+        [sweep_row(r) for r in result["sweep"]], align="rrrrlrrrrrlr")
     if result.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in result["notes"]]
     lines += ["", "Rerun: `" + result["command"] + "` (the trained head is cached under "
@@ -842,11 +816,9 @@ def main(argv: list[str] | None = None) -> None:
             "coefficient space; its codebook is whitened back (c = L^T C) to be scored."),
         ],
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1, default=float))
-    out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    md = markdown(result)
+    report.write_record(Path(args.out), result, md)
+    print(md)
 
 
 if __name__ == "__main__":

@@ -15,11 +15,11 @@ compared with the library's output on the decompressed weights.
 
 from __future__ import annotations
 
-import json
+import argparse
 import os
-import platform
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,6 +37,7 @@ from fixtures_kan_libraries import (  # noqa: E402
     TorchKAN,
 )
 from sharekan.torch import KAN, collect_calibration  # noqa: E402
+from sharekan_bench import report  # noqa: E402
 
 K = 256
 STEPS = 40
@@ -154,38 +155,43 @@ def markdown(rows):
         "forward on the decompressed weights, or why the evaluator refuses the layers "
         "(reason of the first layer).",
         "",
-        "| library | model source | basis | edges/layer | ratio | ratio (layers) | err (function metric) | SQNR dB | err (data metric) | SQNR dB | evaluator |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
+
+    def cells(r):
         f, d = r["function"], r["data"]
         ev = (f"LUTHAM, max abs diff {f['evaluator_vs_library_max_abs']:.1e}"
               if "evaluator_vs_library_max_abs" in f else f"refused: {r['evaluator']}")
-        lines.append(
-            f"| {r['library']} | {r['source']} | {r['basis']} | {', '.join(map(str, r['edges_per_layer']))} "
-            f"| {f['ratio_vs_fp32']:.1f}x | {f['ratio_layers_vs_fp32']:.1f}x | {f['output_rel_err']:.4f} "
-            f"| {f['output_sqnr_db']:.1f} | {d['output_rel_err']:.4f} | {d['output_sqnr_db']:.1f} | {ev} |"
-        )
+        return [r["library"], r["source"], r["basis"], ", ".join(map(str, r["edges_per_layer"])),
+                f"{f['ratio_vs_fp32']:.1f}x", f"{f['ratio_layers_vs_fp32']:.1f}x", f"{f['output_rel_err']:.4f}",
+                f"{f['output_sqnr_db']:.1f}", f"{d['output_rel_err']:.4f}", f"{d['output_sqnr_db']:.1f}", ev]
+
+    lines += report.md_table(
+        ["library", "model source", "basis", "edges/layer", "ratio", "ratio (layers)", "err (function metric)",
+         "SQNR dB", "err (data metric)", "SQNR dB", "evaluator"], [cells(r) for r in rows])
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path(HERE) / "results",
+                    help="folder for layouts.json and layouts.md (default benches/results)")
+    ap.add_argument("--only", default=None,
+                    help="comma-separated libraries to run (default all; a smoke run names one)")
+    args = ap.parse_args(argv)
     torch.set_num_threads(1)
     rows = []
+    only = None if args.only is None else set(args.only.split(","))
     for name, (make, inputs, source) in cases().items():
+        if only is not None and name not in only:
+            continue
         row = run_case(name, make, inputs, source)
         print(f"{name}: ratio {row['function']['ratio_vs_fp32']:.1f}x, err {row['function']['output_rel_err']:.4f} "
               f"(data metric {row['data']['output_rel_err']:.4f})", flush=True)
         rows.append(row)
-    out_dir = os.path.join(HERE, "results")
-    os.makedirs(out_dir, exist_ok=True)
-    meta = {"K": K, "train_steps": STEPS, "python": platform.python_version(), "torch": torch.__version__,
-            "sharekan": sharekan.__version__, "command": "PYTHONPATH=benches python -m sharekan_bench layouts"}
-    with open(os.path.join(out_dir, "layouts.json"), "w") as fh:
-        json.dump({"meta": meta, "rows": rows}, fh, indent=2, default=lambda v: None)
+    meta = report.environment("python", "torch", "sharekan", command="PYTHONPATH=benches python -m sharekan_bench layouts")
+    meta = {"K": K, "train_steps": STEPS, **meta}
     md = markdown(rows)
-    with open(os.path.join(out_dir, "layouts.md"), "w") as fh:
-        fh.write(md)
+    report.write_record(args.out / "layouts", {"meta": meta, "rows": rows}, md)
     print(md)
 
 

@@ -21,12 +21,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import os
-import platform
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,6 +34,7 @@ import sharekan
 from sharekan import lutham
 from sharekan.export import export_pte
 from sharekan.torch import KAN, compress_, lutham_layers
+from sharekan_bench import report
 
 HERE = Path(__file__).resolve().parents[1]  # benches/
 WIDTHS = [1280, 256, 10]
@@ -178,20 +175,14 @@ def main(argv: list[str] | None = None) -> None:
             "batch64_runner": b64["dense_pte_runner"] / b64["lutham_pte_runner"],
         },
         "agreement": agreement,
-        "environment": {
-            "cpu": platform.processor() or platform.machine(),
-            "cpu_model": _cpu_model(), "logical_cpus": os.cpu_count(),
-            "load_average_at_end": os.getloadavg(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "python": sys.version.split()[0],
-            "executorch": lutham.executorch_info()["version"],
-            "sharekan": sharekan.__version__,
-            "kernel_build": "g++ -O3 (portable; hot loops cloned for x86-64-v3)",
-        },
+        "environment": report.environment(
+            ("cpu", "processor"), "cpu_model", "logical_cpus", ("load_average_at_end", "load_average"),
+            "torch", "torch_threads", "python", "executorch", "sharekan",
+            kernel_build="g++ -O3 (portable; hot loops cloned for x86-64-v3)"),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "lutham.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "lutham.md").write_text(_markdown(result))
-    print(_markdown(result))
+    md = _markdown(result)
+    report.write_record(args.out / "lutham", result, md)
+    print(md)
 
 
 def _export_xnnpack(model, example, path: Path) -> Path:
@@ -208,16 +199,6 @@ def _export_xnnpack(model, example, path: Path) -> Path:
     return path
 
 
-def _cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
-
-
 def _markdown(r: dict) -> str:
     lines = [
         "# LUTHAM benchmark (benches/sharekan_bench/lutham.py)",
@@ -229,16 +210,15 @@ def _markdown(r: dict) -> str:
         f"({r['environment']['logical_cpus']} logical CPUs, shared; load average at end "
         f"{', '.join(f'{v:.1f}' for v in r['environment']['load_average_at_end'])}).",
         "",
-        "| batch | dense eager | dense .pte | dense .pte (XNNPACK) | LUTHAM eager | LUTHAM .pte | dense .pte (C++ runner) | LUTHAM .pte (C++ runner) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for row in r["latency"]:
-        t = row["median_us"]
-        lines.append(
-            f"| {row['batch']} | {t['dense_eager']:.0f} | {t['dense_pte']:.0f} | "
-            f"{t['dense_xnnpack_pte']:.0f} | {t['lutham_eager']:.0f} | {t['lutham_pte']:.0f} | "
-            f"{t['dense_pte_runner']:.0f} | {t['lutham_pte_runner']:.0f} |"
-        )
+    columns = {"dense_eager": "dense eager", "dense_pte": "dense .pte",
+               "dense_xnnpack_pte": "dense .pte (XNNPACK)", "lutham_eager": "LUTHAM eager",
+               "lutham_pte": "LUTHAM .pte", "dense_pte_runner": "dense .pte (C++ runner)",
+               "lutham_pte_runner": "LUTHAM .pte (C++ runner)"}
+    lines += report.md_table(
+        ["batch", *columns.values()],
+        [[row["batch"], *(f"{row['median_us'][c]:.0f}" for c in columns)] for row in r["latency"]],
+        align="r" * (1 + len(columns)))
     s = r["speedup_lutham_pte_vs_dense_pte"]
     lines += [
         "",
@@ -253,13 +233,12 @@ def _markdown(r: dict) -> str:
         "CPU kernels, or the XNNPACK delegate); C++ runner = `lutham_runner`, no Python, "
         "linked with ExecuTorch's optimized CPU kernels.",
         "",
-        "| file | bytes |",
-        "|---|---:|",
-        f"| dense .pte | {r['pte_bytes']['dense_pte']:,} |",
-        f"| dense .pte (XNNPACK) | {r['pte_bytes']['dense_xnnpack_pte']:,} |",
-        f"| LUTHAM .pte | {r['pte_bytes']['lutham_pte']:,} |",
-        f"| LUTHAM .pte, per-edge biases in both layers | "
-        f"{r['pte_bytes']['lutham_pte_all_edge_bias']:,} |",
+        *report.md_table(["file", "bytes"], [
+            ["dense .pte", f"{r['pte_bytes']['dense_pte']:,}"],
+            ["dense .pte (XNNPACK)", f"{r['pte_bytes']['dense_xnnpack_pte']:,}"],
+            ["LUTHAM .pte", f"{r['pte_bytes']['lutham_pte']:,}"],
+            ["LUTHAM .pte, per-edge biases in both layers",
+             f"{r['pte_bytes']['lutham_pte_all_edge_bias']:,}"]], align="lr"),
         "",
         f"Size ratio dense / LUTHAM: {r['size_ratio_dense_over_lutham']:.1f}x "
         f"({r['pte_bytes']['dense_pte'] / r['pte_bytes']['lutham_pte_all_edge_bias']:.1f}x "

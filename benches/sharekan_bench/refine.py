@@ -25,9 +25,6 @@ Run (from the repository root, after `maturin develop --release`):
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -42,6 +39,7 @@ import oracle  # noqa: E402
 
 import sharekan  # noqa: E402
 from sharekan import _core, refine  # noqa: E402
+from sharekan_bench import report  # noqa: E402
 
 
 def regression_middle_layer() -> tuple[np.ndarray, ...] | None:
@@ -124,24 +122,23 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{label}: E={row['E']} M={row['M']} K={row['K']} iterations={row['iterations']}: "
               f"numpy {row['numpy_s'] * 1e3:.1f} ms, sharekan {row['sharekan_s'] * 1e3:.1f} ms "
               f"({row['speedup']:.1f}x); same codes {row['same_codes']}")
-    env = {"threads": os.environ.get("RAYON_NUM_THREADS", f"all ({os.cpu_count()})"),
-           "cpu_count": os.cpu_count(), "machine": platform.machine(), "numpy": np.__version__,
-           "load_average": os.getloadavg(), "command": " ".join(sys.argv), "repeats": args.repeats}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "refine.json").write_text(json.dumps({"environment": env, "results": results}, indent=1))
-    lines = ["# Lloyd refinement under per-edge metrics: Rust vs the NumPy reference", "",
-             f"Median wall time of {args.repeats} interleaved repeats; rayon threads {env['threads']}, "
-             f"{env['cpu_count']} CPUs, load average {env['load_average'][0]:.1f} at the end; "
-             f"`{env['command']}`.", "",
-             "| case | E | M | K | iterations | NumPy (ms) | sharekan (ms) | speed-up | same codes |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        lines.append(f"| {r['case']} | {r['E']} | {r['M']} | {r['K']} | {r['iterations']} | "
-                     f"{r['numpy_s'] * 1e3:.1f} | {r['sharekan_s'] * 1e3:.1f} | {r['speedup']:.1f}x | "
-                     f"{r['same_codes']} |")
-    (out / "refine.md").write_text("\n".join(lines) + "\n")
+    env = report.environment(("threads", "rayon_threads"), ("cpu_count", "logical_cpus"), "machine", "numpy",
+                             "load_average", command=" ".join(sys.argv), repeats=args.repeats)
+    record = {"environment": env, "results": results}
+    report.write_record(Path(args.out) / "refine", record, markdown(record))
 
+
+def markdown(record: dict) -> str:
+    env, results = record["environment"], record["results"]
+    lines = ["# Lloyd refinement under per-edge metrics: Rust vs the NumPy reference", "",
+             f"Median wall time of {env['repeats']} interleaved repeats; rayon threads {env['threads']}, "
+             f"{env['cpu_count']} CPUs, load average {env['load_average'][0]:.1f} at the end; "
+             f"`{env['command']}`.", ""]
+    lines += report.md_table(
+        ["case", "E", "M", "K", "iterations", "NumPy (ms)", "sharekan (ms)", "speed-up", "same codes"],
+        [[r["case"], r["E"], r["M"], r["K"], r["iterations"], f"{r['numpy_s'] * 1e3:.1f}",
+          f"{r['sharekan_s'] * 1e3:.1f}", f"{r['speedup']:.1f}x", r["same_codes"]] for r in results])
+    return "\n".join(lines) + "\n"
 
 if __name__ == "__main__":
     main()

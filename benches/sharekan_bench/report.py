@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import platform
+import subprocess
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -302,8 +306,148 @@ def plot_regression(res: dict[str, Any], out_dir: Path) -> Path:
     return path
 
 
+# ------------------------------------------------------------------------------ records
+
+
+def _json_default(v: Any) -> Any:
+    """Last resort for what `jsonable` leaves alone: arrays as lists, anything else as null."""
+    if isinstance(v, np.ndarray):
+        return _clean(v.tolist())
+    return None
+
+
 def write_json(obj: Any, path: Path) -> None:
-    path.write_text(json.dumps(_clean(obj), indent=1, sort_keys=False) + "\n")
+    """The one JSON writer: strict JSON (`jsonable`: numpy scalars as numbers, NaN as null,
+    inf as "inf"), keys in insertion order, indent 1, trailing newline."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_clean(obj), indent=1, sort_keys=False, default=_json_default) + "\n")
+
+
+def write_record(stem: Path | str, record: dict[str, Any], markdown: str | None = None) -> list[Path]:
+    """`stem`.json (`write_json`) and, given its text, `stem`.md; returns the paths written."""
+    stem = Path(stem)
+    paths = [stem.with_suffix(".json")]
+    write_json(record, paths[0])
+    if markdown is not None:
+        paths.append(stem.with_suffix(".md"))
+        paths[1].write_text(markdown if markdown.endswith("\n") else markdown + "\n")
+    return paths
+
+
+def md_table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: str | None = None) -> list[str]:
+    """A Markdown table as lines: `| a | b |`, the separator, one line per row (cells with
+    `str`). `align`: one letter per column, `l` -> `---`, `r` -> `---:`, `c` -> `:---:`;
+    None: `---` everywhere."""
+    align = align or "l" * len(header)
+    if len(align) != len(header):
+        raise ValueError(f"align {align!r} has {len(align)} columns, header {len(header)}")
+    sep = {"l": "---", "r": "---:", "c": ":---:"}
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(sep[a] for a in align) + "|"]
+    for row in rows:
+        if len(row) != len(header):
+            raise ValueError(f"row of {len(row)} cells for {len(header)} columns: {row!r}")
+        lines.append("| " + " | ".join(str(c) for c in row) + " |")
+    return lines
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _version(module: str) -> Callable[[], str]:
+    def probe() -> str:
+        return str(__import__(module).__version__)
+
+    return probe
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
+
+
+def _cuda() -> str | None:
+    import torch
+
+    return torch.version.cuda
+
+
+def _git_commit() -> str:
+    root = Path(__file__).resolve().parents[2]
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                          text=True, check=False).stdout.strip()
+
+
+#: What `environment` can record, by name. A probe that raises ImportError or OSError leaves
+#: its key out.
+PROBES: dict[str, Callable[[], Any]] = {
+    "python": platform.python_version,
+    "platform": platform.platform,
+    "machine": platform.machine,
+    "processor": lambda: platform.processor() or platform.machine(),
+    "cpu_model": _cpu_model,
+    "logical_cpus": os.cpu_count,
+    "affinity_cpus": lambda: len(os.sched_getaffinity(0)),
+    "load_average": os.getloadavg,
+    "rayon_threads": lambda: os.environ.get("RAYON_NUM_THREADS", f"all ({os.cpu_count()})"),
+    "numpy": lambda: np.__version__,
+    "torch": _version("torch"),
+    "torch_threads": _torch_threads,
+    "cuda": _cuda,
+    "triton": _version("triton"),
+    "executorch": lambda: __import__("sharekan.lutham", fromlist=["executorch_info"]).executorch_info()["version"],
+    "scikit-learn": _version("sklearn"),
+    "faiss": _version("faiss"),
+    "sharekan": _version("sharekan"),
+    "git_commit": _git_commit,
+}
+
+
+def environment(*fields: str | tuple[str, str | Callable[[], Any]], **extra: Any) -> dict[str, Any]:
+    """The shared environment / metadata block of a record, in the order given: each field is
+    a `PROBES` name (recorded under that name) or `(key, probe)` with `probe` a `PROBES` name
+    or a callable; then `extra` as given (configuration, command line, ...)."""
+    env: dict[str, Any] = {}
+    for field in fields:
+        key, probe = (field, field) if isinstance(field, str) else field
+        fn = PROBES[probe] if isinstance(probe, str) else probe
+        try:
+            env[key] = fn()
+        except (ImportError, OSError):
+            continue
+    env.update(extra)
+    return env
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend, or None where matplotlib does not import."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def save_figure(fig: Any, path: Path, dpi: int = 110) -> Path:
+    """`fig` written to `path` (PNG), then closed."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return Path(path)
 
 
 def multihead_markdown(res: dict[str, Any]) -> str:

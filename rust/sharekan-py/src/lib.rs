@@ -87,7 +87,12 @@ fn spherical_kmeans<'py>(
 ) -> PyResult<Bound<'py, PyDict>> {
     let residuals = array2::<f64>(residuals, "residuals")?;
     let view = residuals.as_array();
-    let params = kmeans_params(count(py, n_codes, "n_codes")?, count(py, n_iter, "n_iter")?, tol, seed);
+    let params = kmeans_params(
+        count(py, n_codes, "n_codes")?,
+        count(py, n_iter, "n_iter")?,
+        tol,
+        seed,
+    );
     let res = run_core(py, "spherical_kmeans", || {
         kmeans::spherical_kmeans(view, &params)
     })?;
@@ -115,7 +120,12 @@ fn gsb_fit<'py>(
     let coeffs = array2::<f64>(coeffs, "coeffs")?;
     let metric = array2::<f64>(metric, "metric")?;
     let (cv, mv) = (coeffs.as_array(), metric.as_array());
-    let params = kmeans_params(count(py, n_codes, "n_codes")?, count(py, n_iter, "n_iter")?, tol, seed);
+    let params = kmeans_params(
+        count(py, n_codes, "n_codes")?,
+        count(py, n_iter, "n_iter")?,
+        tol,
+        seed,
+    );
     let fit = run_core(py, "gsb_fit", || gsb::fit(cv, mv, &params))?;
     let out = PyDict::new(py);
     out.set_item("codebook", fit.codebook.into_pyarray(py))?;

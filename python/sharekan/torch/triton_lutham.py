@@ -103,6 +103,20 @@ if triton is not None:
         return r.to(tl.float32)
 
     @triton.jit
+    def _finish(y, acc_w, bs_ptr, ob_ptr, y_ptr, rows64, rmask, cols, omask, N_OUT,
+                HAS_BW: tl.constexpr, HAS_BS: tl.constexpr, HAS_OB: tl.constexpr):
+        # Shared by both kernels: add the (scaled) base branch and the output bias, store.
+        if HAS_BW:
+            if HAS_BS:
+                y += acc_w * tl.load(bs_ptr + cols, mask=omask, other=0.0)[None, :]
+            else:
+                y += acc_w
+        if HAS_OB:
+            y += tl.load(ob_ptr + cols, mask=omask, other=0.0)[None, :]
+        tl.store(y_ptr + rows64[:, None] * N_OUT + cols[None, :], y,
+                 mask=rmask[:, None] & omask[None, :])
+
+    @triton.jit
     def _bspline_local(x, g_row, NG, M, NSTEPS, K: tl.constexpr, KP: tl.constexpr):
         """Span and the k+1 non-zero B-spline values of x (one per row) on the knots at
         g_row: returns (vals (rows, KP) f32, zero at invalid indices / t > K / outside the
@@ -219,15 +233,8 @@ if triton is not None:
                 y += acc_b * tl.load(ebs_ptr + cols, mask=omask, other=0.0)[None, :]
             else:
                 y += acc_b
-        if HAS_BW:
-            if HAS_BS:
-                y += acc_w * tl.load(bs_ptr + cols, mask=omask, other=0.0)[None, :]
-            else:
-                y += acc_w
-        if HAS_OB:
-            y += tl.load(ob_ptr + cols, mask=omask, other=0.0)[None, :]
-        tl.store(y_ptr + rows64[:, None] * N_OUT + cols[None, :], y,
-                 mask=rmask[:, None] & omask[None, :])
+        _finish(y, acc_w, bs_ptr, ob_ptr, y_ptr, rows64, rmask, cols, omask, N_OUT,
+                HAS_BW, HAS_BS, HAS_OB)
 
     @triton.jit
     def _lutham_dot_kernel(
@@ -299,15 +306,8 @@ if triton is not None:
                 bw = tl.load(bw_ptr + e_off, mask=omask, other=0).to(tl.float32)
                 acc_w += bw[None, :] * _act(x, ACT)[:, None]
         y = acc
-        if HAS_BW:
-            if HAS_BS:
-                y += acc_w * tl.load(bs_ptr + cols, mask=omask, other=0.0)[None, :]
-            else:
-                y += acc_w
-        if HAS_OB:
-            y += tl.load(ob_ptr + cols, mask=omask, other=0.0)[None, :]
-        tl.store(y_ptr + rows64[:, None] * N_OUT + cols[None, :], y,
-                 mask=rmask[:, None] & omask[None, :])
+        _finish(y, acc_w, bs_ptr, ob_ptr, y_ptr, rows64, rmask, cols, omask, N_OUT,
+                HAS_BW, HAS_BS, HAS_OB)
 
 
 # ---------------------------------------------------------------------------------------

@@ -97,6 +97,27 @@ struct Layer {
   int64_t base_act = kActSilu;             // kAct*
 };
 
+/// A type carried as a value, so a generic lambda can receive it.
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+
+/// Calls f(TypeTag<CodeT>{}, TypeTag<GainT>{}) with the layer's code and gain element
+/// types: the one place the (u8 | i16 | i32) x (i8 | f32) instantiations are chosen.
+template <typename F>
+static void with_code_gain_types(const Layer& L, F&& f) {
+  const bool i8 = L.gains.is_i8;
+  switch (L.code_type) {
+    case CodeType::kU8:
+      return i8 ? f(TypeTag<uint8_t>{}, TypeTag<int8_t>{}) : f(TypeTag<uint8_t>{}, TypeTag<float>{});
+    case CodeType::kI16:
+      return i8 ? f(TypeTag<int16_t>{}, TypeTag<int8_t>{}) : f(TypeTag<int16_t>{}, TypeTag<float>{});
+    case CodeType::kI32:
+      return i8 ? f(TypeTag<int32_t>{}, TypeTag<int8_t>{}) : f(TypeTag<int32_t>{}, TypeTag<float>{});
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // The call's inputs as a runtime describes them (validate.h turns them into a Layer).
 

@@ -42,17 +42,9 @@ static void load_codes_gains(const Layer& L, int64_t i, int32_t* q, float* gg) {
 }
 
 static void load_codes_gains_dispatch(const Layer& L, int64_t i, int32_t* q, float* gg) {
-  switch (L.code_type) {
-    case CodeType::kU8:
-      return L.gains.is_i8 ? load_codes_gains<uint8_t, int8_t>(L, i, q, gg)
-                           : load_codes_gains<uint8_t, float>(L, i, q, gg);
-    case CodeType::kI16:
-      return L.gains.is_i8 ? load_codes_gains<int16_t, int8_t>(L, i, q, gg)
-                           : load_codes_gains<int16_t, float>(L, i, q, gg);
-    case CodeType::kI32:
-      return L.gains.is_i8 ? load_codes_gains<int32_t, int8_t>(L, i, q, gg)
-                           : load_codes_gains<int32_t, float>(L, i, q, gg);
-  }
+  with_code_gain_types(L, [&](auto code, auto gain) {
+    load_codes_gains<typename decltype(code)::type, typename decltype(gain)::type>(L, i, q, gg);
+  });
 }
 
 /// Scaled per-edge row: out[o] = scale[o] * e[i, o].

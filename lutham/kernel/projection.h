@@ -51,17 +51,9 @@ static void gather_row(const Layer& L, int64_t i, const float* p, float* acc) {
 }
 
 static void gather_dispatch(const Layer& L, int64_t i, const float* p, float* acc) {
-  switch (L.code_type) {
-    case CodeType::kU8:
-      return L.gains.is_i8 ? gather_row<uint8_t, int8_t>(L, i, p, acc)
-                           : gather_row<uint8_t, float>(L, i, p, acc);
-    case CodeType::kI16:
-      return L.gains.is_i8 ? gather_row<int16_t, int8_t>(L, i, p, acc)
-                           : gather_row<int16_t, float>(L, i, p, acc);
-    case CodeType::kI32:
-      return L.gains.is_i8 ? gather_row<int32_t, int8_t>(L, i, p, acc)
-                           : gather_row<int32_t, float>(L, i, p, acc);
-  }
+  with_code_gain_types(L, [&](auto code, auto gain) {
+    gather_row<typename decltype(code)::type, typename decltype(gain)::type>(L, i, p, acc);
+  });
 }
 
 static void edge_axpy(const EdgeTensor& e, int64_t i, int64_t n_out, float a, float* acc) {

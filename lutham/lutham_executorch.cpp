@@ -9,6 +9,7 @@
 
 #include <executorch/extension/kernel_util/make_boxed_from_unboxed_functor.h>
 #include <executorch/runtime/core/exec_aten/util/tensor_util.h>
+#include <executorch/runtime/kernel/thread_parallel_interface.h>
 
 #include "kernel/lutham.h"
 
@@ -62,6 +63,19 @@ static TensorView view_of(const Tensor& t) {
   return v;
 }
 
+/// The kernel's parallel loops on ExecuTorch's threadpool (parallel_for runs inline when the
+/// caller disabled the pool with NoThreadPoolGuard or is itself inside a parallel region).
+static Parallel runtime_parallel() {
+  Parallel p;
+  p.threads = executorch::extension::get_thread_count();
+  p.run = [](int64_t n, Parallel::Body body, void* ctx) {
+    executorch::extension::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+      body(ctx, begin, end);
+    });
+  };
+  return p;
+}
+
 Tensor& lutham_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& grid,
                    const Tensor& codebook, const Tensor& codes, const Tensor& gains,
                    const Tensor& gain_scale, const Tensor& edge_bias,
@@ -98,7 +112,8 @@ Tensor& lutham_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& gri
                       static_cast<long long>(B), static_cast<long long>(L.n_out));
   ET_KERNEL_CHECK_MSG(ctx, is_contiguous(out), InvalidArgument, out,
                       "lutham: out must be contiguous");
-  const Status st = forward(L, x.const_data_ptr<float>(), B, out.mutable_data_ptr<float>());
+  const Status st =
+      forward(L, x.const_data_ptr<float>(), B, out.mutable_data_ptr<float>(), runtime_parallel());
   ET_KERNEL_CHECK_MSG(ctx, st.code != StatusCode::kMemoryAllocationFailed,
                       MemoryAllocationFailed, out, "%s", st.message);
   ET_KERNEL_CHECK_MSG(ctx, st.ok(), InvalidArgument, out, "%s", st.message);

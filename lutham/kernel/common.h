@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <memory>
 #include <new>
+#include <type_traits>
 
 namespace sharekan {
 namespace lutham {
@@ -19,9 +20,14 @@ namespace lutham {
 constexpr int64_t kMaxSplineOrder = 15;
 /// Batches at least this large use the decoded-tile strategy.
 constexpr int64_t kDecodeMinBatch = 12;
-/// The decoded-tile strategy processes the batch in tiles of this many rows (bounds the
-/// scratch memory and keeps a tile's outputs in L2).
-constexpr int64_t kBatchTile = 64;
+/// The decoded-tile strategy processes the batch in tiles of this many rows: each weight is
+/// decoded once per tile, and the tile's basis values (n_in x tile x (k+4) floats) are kept.
+constexpr int64_t kDecodeTile = 256;
+/// Every split of the columns between threads falls on a multiple of this many columns, so
+/// each column is computed by the same vector lanes whatever the thread count.
+constexpr int64_t kColumnAlign = 32;
+/// Most work units one call is split into (bounds the per-unit scratch).
+constexpr int64_t kMaxUnits = 64;
 /// Cap on the scratch memory of one call, all blocks together (1 GiB: fits a 32-bit
 /// size_t; a compressed layer needs a few MiB).
 constexpr uint64_t kMaxScratchBytes = uint64_t{1} << 30;
@@ -152,7 +158,42 @@ struct Args {
   DType out_dtype = DType::kFloat32;
 };
 
+/// Columns [o0, o0 + n) of a layer: the share of one work unit.
+struct Columns {
+  int64_t o0 = 0, n = 0;
+};
+
 static inline float scale_or_one(const float* s, int64_t o) { return s ? s[o] : 1.0f; }
+
+// ---------------------------------------------------------------------------------------
+// Threads.
+
+/// The runtime's parallel loop, passed in by the adapter (ExecuTorch: its threadpool's
+/// parallel_for; a default Parallel runs everything on the calling thread). `threads` is how
+/// many threads `run` may use; the kernel sizes its work units from it. Every parallel loop
+/// of the kernel gives each output element to exactly one unit, computed with the same
+/// operations in the same order whatever the split: results are bit-identical for any
+/// thread count.
+struct Parallel {
+  /// Calls body(ctx, begin, end) on disjoint chunks covering [0, n); returns when all are done.
+  using Body = void (*)(void* ctx, int64_t begin, int64_t end);
+  using Runner = void (*)(int64_t n, Body body, void* ctx);
+  Runner run = nullptr;
+  int64_t threads = 1;
+
+  /// Runs f(begin, end) over chunks of [0, n) (on the calling thread when n <= 1 or no runner).
+  template <typename F>
+  void for_range(int64_t n, F&& f) const {
+    if (n <= 0) return;
+    if (run == nullptr || threads <= 1 || n == 1) {
+      f(int64_t{0}, n);
+      return;
+    }
+    using Fn = typename std::remove_reference<F>::type;
+    run(n, [](void* ctx, int64_t b, int64_t e) { (*static_cast<Fn*>(ctx))(b, e); },
+        const_cast<void*>(static_cast<const void*>(&f)));
+  }
+};
 
 // ---------------------------------------------------------------------------------------
 // Scratch memory.

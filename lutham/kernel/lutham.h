@@ -72,58 +72,142 @@
 namespace sharekan {
 namespace lutham {
 
-/// Evaluates the layer for B rows of x (B, n_in) into y (B, n_out).
-/// Returns kTooLarge when the scratch memory would exceed kMaxScratchBytes (nothing is
-/// written), kNoMemory when it cannot be allocated.
-static ScratchStatus forward_layer(const Layer& L, const float* x, int64_t B, float* y) {
-  if (B == 0 || L.n_out == 0) return ScratchStatus::kOk;
-  const bool dense = L.basis != kBasisBSpline;
-  const int64_t tile = std::min(B, kBatchTile);
-  bool decoded = !dense && B >= kDecodeMinBatch;
-  if (decoded) {
-    // The decoded block (M x n_out) can exceed the cap where the projection tables do not.
-    Scratch probe(/*measure_only=*/true);
-    probe.get<float>(L.K, L.M + 1);
-    decoded_scratch(probe, L, tile);
-    decoded = probe.ok();
-  }
-  Scratch mem;
-  // codebook transposed to (M, K) plus a zero row: the rows the hot loops read
-  float* ct = mem.get<float>(L.K, L.M + 1);
-  ProjectionScratch ps{};
-  DecodedScratch ds{};
-  float* bd = dense ? mem.get<float>(L.M) : nullptr;
-  if (decoded) {
-    ds = decoded_scratch(mem, L, tile);
-  } else {
-    ps = {mem.get<float>(L.K), mem.get<float>(L.n_out), mem.get<float>(L.n_out),
-          mem.get<float>(L.n_out)};
-  }
-  if (!mem.ok()) return mem.status();
+/// Codebook transposed to (M, K) plus a zero row: the rows the hot loops read.
+static void transpose_codebook(const Layer& L, float* ct) {
   for (int64_t q = 0; q < L.K; ++q)
     for (int64_t m = 0; m < L.M; ++m) ct[m * L.K + q] = L.codebook[q * L.M + m];
   for (int64_t q = 0; q < L.K; ++q) ct[L.M * L.K + q] = 0.0f;
-  if (decoded) {
-    for (int64_t b0 = 0; b0 < B; b0 += kBatchTile) {
-      const int64_t nb = std::min(kBatchTile, B - b0);
-      forward_decoded(L, ct, x + b0 * L.n_in, nb, y + b0 * L.n_out, ds);
+}
+
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+/// Unit u of n splitting `count` items into near-equal ranges of multiples of `align`.
+static void split_range(int64_t count, int64_t align, int64_t n, int64_t u, int64_t* lo,
+                        int64_t* hi) {
+  const int64_t per = ceil_div(ceil_div(count, align), n) * align;
+  *lo = std::min(count, u * per);
+  *hi = std::min(count, *lo + per);
+}
+
+/// Projection tables (B-splines below kDecodeMinBatch rows, and dense bases): rows split
+/// between threads when there are enough of them, else columns (each unit then builds every
+/// table itself: tables cost K (k+1) per input, lookups n_out).
+static ScratchStatus forward_projection(const Layer& L, const float* x, int64_t B, float* y,
+                                        const Parallel& par) {
+  const int64_t threads = std::max<int64_t>(1, std::min(par.threads, kMaxUnits));
+  const bool by_rows = B >= threads || B >= kDecodeMinBatch;
+  const int64_t n_col_units =
+      by_rows ? 1 : std::min(threads, ceil_div(L.n_out, kColumnAlign));
+  const int64_t n_units = by_rows ? std::min(B, threads) : n_col_units;
+  int64_t widest_lo = 0, width = L.n_out;  // unit 0 is the widest
+  if (!by_rows) split_range(L.n_out, kColumnAlign, n_units, 0, &widest_lo, &width);
+  Scratch mem;
+  float* ct = mem.get<float>(L.K, L.M + 1);
+  float* p = mem.get<float>(n_units, L.K);
+  float* acc = mem.get<float>(n_units * 3, width);
+  float* bd = mem.get<float>(n_units, L.M);
+  if (!mem.ok()) return mem.status();
+  transpose_codebook(L, ct);
+  const bool dense = L.basis != kBasisBSpline;
+  auto unit = [&](int64_t u) {
+    const ProjectionScratch sc{p + u * L.K, acc + 3 * u * width, acc + (3 * u + 1) * width,
+                               acc + (3 * u + 2) * width, bd + u * L.M};
+    int64_t r0 = 0, r1 = B;
+    Columns cols{0, L.n_out};
+    if (by_rows) {
+      split_range(B, 1, n_units, u, &r0, &r1);
+    } else {
+      int64_t o1 = 0;
+      split_range(L.n_out, kColumnAlign, n_units, u, &cols.o0, &o1);
+      cols.n = o1 - cols.o0;
     }
-  } else if (dense) {
-    for (int64_t bi = 0; bi < B; ++bi)
-      forward_row_dense(L, ct, x + bi * L.n_in, y + bi * L.n_out, ps, bd);
-  } else {
-    for (int64_t bi = 0; bi < B; ++bi)
-      forward_row_projection(L, ct, x + bi * L.n_in, y + bi * L.n_out, ps);
+    for (int64_t bi = r0; bi < r1; ++bi) {
+      if (dense) {
+        forward_row_dense(L, ct, x + bi * L.n_in, cols, y + bi * L.n_out, sc);
+      } else {
+        forward_row_projection(L, ct, x + bi * L.n_in, cols, y + bi * L.n_out, sc);
+      }
+    }
+  };
+  par.for_range(n_units, [&](int64_t begin, int64_t end) {
+    for (int64_t u = begin; u < end; ++u) unit(u);
+  });
+  return ScratchStatus::kOk;
+}
+
+/// Decoded tiles (B-splines, kDecodeMinBatch rows or more). Per tile, the basis phase is
+/// split over inputs, the accumulate phase over column blocks (and row parts when there
+/// are fewer blocks than threads).
+static ScratchStatus forward_decoded(const Layer& L, const float* x, int64_t B, float* y,
+                                     const Parallel& par) {
+  const int64_t threads = std::max<int64_t>(1, std::min(par.threads, kMaxUnits));
+  const int64_t tile = std::min(B, kDecodeTile);
+  const int64_t n_knots = L.M + L.k + 1;
+  const int64_t n_basis_units = std::min(threads, L.n_in);
+  const int64_t n_col_units = std::min(threads, ceil_div(L.n_out, kColumnAlign));
+  const int64_t n_row_parts = std::max<int64_t>(1, std::min(threads / n_col_units, tile / 16));
+  const int64_t n_units = n_col_units * n_row_parts;
+  int64_t widest_lo = 0, width = 0;  // column unit 0 is the widest
+  split_range(L.n_out, kColumnAlign, n_col_units, 0, &widest_lo, &width);
+  Scratch mem;
+  float* ct = mem.get<float>(L.K, L.M + 1);
+  const TileBasis tb = tile_basis_scratch(mem, L, tile);
+  float* inv = mem.get<float>(n_basis_units * L.k, n_knots);  // validated: fits int64
+  float* w = mem.get<float>(n_units * (L.M + 2), width);
+  float* gg = mem.get<float>(n_units, width);
+  int32_t* q = mem.get<int32_t>(n_units, width);
+  if (!mem.ok()) return mem.status();
+  transpose_codebook(L, ct);
+  for (int64_t t0 = 0; t0 < B; t0 += tile) {
+    const int64_t nb = std::min(tile, B - t0);
+    const float* xt0 = x + t0 * L.n_in;
+    par.for_range(n_basis_units, [&](int64_t begin, int64_t end) {
+      for (int64_t u = begin; u < end; ++u) {
+        int64_t i0 = 0, i1 = 0;
+        split_range(L.n_in, 1, n_basis_units, u, &i0, &i1);
+        // Column reads of x (stride n_in) would thrash a few L1 sets; transpose the range.
+        for (int64_t bi = 0; bi < nb; ++bi)
+          for (int64_t i = i0; i < i1; ++i) tb.xt[i * nb + bi] = xt0[bi * L.n_in + i];
+        if (i1 > i0) tile_basis_inputs(L, nb, i0, i1, tb, inv + u * L.k * n_knots);
+      }
+    });
+    par.for_range(n_units, [&](int64_t begin, int64_t end) {
+      for (int64_t u = begin; u < end; ++u) {
+        Columns cols;
+        int64_t o1 = 0, r0 = 0, r1 = 0;
+        split_range(L.n_out, kColumnAlign, n_col_units, u % n_col_units, &cols.o0, &o1);
+        cols.n = o1 - cols.o0;
+        split_range(nb, 1, n_row_parts, u / n_col_units, &r0, &r1);
+        if (r1 <= r0 || cols.n == 0) continue;
+        const DecodedScratch d{w + u * (L.M + 2) * width, gg + u * width, q + u * width};
+        accumulate_unit(L, ct, tb, nb, r0, r1, cols, y + t0 * L.n_out, d);
+      }
+    });
   }
   return ScratchStatus::kOk;
+}
+
+/// Evaluates the layer for B rows of x (B, n_in) into y (B, n_out).
+/// Returns kTooLarge when the scratch memory would exceed kMaxScratchBytes (then the
+/// decoded strategy falls back to projection tables; if those exceed it too, nothing is
+/// written), kNoMemory when it cannot be allocated.
+static ScratchStatus forward_layer(const Layer& L, const float* x, int64_t B, float* y,
+                                   const Parallel& par) {
+  if (B == 0 || L.n_out == 0) return ScratchStatus::kOk;
+  if (L.basis == kBasisBSpline && B >= kDecodeMinBatch) {
+    const ScratchStatus st = forward_decoded(L, x, B, y, par);
+    if (st != ScratchStatus::kTooLarge) return st;
+  }
+  return forward_projection(L, x, B, y, par);
 }
 
 /// Evaluates a validated layer (validate()) for B rows of x (B, n_in) into y (B, n_out),
 /// both C-contiguous float32. Errors: InvalidArgument when the scratch memory would exceed
 /// kMaxScratchBytes (nothing is written), MemoryAllocationFailed when it cannot be
 /// allocated.
-static Status forward(const Layer& L, const float* x, int64_t B, float* y) {
-  const ScratchStatus st = forward_layer(L, x, B, y);
+static Status forward(const Layer& L, const float* x, int64_t B, float* y,
+                      const Parallel& par = Parallel{}) {
+  const ScratchStatus st = forward_layer(L, x, B, y, par);
   if (st == ScratchStatus::kTooLarge) {
     return status_error(StatusCode::kInvalidArgument,
                         "lutham: scratch memory for K=%lld, M=%lld, n_in=%lld, n_out=%lld "

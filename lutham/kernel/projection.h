@@ -44,85 +44,98 @@ static float build_projection(const float* ct, int64_t K, int64_t M, int64_t k,
 }
 
 template <typename CodeT, typename GainT>
-static void gather_row(const Layer& L, int64_t i, const float* p, float* acc) {
-  const int64_t off = i * L.n_out;
+static void gather_row(const Layer& L, int64_t i, const Columns& cols, const float* p,
+                       float* acc) {
+  const int64_t off = i * L.n_out + cols.o0;
   gather_accumulate(static_cast<const CodeT*>(L.codes) + off,
-                    static_cast<const GainT*>(L.gains.data) + off, p, acc, L.n_out);
+                    static_cast<const GainT*>(L.gains.data) + off, p, acc, cols.n);
 }
 
-static void gather_dispatch(const Layer& L, int64_t i, const float* p, float* acc) {
+static void gather_dispatch(const Layer& L, int64_t i, const Columns& cols, const float* p,
+                            float* acc) {
   with_code_gain_types(L, [&](auto code, auto gain) {
-    gather_row<typename decltype(code)::type, typename decltype(gain)::type>(L, i, p, acc);
+    gather_row<typename decltype(code)::type, typename decltype(gain)::type>(L, i, cols, p,
+                                                                             acc);
   });
 }
 
-static void edge_axpy(const EdgeTensor& e, int64_t i, int64_t n_out, float a, float* acc) {
-  const int64_t off = i * n_out;
+static void edge_axpy(const EdgeTensor& e, int64_t i, const Layer& L, const Columns& cols,
+                      float a, float* acc) {
+  const int64_t off = i * L.n_out + cols.o0;
   if (e.is_i8) {
-    axpy_row(static_cast<const int8_t*>(e.data) + off, a, acc, n_out);
+    axpy_row(static_cast<const int8_t*>(e.data) + off, a, acc, cols.n);
   } else {
-    axpy_row(static_cast<const float*>(e.data) + off, a, acc, n_out);
+    axpy_row(static_cast<const float*>(e.data) + off, a, acc, cols.n);
   }
 }
 
+/// acc_b += s * edge_bias row, acc_w += act * base row, in one pass when both are stored alike.
+static void edge_axpy2(const Layer& L, int64_t i, const Columns& cols, float s, float act,
+                       float* acc_b, float* acc_w) {
+  const int64_t off = i * L.n_out + cols.o0;
+  if (L.edge_bias.is_i8) {
+    axpy2_row(static_cast<const int8_t*>(L.edge_bias.data) + off, s,
+              static_cast<const int8_t*>(L.base_weight.data) + off, act, acc_b, acc_w, cols.n);
+  } else {
+    axpy2_row(static_cast<const float*>(L.edge_bias.data) + off, s,
+              static_cast<const float*>(L.base_weight.data) + off, act, acc_b, acc_w, cols.n);
+  }
+}
+
+/// Scratch of one projection unit: a table and three accumulators of the unit's width.
 struct ProjectionScratch {
   float* p;      // (K,) projection table
-  float* acc_g;  // (n_out,) gain-weighted lookups
-  float* acc_b;  // (n_out,) edge-bias terms
-  float* acc_w;  // (n_out,) base-branch terms
+  float* acc_g;  // (width,) gain-weighted lookups
+  float* acc_b;  // (width,) edge-bias terms
+  float* acc_w;  // (width,) base-branch terms
+  float* b;      // (M,) basis values of a dense basis
 };
 
-/// One batch row by the projection-table strategy.
+/// y[o0 + o] from the accumulators, o < cols.n.
+static void finish_row(const Layer& L, const Columns& cols, const ProjectionScratch& sc,
+                       float* y) {
+  for (int64_t c = 0; c < cols.n; ++c) {
+    const int64_t o = cols.o0 + c;
+    y[o] = scale_or_one(L.gain_scale, o) * sc.acc_g[c] +
+           scale_or_one(L.edge_bias_scale, o) * sc.acc_b[c] +
+           scale_or_one(L.base_scale, o) * sc.acc_w[c] + (L.out_bias ? L.out_bias[o] : 0.0f);
+  }
+}
+
+/// Columns `cols` of one batch row by the projection-table strategy (B-splines).
 static void forward_row_projection(const Layer& L, const float* ct, const float* x,
-                                   float* y, const ProjectionScratch& sc) {
+                                   const Columns& cols, float* y, const ProjectionScratch& sc) {
   const int64_t n_knots = L.M + L.k + 1;
-  float* p = sc.p;
-  float* acc_g = sc.acc_g;
-  float* acc_b = sc.acc_b;
-  float* acc_w = sc.acc_w;
-  for (int64_t o = 0; o < L.n_out; ++o) acc_g[o] = acc_b[o] = acc_w[o] = 0.0f;
+  for (int64_t c = 0; c < cols.n; ++c) sc.acc_g[c] = sc.acc_b[c] = sc.acc_w[c] = 0.0f;
+  const bool fused = L.edge_bias.data && L.base_weight.data &&
+                     L.base_weight.is_i8 == L.edge_bias.is_i8;
   float b[kMaxSplineOrder + 1];
   for (int64_t i = 0; i < L.n_in; ++i) {
     const float xi = x[i];
     int64_t first = 0;
+    float s = 0.0f;
     if (basis_at(grid_row(L, i), n_knots, L.k, xi, &first, b)) {
-      const float s = build_projection(ct, L.K, L.M, L.k, first, b, p);
-      gather_dispatch(L, i, p, acc_g);
-      if (L.edge_bias.data && s != 0.0f) {
-        if (L.base_weight.data && L.base_weight.is_i8 == L.edge_bias.is_i8) {
-          const int64_t off = i * L.n_out;
-          if (L.edge_bias.is_i8) {
-            axpy2_row(static_cast<const int8_t*>(L.edge_bias.data) + off, s,
-                      static_cast<const int8_t*>(L.base_weight.data) + off, base_act(L, xi), acc_b,
-                      acc_w, L.n_out);
-          } else {
-            axpy2_row(static_cast<const float*>(L.edge_bias.data) + off, s,
-                      static_cast<const float*>(L.base_weight.data) + off, base_act(L, xi), acc_b,
-                      acc_w, L.n_out);
-          }
-          continue;
-        }
-        edge_axpy(L.edge_bias, i, L.n_out, s, acc_b);
-      }
+      s = build_projection(ct, L.K, L.M, L.k, first, b, sc.p);
+      gather_dispatch(L, i, cols, sc.p, sc.acc_g);
     }
-    if (L.base_weight.data) edge_axpy(L.base_weight, i, L.n_out, base_act(L, xi), acc_w);
+    const bool bias = L.edge_bias.data && s != 0.0f;
+    if (bias && fused) {
+      edge_axpy2(L, i, cols, s, base_act(L, xi), sc.acc_b, sc.acc_w);
+      continue;
+    }
+    if (bias) edge_axpy(L.edge_bias, i, L, cols, s, sc.acc_b);
+    if (L.base_weight.data) edge_axpy(L.base_weight, i, L, cols, base_act(L, xi), sc.acc_w);
   }
-  for (int64_t o = 0; o < L.n_out; ++o) {
-    y[o] = scale_or_one(L.gain_scale, o) * acc_g[o] +
-           scale_or_one(L.edge_bias_scale, o) * acc_b[o] +
-           scale_or_one(L.base_scale, o) * acc_w[o] + (L.out_bias ? L.out_bias[o] : 0.0f);
-  }
+  finish_row(L, cols, sc, y);
 }
 
-/// One batch row for a dense basis (RBF, Chebyshev): per input, all M basis values,
-/// P[q] = sum_m b[m] * Ct[m][q] (in order of m), S = sum_m b[m].
-static void forward_row_dense(const Layer& L, const float* ct, const float* x, float* y,
-                              const ProjectionScratch& sc, float* b) {
+/// Columns `cols` of one batch row for a dense basis (RBF, Chebyshev): per input, all M
+/// basis values, P[q] = sum_m b[m] * Ct[m][q] (in order of m), S = sum_m b[m].
+static void forward_row_dense(const Layer& L, const float* ct, const float* x,
+                              const Columns& cols, float* y, const ProjectionScratch& sc) {
   float* p = sc.p;
-  float* acc_g = sc.acc_g;
-  float* acc_b = sc.acc_b;
-  float* acc_w = sc.acc_w;
-  for (int64_t o = 0; o < L.n_out; ++o) acc_g[o] = acc_b[o] = acc_w[o] = 0.0f;
+  float* b = sc.b;
+  for (int64_t c = 0; c < cols.n; ++c) sc.acc_g[c] = sc.acc_b[c] = sc.acc_w[c] = 0.0f;
   for (int64_t i = 0; i < L.n_in; ++i) {
     const float xi = x[i];
     dense_basis(L, i, xi, b);
@@ -132,15 +145,11 @@ static void forward_row_dense(const Layer& L, const float* ct, const float* x, f
       axpy_plain(p, ct + m * L.K, b[m], L.K);
       s += b[m];
     }
-    gather_dispatch(L, i, p, acc_g);
-    if (L.edge_bias.data) edge_axpy(L.edge_bias, i, L.n_out, s, acc_b);
-    if (L.base_weight.data) edge_axpy(L.base_weight, i, L.n_out, base_act(L, xi), acc_w);
+    gather_dispatch(L, i, cols, p, sc.acc_g);
+    if (L.edge_bias.data) edge_axpy(L.edge_bias, i, L, cols, s, sc.acc_b);
+    if (L.base_weight.data) edge_axpy(L.base_weight, i, L, cols, base_act(L, xi), sc.acc_w);
   }
-  for (int64_t o = 0; o < L.n_out; ++o) {
-    y[o] = scale_or_one(L.gain_scale, o) * acc_g[o] +
-           scale_or_one(L.edge_bias_scale, o) * acc_b[o] +
-           scale_or_one(L.base_scale, o) * acc_w[o] + (L.out_bias ? L.out_bias[o] : 0.0f);
-  }
+  finish_row(L, cols, sc, y);
 }
 
 }  // namespace lutham

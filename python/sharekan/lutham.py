@@ -37,7 +37,9 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import hashlib
+import json
 import os
+import platform
 import shutil
 import stat
 import subprocess
@@ -57,13 +59,16 @@ __all__ = [
     "LIBRARY_NAME",
     "RUNNER_NAME",
     "build_flags",
+    "PREBUILT_DIR",
     "build_library",
+    "build_prebuilt",
     "build_runner",
     "cache_dir",
     "executorch_info",
     "kernel_source",
     "load_library",
     "loaded_library",
+    "prebuilt_library",
 ]
 
 LIBRARY_NAME = "libsharekan_lutham.so"
@@ -78,6 +83,11 @@ _FLAGS_FILE = "build_flags.txt"
 _FLAG_SETS = ("LUTHAM_STD", "LUTHAM_DEFINES", "LUTHAM_WARNINGS", "LUTHAM_KERNEL_OPT",
               "LUTHAM_RUNNER_OPT", "LUTHAM_SANITIZE_FLAGS", "LUTHAM_SANITIZE_KERNEL_FLAGS")
 
+# where a wheel keeps the kernel sources and the prebuilt library, inside the package
+_PACKAGED_SOURCE = "_lutham_src"
+PREBUILT_DIR = Path(__file__).resolve().parent / "_lutham_prebuilt"
+PREBUILT_INFO = "BUILD_INFO.json"
+
 _lock = threading.Lock()
 _loaded: Path | None = None
 _loaded_handle: ctypes.CDLL | None = None
@@ -87,8 +97,8 @@ def kernel_source() -> Path:
     """Directory holding `lutham_executorch.cpp`, `kernel/`, `build_flags.txt`, `runner.cpp`.
 
     Looked up in `$SHAREKAN_LUTHAM_SOURCE`, then in the source tree (`<repo>/lutham`, for
-    editable installs), then beside the package in site-packages (`lutham/`, where a wheel
-    puts the sources: pyproject's maturin `include`).
+    editable installs), then inside the package (`sharekan/_lutham_src/`, where a wheel puts
+    them: pyproject's maturin `include` through the symlink python/sharekan/_lutham_src).
 
     Raises:
         LuthamBuildError: the kernel source cannot be found.
@@ -98,7 +108,7 @@ def kernel_source() -> Path:
     if env:
         candidates.append(Path(env))
     here = Path(__file__).resolve().parent
-    candidates += [here.parent.parent / "lutham", here.parent / "lutham"]
+    candidates += [here.parent.parent / "lutham", here / _PACKAGED_SOURCE]
     for cand in candidates:
         if (cand / KERNEL_SOURCE).is_file():
             return cand
@@ -534,6 +544,173 @@ def build_runner(out_dir: str | os.PathLike[str] | None = None, *,
     return target
 
 
+# -- the prebuilt library of a wheel ---------------------------------------------------------
+#
+# scripts/release compiles the kernel library into PREBUILT_DIR before it
+# builds the wheel, against the pinned executorch, and records what it was built for in
+# PREBUILT_INFO. load_library() loads it, with no compiler, when this process's platform,
+# installed executorch version and packaged kernel sources are exactly those; otherwise it
+# builds from the sources as before. The files are part of the installed package (same trust
+# as its Python code), so the private-cache checks do not apply to them.
+
+# x86_64 glibc gave exp/log/pow (2.29) and expf/logf/powf (2.27) new symbol versions; binding
+# them to the original GLIBC_2.2.5 ones keeps the prebuilt library loadable on glibc >= 2.17,
+# the wheel's manylinux2014 tag (same results: the old versions only differ in errno handling)
+_GLIBC_COMPAT_X86_64 = "".join(
+    f'__asm__(".symver {name},{name}@GLIBC_2.2.5");\n'
+    for name in ("exp", "log", "pow", "exp2", "log2", "expf", "logf", "powf", "exp2f", "log2f"))
+# the installed executorch's lib dir, from sharekan/_lutham_prebuilt/ in site-packages
+_PREBUILT_RPATH = "$ORIGIN/../../executorch/lib"
+
+
+def _platform_tag() -> str:
+    return f"{sys.platform}-{platform.machine()}"
+
+
+def _sources_digest(src_dir: Path) -> str:
+    """Digest of the files the kernel library is compiled from (as in build_library's key)."""
+    return _build_key(_source_parts(src_dir, [KERNEL_SOURCE, _KERNEL_HEADERS, _FLAGS_FILE]))
+
+
+def _installed_executorch_version() -> str | None:
+    try:
+        return metadata.version("executorch")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def prebuilt_library() -> tuple[Path | None, str]:
+    """The kernel library prebuilt into this wheel, if this installation can load it.
+
+    It can when the platform, the installed executorch version and the packaged kernel
+    sources are those it was built for (`sharekan/_lutham_prebuilt/BUILD_INFO.json`), and
+    `SHAREKAN_LUTHAM_PREBUILT` is not `0`.
+
+    Returns:
+        `(path, "")`, or `(None, reason)` saying why it cannot be used.
+    """
+    if os.environ.get("SHAREKAN_LUTHAM_PREBUILT", "") == "0":
+        return None, "SHAREKAN_LUTHAM_PREBUILT=0 disables it"
+    lib = PREBUILT_DIR / LIBRARY_NAME
+    info = _prebuilt_info()
+    if info is None:
+        return None, ("this installation has none (a source checkout, or a wheel not built "
+                      "by scripts/release)")
+    if not lib.is_file():
+        return None, f"{lib} is missing"
+    if info.get("platform") != _platform_tag():
+        return None, f"it was built for {info.get('platform')}, this is {_platform_tag()}"
+    installed = _installed_executorch_version()
+    if info.get("executorch") != installed:
+        return None, (f"it was built against executorch {info.get('executorch')}, "
+                      f"but {'no executorch' if installed is None else installed} is installed")
+    try:
+        digest = _sources_digest(kernel_source())
+    except LuthamBuildError as exc:
+        return None, f"its sources cannot be checked: {exc}"
+    if info.get("sources") != digest:
+        return None, ("the kernel sources differ from the ones it was built from "
+                      "(SHAREKAN_LUTHAM_SOURCE, or a stale build)")
+    return lib, ""
+
+
+def build_prebuilt(out_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Compile the kernel library for a wheel (scripts/release).
+
+    Same source and flags as `build_library`, but independent of this machine: its rpath is
+    `$ORIGIN/../../executorch/lib` (executorch installed beside sharekan in site-packages)
+    and, on x86_64, libm's symbols are bound to their oldest versions, so it needs nothing
+    newer than glibc 2.17 and GLIBCXX_3.4. Writes `libsharekan_lutham.so` and
+    `BUILD_INFO.json` (platform, executorch version, digest of the sources, compiler).
+    (The standalone runner is not prebuilt: its glibc start-up code and std::string need
+    glibc 2.34 here, beyond the wheel's tag; `build_runner()` compiles it.)
+
+    Args:
+        out_dir: default `sharekan/_lutham_prebuilt` beside this module (what the wheel ships).
+
+    Returns:
+        Path of the library.
+
+    Raises:
+        LuthamBuildError: as `build_library`.
+    """
+    out = Path(out_dir) if out_dir is not None else PREBUILT_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    src_dir = kernel_source()
+    info = executorch_info()
+    cxx = _compiler()
+    fs = build_flags(src_dir)
+    common = _common_flags(info, fs)
+    with tempfile.TemporaryDirectory() as tmp:
+        compat: list[str] = []
+        if platform.machine() == "x86_64":
+            header = Path(tmp) / "glibc_compat.h"
+            header.write_text(_GLIBC_COMPAT_X86_64)
+            compat = ["-include", str(header)]
+        lib_dir = f"-L{info['lib_dir']}"
+        libs = fs.get("LUTHAM_KERNEL_LIBS", ["-lexecutorch"])
+        lib = out / LIBRARY_NAME
+        _run_compiler([cxx, *common, "-fPIC", *fs["LUTHAM_KERNEL_OPT"], *compat,
+                       str(src_dir / KERNEL_SOURCE), "-shared", lib_dir, *libs,
+                       f"-Wl,-rpath,{_PREBUILT_RPATH}", "-o", str(lib)],
+                      "the prebuilt LUTHAM kernel library")
+    record = {"platform": _platform_tag(), "executorch": info["version"],
+              "sources": _sources_digest(src_dir), "compiler": _compiler_version(cxx),
+              "library": LIBRARY_NAME}
+    (out / PREBUILT_INFO).write_text(json.dumps(record, indent=1) + "\n")
+    return lib
+
+
+def _default_library() -> Path:
+    """What `load_library()` loads: the wheel's prebuilt library when usable, else the build
+    cache's (compiled on first use)."""
+    sanitize = _sanitize_from_env()
+    prebuilt, why_not = (None, "SHAREKAN_LUTHAM_SANITIZE=1") if sanitize else prebuilt_library()
+    if prebuilt is not None:
+        return prebuilt
+    try:
+        built = build_library(sanitize=sanitize)
+    except LuthamBuildError as exc:
+        info = _prebuilt_info()
+        if info is None or sanitize:
+            raise
+        raise LuthamBuildError(
+            f"the LUTHAM kernel library can neither be loaded prebuilt nor built: the one in "
+            f"this wheel cannot be used ({why_not}), and building it from source failed: "
+            f"{exc}\nFix: install the executorch this wheel was built for "
+            f"(pip install 'executorch=={info.get('executorch')}'), or install a C++ compiler "
+            "(e.g. apt-get install g++) so the kernel is compiled for the installed executorch"
+        ) from exc
+    # checked before resolve(), which would follow a planted symlink
+    _check_private_file(built, "cached LUTHAM kernel library")
+    return built.resolve()
+
+
+def _prebuilt_info() -> dict | None:
+    try:
+        info = json.loads((PREBUILT_DIR / PREBUILT_INFO).read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def _dlopen(target: Path) -> ctypes.CDLL:
+    mode = getattr(os, "RTLD_NOW", 2)
+    try:
+        return ctypes.CDLL(str(target), mode=mode)
+    except OSError as exc:
+        if "libexecutorch" not in str(exc):
+            raise
+    # a prebuilt library whose rpath misses executorch (installed in another site directory
+    # than sharekan): load the installed executorch's runtime libraries by path first, so the
+    # kernel's dependencies resolve to them (the dynamic loader matches them by name)
+    lib_dir = executorch_info()["lib_dir"]
+    for name in ("libexecutorch.so", "libexecutorch_threadpool.so"):
+        if (lib_dir / name).is_file():
+            ctypes.CDLL(str(lib_dir / name), mode=mode | ctypes.RTLD_GLOBAL)
+    return ctypes.CDLL(str(target), mode=mode)
+
+
 def _sanitize_from_env() -> bool:
     # SHAREKAN_LUTHAM_SANITIZE=1: load / run the ASan+UBSan builds (the Python process
     # then needs libasan preloaded; see lutham/SANITIZERS.md).
@@ -546,30 +723,29 @@ def loaded_library() -> Path | None:
 
 
 def load_library(path: str | os.PathLike[str] | None = None) -> Path:
-    """Build (if needed) and load the kernel library into this process, once.
+    """Load the kernel library into this process, once (building it first if needed).
+
+    The library is the one prebuilt into the wheel when `prebuilt_library()` can use it (the
+    installed executorch is the version it was built against; no compiler needed), else the
+    build cache's, compiled on first use with the C++ compiler.
 
     After this, ExecuTorch programs using `sharekan::lutham.out` load and run in this
     process (`executorch.runtime.Runtime.get().load_program(...)`).
 
     Args:
-        path: a prebuilt library to load instead of the cached build.
+        path: a library to load instead (the caller's choice: not checked).
 
     Returns:
         Path of the loaded library.
 
     Raises:
-        LuthamBuildError: the build fails, or a different library was already loaded in this
-            process (registering the operator twice would abort the process).
+        LuthamBuildError: the build fails (with no usable prebuilt library the message names
+            both and the fix), or a different library was already loaded in this process
+            (registering the operator twice would abort the process).
     """
     global _loaded, _loaded_handle
     with _lock:
-        if path is not None:
-            target = Path(path).resolve()
-        else:
-            built = build_library(sanitize=_sanitize_from_env())
-            # checked before resolve(), which would follow a planted symlink
-            _check_private_file(built, "cached LUTHAM kernel library")
-            target = built.resolve()
+        target = Path(path).resolve() if path is not None else _default_library()
         if _loaded is not None:
             if _loaded != target:
                 raise LuthamBuildError(
@@ -581,7 +757,7 @@ def load_library(path: str | os.PathLike[str] | None = None) -> Path:
         if not target.is_file():
             raise LuthamBuildError(f"LUTHAM kernel library {target} does not exist")
         try:
-            _loaded_handle = ctypes.CDLL(str(target), mode=getattr(os, "RTLD_NOW", 2))
+            _loaded_handle = _dlopen(target)
         except OSError as exc:
             raise LuthamBuildError(f"cannot load LUTHAM kernel library {target}: {exc}") from exc
         _loaded = target

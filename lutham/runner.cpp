@@ -1,7 +1,7 @@
 // lutham_runner: run an ExecuTorch .pte on inputs read from a text file; no Python.
 //
 // Usage:
-//   lutham_runner MODEL.pte INPUT.txt [--method NAME] [--repeat N]
+//   lutham_runner MODEL.pte INPUT.txt [--method NAME] [--repeat N] [--threads 1]
 //
 // It links ExecuTorch's optimized CPU kernels and the LUTHAM kernel library
 // (libsharekan_lutham.so), so dense and LUTHAM programs both run.
@@ -18,6 +18,9 @@
 // Limits (exit 1 with a message otherwise): NDIM <= 8, each dim in [0, 2^31-1], the
 // product of the dims at most 2^31-1, no more values declared than the rest of the file
 // can hold (2 bytes each), a file of at most 256 MiB (lutham/input_file.h).
+// Threads: kernels that use ExecuTorch's threadpool (the LUTHAM kernel, the optimized
+// kernels) run on all of its threads (one per performant core); --threads 1 disables the
+// pool (NoThreadPoolGuard), so every kernel runs on the calling thread.
 // With --repeat N (0 <= N <= 1000000) the method runs N extra times and the median / min
 // wall time per call (microseconds) is printed to stderr as
 // `timing median_us=... min_us=... n=N`.
@@ -26,6 +29,7 @@
 // ExecuTorch error code is printed, e.g. 0x12 InvalidArgument from a failed kernel check).
 
 #include <executorch/extension/module/module.h>
+#include <executorch/extension/threadpool/threadpool_guard.h>
 #include <executorch/extension/tensor/tensor.h>
 
 #include "input_file.h"
@@ -69,12 +73,14 @@ void print_tensor(size_t index, const executorch::aten::Tensor& t) {
 
 int main(int argc, char** argv) {
   if (argc < 3) {
-    std::fprintf(stderr, "usage: %s MODEL.pte INPUT.txt [--method NAME] [--repeat N]\n",
+    std::fprintf(stderr,
+                 "usage: %s MODEL.pte INPUT.txt [--method NAME] [--repeat N] [--threads 1]\n",
                  argv[0]);
     return 1;
   }
   std::string method = "forward";
   long long repeat = 0;
+  long long threads = 0;  // 0: the threadpool's default
   for (int a = 3; a < argc; ++a) {
     const bool has_value = a + 1 < argc;
     if (std::strcmp(argv[a], "--method") == 0 && has_value) {
@@ -86,7 +92,15 @@ int main(int argc, char** argv) {
                      kMaxRepeat, lutham_input::quote(v).c_str());
         return 1;
       }
-    } else if (std::strcmp(argv[a], "--method") == 0 || std::strcmp(argv[a], "--repeat") == 0) {
+    } else if (std::strcmp(argv[a], "--threads") == 0 && has_value) {
+      const std::string v = argv[++a];
+      if (!lutham_input::parse_int(v, &threads) || threads != 1) {
+        std::fprintf(stderr, "error: --threads takes 1 (omit it to use every core), got %s\n",
+                     lutham_input::quote(v).c_str());
+        return 1;
+      }
+    } else if (std::strcmp(argv[a], "--method") == 0 || std::strcmp(argv[a], "--repeat") == 0 ||
+               std::strcmp(argv[a], "--threads") == 0) {
       std::fprintf(stderr, "error: %s needs a value\n", argv[a]);
       return 1;
     } else {
@@ -94,6 +108,8 @@ int main(int argc, char** argv) {
       return 1;
     }
   }
+  // Thread-local: every execute below runs on this thread.
+  if (threads == 1) executorch::extension::threadpool::NoThreadPoolGuard::set_enabled(true);
   std::vector<lutham_input::Tensor> inputs;
   std::string err;
   if (!lutham_input::read_inputs(argv[2], &inputs, &err)) {

@@ -22,7 +22,7 @@ constexpr int64_t kMaxSplineOrder = 15;
 constexpr int64_t kDecodeMinBatch = 12;
 /// The decoded-tile strategy processes the batch in tiles of this many rows: each weight is
 /// decoded once per tile, and the tile's basis values (n_in x tile x (k+4) floats) are kept.
-constexpr int64_t kDecodeTile = 256;
+constexpr int64_t kDecodeTile = 128;
 /// Every split of the columns between threads falls on a multiple of this many columns, so
 /// each column is computed by the same vector lanes whatever the thread count.
 constexpr int64_t kColumnAlign = 32;

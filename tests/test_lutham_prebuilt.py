@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -146,6 +147,12 @@ def test_build_prebuilt_is_portable(tmp_path):
                          check=True).stdout
     assert "$ORIGIN/../../executorch/lib" in dyn
     assert "/site-packages/" not in dyn  # no path of this machine
+    # here the rpath finds no executorch (tmp_path/../../executorch): load_library preloads
+    # the installed executorch's libraries by path and loads it (in a child: it registers the op)
+    code = f"from sharekan import lutham; print(lutham.load_library({str(lib)!r}))"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == str(lib.resolve()), res.stderr
     if lutham._platform_tag() == "linux-x86_64":
         syms = subprocess.run(["objdump", "-T", str(lib)], capture_output=True, text=True,
                               check=True).stdout

@@ -19,7 +19,7 @@ from .artifact import load, save
 from .compiler import compress
 from .compressed import CompressedLayer, CompressedModel
 from .config import Config
-from .export import export_pte
+from .export import export_onnx, export_pte
 from .report import LayerReport, Report
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "Report",
     "__version__",
     "compress",
+    "export_onnx",
     "export_pte",
     "errors",
     "load",

@@ -22,7 +22,8 @@ if [[ -z "${EXECUTORCH_ROOT:-}" ]]; then
     [[ -x "$py" ]] || py=python3
     version="$("$py" -c 'from importlib import metadata; print(metadata.version("executorch"))' \
         2>/dev/null || echo 1.5.1)"
-    EXECUTORCH_ROOT="${SHAREKAN_AARCH64_EXECUTORCH:-$HOME/.cache/sharekan/aarch64/executorch-$version}/executorch"
+    home=~  # $HOME, or the password database's entry when HOME is unset
+    EXECUTORCH_ROOT="${SHAREKAN_AARCH64_EXECUTORCH:-$home/.cache/sharekan/aarch64/executorch-$version}/executorch"
 fi
 if ! command -v "$cxx" >/dev/null 2>&1 || [[ ! -f "$EXECUTORCH_ROOT/lib/libexecutorch.so" ]]; then
     echo "build_aarch64: needs $cxx and the executorch aarch64 runtime at $EXECUTORCH_ROOT;" \

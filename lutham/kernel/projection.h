@@ -59,6 +59,20 @@ static void gather_dispatch(const Layer& L, int64_t i, const Columns& cols, cons
   });
 }
 
+/// Lookups and base branch of input i in one pass (base stored like the gains).
+static void gather_base_dispatch(const Layer& L, int64_t i, const Columns& cols, const float* p,
+                                 float act, float* acc, float* acc_w) {
+  const int64_t off = i * L.n_out + cols.o0;
+  with_code_gain_types(L, [&](auto code, auto gain) {
+    using CodeT = typename decltype(code)::type;
+    using GainT = typename decltype(gain)::type;
+    gather_accumulate_base(static_cast<const CodeT*>(L.codes) + off,
+                           static_cast<const GainT*>(L.gains.data) + off, p, acc,
+                           static_cast<const GainT*>(L.base_weight.data) + off, act, acc_w,
+                           cols.n);
+  });
+}
+
 static void edge_axpy(const EdgeTensor& e, int64_t i, const Layer& L, const Columns& cols,
                       float a, float* acc) {
   const int64_t off = i * L.n_out + cols.o0;
@@ -109,16 +123,28 @@ static void forward_row_projection(const Layer& L, const float* ct, const float*
   for (int64_t c = 0; c < cols.n; ++c) sc.acc_g[c] = sc.acc_b[c] = sc.acc_w[c] = 0.0f;
   const bool fused = L.edge_bias.data && L.base_weight.data &&
                      L.base_weight.is_i8 == L.edge_bias.is_i8;
+  // Base rows stored like the gains ride along with the lookups (one pass over the row).
+  const bool base_with_lookups = L.base_weight.data && L.base_weight.is_i8 == L.gains.is_i8;
   float b[kMaxSplineOrder + 1];
   for (int64_t i = 0; i < L.n_in; ++i) {
     const float xi = x[i];
     int64_t first = 0;
     float s = 0.0f;
+    bool base_done = false;
     if (basis_at(grid_row(L, i), n_knots, L.k, xi, &first, b)) {
       s = build_projection(ct, L.K, L.M, L.k, first, b, sc.p);
-      gather_dispatch(L, i, cols, sc.p, sc.acc_g);
+      if (base_with_lookups) {
+        gather_base_dispatch(L, i, cols, sc.p, base_act(L, xi), sc.acc_g, sc.acc_w);
+        base_done = true;
+      } else {
+        gather_dispatch(L, i, cols, sc.p, sc.acc_g);
+      }
     }
     const bool bias = L.edge_bias.data && s != 0.0f;
+    if (base_done) {
+      if (bias) edge_axpy(L.edge_bias, i, L, cols, s, sc.acc_b);
+      continue;
+    }
     if (bias && fused) {
       edge_axpy2(L, i, cols, s, base_act(L, xi), sc.acc_b, sc.acc_w);
       continue;

@@ -70,6 +70,20 @@ LUTHAM_HOT static void gather_accumulate(const CodeT* __restrict codes,
   }
 }
 
+/// gather_accumulate plus the base branch of the same input row in the same pass:
+/// acc_w[o] += base[o] * act (base stored like the gains).
+template <typename CodeT, typename GainT>
+LUTHAM_HOT static void gather_accumulate_base(const CodeT* __restrict codes,
+                                              const GainT* __restrict gains,
+                                              const float* __restrict p, float* __restrict acc,
+                                              const GainT* __restrict base, float act,
+                                              float* __restrict acc_w, int64_t n) {
+  for (int64_t o = 0; o < n; ++o) {
+    acc[o] += as_float(gains[o]) * p[static_cast<int32_t>(codes[o])];
+    acc_w[o] += as_float(base[o]) * act;
+  }
+}
+
 template <typename T>
 LUTHAM_HOT static void axpy_row(const T* __restrict w, float a, float* __restrict acc,
                                 int64_t n) {

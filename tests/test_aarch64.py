@@ -182,6 +182,25 @@ def test_aarch64_dense_basis_layer_matches_x86(aarch64_build, x86_runner, tmp_pa
                                     for b, d, p in rows))
 
 
+def test_aarch64_kernel_check_fails_cleanly(aarch64_build, tmp_path):
+    """A failed kernel check on aarch64: the runner exits 3 with InvalidArgument (0x12) and the
+    kernel's message, as on x86 (a wrong input width; a non-finite codebook value)."""
+    rng = np.random.default_rng(5)
+    layer = random_layer(rng, 9, 5, 4, 3, 16, code_dtype=np.uint8, weight_kind="int8")
+    layer["codebook"][2, 1] = np.inf
+    pte = _export_raw(layer, tmp_path / "bad.pte", 9)
+    et_lib = _executorch_root() / "lib"
+    qemu = ["qemu-aarch64", "-L", SYSROOT, "-E", f"LD_LIBRARY_PATH={et_lib}:{aarch64_build}",
+            str(aarch64_build / "lutham_runner")]
+    for x, message in ((np.zeros((2, 8), np.float32), "lutham:"),
+                       (np.zeros((2, 9), np.float32), "codebook")):
+        _write_runner_input(tmp_path / "in.txt", x)
+        res = subprocess.run([*qemu, str(pte), str(tmp_path / "in.txt")], capture_output=True,
+                             text=True, timeout=300)
+        assert res.returncode == 3 and "0x12" in res.stderr and message in res.stderr, \
+            (res.returncode, res.stderr[-2000:])
+
+
 @pytest.fixture(scope="module")
 def demo_head(tmp_path_factory) -> tuple[Path, list[np.ndarray]]:
     """The demo-size head 1280 -> 256 -> 10 (G = 10, k = 3), compressed like

@@ -20,6 +20,10 @@ static inline const float* grid_row(const Layer& L, int64_t i) {
   return L.grid + (L.shared_grid ? 0 : i) * (L.M + L.k + 1);
 }
 
+/// Basis values of input i from its knot row g; inv_h: uniform_inv_spacing of that row.
+static inline bool basis_of(const Layer& L, const float* g, float inv_h, float x,
+                            int64_t* first, float* b, const float* inv = nullptr);
+
 /// Span j of x: g[j] <= x < g[j+1], 0 <= j <= n_knots - 2 (x inside, checked by caller).
 static inline int64_t find_span(const float* g, int64_t n_knots, float x) {
   // Branch-free: invariant g[j] <= x < g[j + n].
@@ -78,6 +82,62 @@ static inline bool basis_at(const float* g, int64_t n_knots, int64_t k, float x,
   }
   *first = j - k;
   return true;
+}
+
+/// 1 / h when the knot row is uniform (every |g[t] - g[0] - t h| <= 1e-6 h, h the mean
+/// spacing; efficient-kan's default grid), else 0. Checked once per row and call.
+static inline float uniform_inv_spacing(const float* g, int64_t n_knots) {
+  const double g0 = g[0];
+  const double h = (static_cast<double>(g[n_knots - 1]) - g0) / static_cast<double>(n_knots - 1);
+  for (int64_t t = 1; t < n_knots - 1; ++t) {
+    if (std::fabs(static_cast<double>(g[t]) - (g0 + static_cast<double>(t) * h)) > 1e-6 * h)
+      return 0.0f;
+  }
+  return static_cast<float>(1.0 / h);
+}
+
+/// basis_at for a uniform knot row (inv_h = uniform_inv_spacing(g, n_knots) > 0). The span
+/// comes from one multiply, corrected against the knots themselves, so x on a knot lands in
+/// the same half-open span as find_span; for k = 3 the values are the closed-form cubic
+/// B-spline weights in u = (x - g[j]) / h (the recursion's values to float rounding, as the
+/// knots are uniform to 1e-6 h), with the same zeros at indices outside the grid. Other
+/// orders run the recursion of basis_at from that span.
+static inline bool basis_at_uniform(const float* g, int64_t n_knots, int64_t k, float x,
+                                    float inv_h, int64_t* first, float* b,
+                                    const float* inv = nullptr) {
+  if (!(x >= g[0] && x < g[n_knots - 1])) return false;
+  int64_t j = static_cast<int64_t>((x - g[0]) * inv_h);
+  j = j < 0 ? 0 : (j > n_knots - 2 ? n_knots - 2 : j);
+  while (j > 0 && x < g[j]) --j;
+  while (j < n_knots - 2 && x >= g[j + 1]) ++j;
+  if (k == 3) {
+    const float u = (x - g[j]) * inv_h, v = 1.0f - u;
+    const float u2 = u * u, u3 = u2 * u;
+    constexpr float s = 1.0f / 6.0f;
+    b[0] = v * v * v * s;
+    b[1] = (3.0f * u3 - 6.0f * u2 + 4.0f) * s;
+    b[2] = (-3.0f * u3 + 3.0f * u2 + 3.0f * u + 1.0f) * s;
+    b[3] = u3 * s;
+    for (int64_t t = 0; t <= 3; ++t) {  // functions the grid does not have (as in the recursion)
+      const int64_t m = j - 3 + t;
+      if (m < 0 || m > n_knots - 5) b[t] = 0.0f;
+    }
+  } else {
+    switch (k) {
+      case 1: span_basis<1>(g, n_knots, 1, j, x, b, inv); break;
+      case 2: span_basis<2>(g, n_knots, 2, j, x, b, inv); break;
+      default: span_basis<0>(g, n_knots, k, j, x, b, inv); break;
+    }
+  }
+  *first = j - k;
+  return true;
+}
+
+static inline bool basis_of(const Layer& L, const float* g, float inv_h, float x,
+                            int64_t* first, float* b, const float* inv) {
+  const int64_t n_knots = L.M + L.k + 1;
+  return inv_h > 0.0f ? basis_at_uniform(g, n_knots, L.k, x, inv_h, first, b, inv)
+                      : basis_at(g, n_knots, L.k, x, first, b, inv);
 }
 
 /// inv[(r - 1) * n_knots + m] = 1 / (g[m + r] - g[m]) for r = 1..k, m + r < n_knots.

@@ -49,16 +49,20 @@ static TileBasis tile_basis_scratch(Scratch& mem, const Layer& L, int64_t tile) 
 static void tile_basis_inputs(const Layer& L, int64_t nb, int64_t i0, int64_t i1,
                               const TileBasis& tb, float* inv) {
   const int64_t M = L.M, k = L.k, n_knots = M + k + 1;
+  float inv_h = 0.0f;
   for (int64_t i = i0; i < i1; ++i) {
     const float* g = grid_row(L, i);
-    if (i == i0 || !L.shared_grid) knot_reciprocals(g, n_knots, k, inv);
+    if (i == i0 || !L.shared_grid) {
+      knot_reciprocals(g, n_knots, k, inv);
+      inv_h = uniform_inv_spacing(g, n_knots);
+    }
     for (int64_t bi = 0; bi < nb; ++bi) {
       const int64_t e = i * nb + bi;
       float* cb = tb.coef + e * (k + 1);
       const float xi = tb.xt[e];
       int64_t first = 0;
       float s = 0.0f;
-      if (basis_at(g, n_knots, k, xi, &first, cb, inv)) {
+      if (basis_of(L, g, inv_h, xi, &first, cb, inv)) {
         for (int64_t t = 0; t <= k; ++t) {
           const int64_t m = first + t;
           if (m < 0 || m >= M) {

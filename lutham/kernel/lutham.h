@@ -106,8 +106,14 @@ static ScratchStatus forward_projection(const Layer& L, const float* x, int64_t 
   float* p = mem.get<float>(n_units, L.K);
   float* acc = mem.get<float>(n_units * 3, width);
   float* bd = mem.get<float>(n_units, L.M);
+  const int64_t grid_rows = L.shared_grid ? 1 : L.n_in;
+  float* inv_h = mem.get<float>(grid_rows);
   if (!mem.ok()) return mem.status();
   transpose_codebook(L, ct);
+  if (L.basis == kBasisBSpline) {
+    for (int64_t r = 0; r < grid_rows; ++r)
+      inv_h[r] = uniform_inv_spacing(L.grid + r * (L.M + L.k + 1), L.M + L.k + 1);
+  }
   const bool dense = L.basis != kBasisBSpline;
   auto unit = [&](int64_t u) {
     const ProjectionScratch sc{p + u * L.K, acc + 3 * u * width, acc + (3 * u + 1) * width,
@@ -125,7 +131,7 @@ static ScratchStatus forward_projection(const Layer& L, const float* x, int64_t 
       if (dense) {
         forward_row_dense(L, ct, x + bi * L.n_in, cols, y + bi * L.n_out, sc);
       } else {
-        forward_row_projection(L, ct, x + bi * L.n_in, cols, y + bi * L.n_out, sc);
+        forward_row_projection(L, ct, inv_h, x + bi * L.n_in, cols, y + bi * L.n_out, sc);
       }
     }
   };

@@ -44,6 +44,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..errors import InvalidInputError
@@ -78,7 +79,7 @@ def _basis(xt: torch.Tensor, grid: torch.Tensor, k: int, m: int, basis: int, h: 
     """(M, n_in, B) basis values of xt (n_in, B); grid (1 or n_in, W)."""
     if basis == 1:
         centres = grid.t().unsqueeze(-1)  # (M, 1 or n_in, 1)
-        z = (xt - centres) / float(torch.tensor(h, dtype=_F32))  # h used as float32
+        z = (xt - centres) / float(np.float32(h))  # h used as float32, as the evaluators
         return torch.exp(-(z * z))
     if basis == 2:
         t = torch.tanh(xt)

@@ -3,16 +3,19 @@
 // Usage:
 //   kernel_bench --bench --input X.bin [--batches 1,4,16,64,256,1024] [--pte NAME=PATH]...
 //                [--dense NAME=PATH]... [--threads 0|1] [--warmup N] [--min-rounds N]
-//                [--max-rounds N] [--seconds S]
+//                [--max-rounds N] [--seconds S] [--inner N]
 //   kernel_bench --check MODEL.bin X.bin [--threads 0|1]    baseline outputs (text, %.9g)
 //   kernel_bench --meta A.pte [B.pte ...]                   planned / segment bytes per method
 //   kernel_bench --machine [--threads 0|1]                  FMA peak, read bandwidth, lookups
 //
-// --bench times every variant at every batch size round-robin (one call of each variant per
-// round, after warm-up calls), so load from other processes hits all alike, and prints one
-// JSON object per (batch, variant) to stdout: {"batch", "name", "kind", "median_us",
-// "min_us", "rounds"}. Rounds: enough to fill --seconds per batch (bounded by --min-rounds
-// and --max-rounds). Inputs: the first `batch` rows of X.bin.
+// --bench times every variant at every batch size round-robin (per round, --inner calls of
+// each variant back to back, after warm-up calls), so load from other processes hits all
+// alike, and prints one JSON object per (batch, variant) to stdout: {"batch", "name",
+// "kind", "median_us", "min_us" (the last call of each round's run: the variant's weights
+// as warm as its own previous call left them, what a process running only this model
+// sees), "cold_median_us" (the first call: after the other variants ran and evicted part of
+// the caches), "rounds", "inner"}. Rounds: enough to fill --seconds per batch (bounded by
+// --min-rounds and --max-rounds). Inputs: the first `batch` rows of X.bin.
 //   --pte NAME=PATH    an ExecuTorch program, run through the Module API exactly as
 //                      lutham/runner.cpp runs it (this binary links the same libraries:
 //                      libsharekan_lutham, executorch_kernels_optimized, executorch,
@@ -463,7 +466,8 @@ struct Variant {
   std::string name, kind;  // kind: "pte" or "dense"
   std::unique_ptr<Module> module;
   DenseModel dense;
-  std::vector<double> us;
+  std::vector<double> us;       // the last call of each round's run (warm)
+  std::vector<double> cold_us;  // the first call of each round's run (after the others ran)
 };
 
 std::vector<int64_t> parse_list(const std::string& s) {
@@ -489,7 +493,8 @@ double median(std::vector<double> v) {
 }
 
 int run_bench(const Matrix& x, const std::vector<int64_t>& batches, std::vector<Variant>& vs,
-              const Parallel& par, int warmup, int min_rounds, int max_rounds, double seconds) {
+              const Parallel& par, int warmup, int min_rounds, int max_rounds, double seconds,
+              int inner) {
   for (auto& v : vs) {
     if (v.kind == "pte") {
       const auto err = v.module->load_method("forward");
@@ -522,25 +527,31 @@ int run_bench(const Matrix& x, const std::vector<int64_t>& batches, std::vector<
     double round_s = 0;
     for (auto& v : vs) {
       v.us.clear();
+      v.cold_us.clear();
       for (int w = 0; w < warmup; ++w) call(v);
       const double t0 = now_s();
       call(v);
-      round_s += now_s() - t0;
+      round_s += (now_s() - t0) * inner;
     }
     const int rounds = static_cast<int>(std::min<double>(
         max_rounds, std::max<double>(min_rounds, seconds / std::max(round_s, 1e-9))));
     for (int r = 0; r < rounds; ++r) {
       for (auto& v : vs) {
-        const double t0 = now_s();
-        call(v);
-        v.us.push_back((now_s() - t0) * 1e6);
+        for (int j = 0; j < inner; ++j) {
+          const double t0 = now_s();
+          call(v);
+          const double us = (now_s() - t0) * 1e6;
+          if (j == 0) v.cold_us.push_back(us);
+          if (j == inner - 1) v.us.push_back(us);
+        }
       }
     }
     for (auto& v : vs) {
       std::printf("{\"batch\": %lld, \"name\": \"%s\", \"kind\": \"%s\", \"median_us\": %.3f, "
-                  "\"min_us\": %.3f, \"rounds\": %d}\n",
+                  "\"min_us\": %.3f, \"cold_median_us\": %.3f, "
+                  "\"rounds\": %d, \"inner\": %d}\n",
                   static_cast<long long>(B), v.name.c_str(), v.kind.c_str(), median(v.us),
-                  *std::min_element(v.us.begin(), v.us.end()), rounds);
+                  *std::min_element(v.us.begin(), v.us.end()), median(v.cold_us), rounds, inner);
     }
     std::fflush(stdout);
   }
@@ -551,7 +562,7 @@ void usage() {
   std::fprintf(stderr,
                "usage: kernel_bench --bench --input X.bin [--batches LIST] [--pte NAME=PATH]... "
                "[--dense NAME=PATH]... [--threads 0|1] [--warmup N] [--min-rounds N] "
-               "[--max-rounds N] [--seconds S]\n"
+               "[--max-rounds N] [--seconds S] [--inner N]\n"
                "       kernel_bench --check MODEL.bin X.bin [--threads 0|1]\n"
                "       kernel_bench --meta A.pte [B.pte ...]\n"
                "       kernel_bench --machine [--threads 0|1]\n");
@@ -573,7 +584,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   std::string mode = argv[1];
-  int threads = 0, warmup = 3, min_rounds = 5, max_rounds = 2000;
+  int threads = 0, warmup = 3, min_rounds = 5, max_rounds = 2000, inner = 2;
   double seconds = 2.0;
   std::string input;
   std::vector<int64_t> batches{1, 4, 16, 64, 256, 1024};
@@ -600,6 +611,8 @@ int main(int argc, char** argv) {
       named(denses);
     } else if (arg == "--warmup" && has) {
       warmup = static_cast<int>(int_arg(argv[++a], 0, 1000, "--warmup"));
+    } else if (arg == "--inner" && has) {
+      inner = static_cast<int>(int_arg(argv[++a], 1, 100, "--inner"));
     } else if (arg == "--min-rounds" && has) {
       min_rounds = static_cast<int>(int_arg(argv[++a], 1, 1000000, "--min-rounds"));
     } else if (arg == "--max-rounds" && has) {
@@ -659,7 +672,7 @@ int main(int argc, char** argv) {
       vs.push_back(std::move(v));
     }
     std::printf("{\"threads\": %lld}\n", static_cast<long long>(threads == 1 ? 1 : par.threads));
-    rc = run_bench(x, batches, vs, par, warmup, min_rounds, max_rounds, seconds);
+    rc = run_bench(x, batches, vs, par, warmup, min_rounds, max_rounds, seconds, inner);
   } else {
     usage();
     return 1;

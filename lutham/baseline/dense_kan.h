@@ -9,36 +9,40 @@
 // functions as LUTHAM (lutham/kernel/basis.h: basis_at with knot reciprocals; only the
 // k+1 non-zero values of each input; all zero outside [grid[0], grid[-1]) or for NaN).
 //
-// Weight layout ("panels"): the output columns are cut into blocks of kBlockCols = 32
-// columns (the last block padded to a multiple of 8); block cb stores, for each input i,
-// M + 1 rows of its columns: row 0 = base_w (the SiLU branch), rows 1..M = spline_w *
-// scaler (the scaler folded at pack time):
+// Weight layout: input-major rows, the base row next to the spline rows,
 //
-//   panel[cb][i][r][c]   (r in 0..M, c in 0..width(cb)), contiguous per block
+//   w[i][r][o]   r = 0: base_w[o,i] (the SiLU branch); r = 1..M: spline_w[o,i,r-1] * scaler[o,i]
 //
-// so a block's weights stream sequentially and an input's (M+1) x 32 block (1.8 KB for
-// M = 13) stays in L1 while a batch tile uses it. The spline window of an input starts at
-// its span's first basis index clamped into [0, M-k-1] (the k+1 coefficients shifted into
-// the window, zeros where efficient-kan's recursion has no basis function), so every
-// (row, input) reads the base row 0 and the k+1 contiguous rows 1+start..1+start+k of the
-// input's block, never a row outside it.
+// (the scaler folded at pack time), each row ld = n_out rounded up to 8 floats (zeros in the
+// padding). The spline window of an input starts at its span's first basis index clamped into
+// [0, M-k-1] (the k+1 coefficients shifted into the window, zeros where efficient-kan's
+// recursion has no basis function), so every (batch row, input) reads row 0 and the k+1
+// contiguous rows 1+start..1+start+k of the input's block, never a row outside it: at batch 1
+// that is k+2 contiguous-ish row runs per input, one sequential stream through the weights.
 //
 // Evaluation: batch tiles of kTileRows rows; per tile the basis values of every (row, input)
-// are computed once (parallel over inputs), then the column blocks are split over threads.
-// Within a block, inputs are walked in groups of kInputGroup (their weight blocks fit L1)
-// and rows in register-blocked chunks of R rows: R x (width / 8) accumulators of 8 floats
-// stay in registers across the group, each weight row loaded once per row of the chunk.
+// are computed once (parallel over inputs). The output columns are cut into blocks of
+// kBlockCols = 32 (the last one padded to a multiple of 8); threads take contiguous ranges of
+// blocks. A thread walks the inputs in groups of kInputGroup and, per group, its blocks; for
+// each (group, block) a register-blocked micro-kernel runs chunks of R batch rows:
+// R x (width / 8) accumulators of 8 floats stay in registers across the group's inputs (the
+// base row's loads shared by the chunk's rows), and are kept between groups in an L1/L2
+// buffer (tile rows x the thread's columns). Small tiles (< kPackRows rows) read the weight
+// rows in place, prefetching kPrefetchInputs inputs ahead (the rows a small batch touches are
+// a sparse pattern the hardware prefetchers miss); larger tiles first copy the group's
+// (kInputGroup x (M+1) x 32) block into a contiguous L1 buffer, as a GEMM packs its B panel
+// (input-major rows of 32 columns at a stride of n_out floats would alias in L1), so every
+// row of the tile reads it from L1.
 //
 // Two weight formats: float32, and int8 with one scale per output column (every weight of
 // output o, spline and base, quantised with scale[o]); int8 weights are converted to float
-// in registers (small batches) or, per input group, into an L1 buffer reused by every row
-// of the tile (from kDequantRows rows); the column scale multiplies the finished sum. Both
-// give identical results (the int8 -> float conversion is exact).
+// in registers (small tiles) or into the packed L1 buffer (larger tiles); the column scale
+// multiplies the finished sum. Both give identical results (int8 -> float is exact).
 //
 // Threads: `const lutham::Parallel&` (lutham/kernel/common.h). Each output element is
-// produced by one unit (a column block of one tile), with the same operations in the same
-// order whatever the split: results are bit-identical for any thread count (and any batch
-// size).
+// produced by one unit (a block of one tile), with the same operations in the same order
+// whatever the split: base row, then the k+1 window rows, input by input in ascending order.
+// Results are bit-identical for any thread count (and any batch size).
 //
 // SIMD: GCC vector extensions (8 floats), functions cloned for x86-64-v3 (AVX2/FMA) and the
 // default target, picked at load time, as lutham/kernel/simd.h does (no -march=native).
@@ -68,6 +72,11 @@ namespace dense_kan {
 
 using lutham::Parallel;
 
+// basis.h's dense_basis (RBF / Chebyshev) is not used here; referenced so that including
+// basis.h does not warn about an unused static function.
+[[maybe_unused]] static void (*const kUnusedDenseBasis)(const lutham::Layer&, int64_t, float,
+                                                        float*) = &lutham::dense_basis;
+
 /// Columns per block: the unit of the thread split (results do not depend on it).
 constexpr int64_t kBlockCols = 32;
 /// Rows per batch tile (bounds the basis scratch: kTileRows x n_in x (k + 3) words).
@@ -75,9 +84,14 @@ constexpr int64_t kTileRows = 64;
 /// Inputs per group: 8 inputs x (M + 1) rows x 32 columns x 4 bytes = 57 KB at M = 13
 /// (L1 + L2); the accumulators are spilled once per group.
 constexpr int64_t kInputGroup = 8;
-/// From this many rows in a tile, int8 weights are dequantised into an L1 buffer per input
-/// group instead of in registers per row.
-constexpr int64_t kDequantRows = 4;
+/// From this many rows in a tile, each (input group, block) is packed into a contiguous L1
+/// buffer (int8: dequantised) before the micro-kernel; below, the weights are read in place,
+/// prefetched kPrefetchInputs inputs ahead.
+constexpr int64_t kPackRows = 12;
+#ifndef DENSE_KAN_PREFETCH_INPUTS
+#define DENSE_KAN_PREFETCH_INPUTS 16
+#endif
+constexpr int64_t kPrefetchInputs = DENSE_KAN_PREFETCH_INPUTS;
 /// Largest spline order (the basis values live in fixed-size arrays), as LUTHAM's.
 constexpr int64_t kMaxSplineOrder = lutham::kMaxSplineOrder;
 
@@ -91,9 +105,9 @@ struct DenseLayer {
   bool shared_grid = true;          // one knot row for every input
   std::vector<float> inv;           // (grid_rows, k, n_knots) knot reciprocals
   std::vector<int64_t> block_col;   // first column of each block, n_blocks + 1 entries
-  std::vector<int64_t> block_off;   // element offset of each block's panel
-  std::vector<float> w_f32;         // panels (float32 layers)
-  std::vector<int8_t> w_i8;         // panels (int8 layers)
+  int64_t ld = 0;                   // row length of w: n_out rounded up to 8
+  std::vector<float> w_f32;         // (n_in, M + 1, ld) (float32 layers)
+  std::vector<int8_t> w_i8;         // (n_in, M + 1, ld) (int8 layers)
   std::vector<float> col_scale;     // (n_out,) int8 column scales (empty for float32)
   std::vector<float> bias;          // (n_out,) or empty
 
@@ -160,32 +174,20 @@ inline PackError layout(DenseLayer* L, int64_t n_in, int64_t n_out, int64_t M, i
                              L->inv.data() + r * std::max<int64_t>(k, 1) * L->n_knots);
   }
   L->block_col.clear();
-  L->block_off.clear();
-  int64_t off = 0;
-  for (int64_t c = 0; c < n_out; c += kBlockCols) {
-    L->block_col.push_back(c);
-    L->block_off.push_back(off);
-    const int64_t w = (std::min(kBlockCols, n_out - c) + 7) / 8 * 8;
-    off += n_in * (M + 1) * w;
-  }
+  for (int64_t c = 0; c < n_out; c += kBlockCols) L->block_col.push_back(c);
   L->block_col.push_back(n_out);
-  L->block_off.push_back(off);
+  L->ld = (n_out + 7) / 8 * 8;
   return {};
 }
 
-/// Scatters per-edge weights into the panels: value(o, i, r) for r in 0..M (0 = base).
+/// Writes the per-edge weights into w[i][r][o]: value(o, i, r) for r in 0..M (0 = base).
 template <typename T, typename F>
-inline void fill_panels(const DenseLayer& L, std::vector<T>* panels, F&& value) {
-  panels->assign(static_cast<size_t>(L.block_off.back()), T(0));
-  for (int64_t cb = 0; cb < L.n_blocks(); ++cb) {
-    const int64_t w = L.width(cb);
-    T* p = panels->data() + L.block_off[cb];
-    for (int64_t i = 0; i < L.n_in; ++i) {
-      for (int64_t r = 0; r <= L.M; ++r) {
-        for (int64_t o = L.block_col[cb]; o < L.block_col[cb + 1]; ++o) {
-          p[(i * (L.M + 1) + r) * w + (o - L.block_col[cb])] = value(o, i, r);
-        }
-      }
+inline void fill_rows(const DenseLayer& L, std::vector<T>* w, F&& value) {
+  w->assign(static_cast<size_t>(L.n_in * (L.M + 1) * L.ld), T(0));
+  for (int64_t i = 0; i < L.n_in; ++i) {
+    for (int64_t r = 0; r <= L.M; ++r) {
+      T* row = w->data() + (i * (L.M + 1) + r) * L.ld;
+      for (int64_t o = 0; o < L.n_out; ++o) row[o] = value(o, i, r);
     }
   }
 }
@@ -203,7 +205,7 @@ inline PackError pack_f32(DenseLayer* L, int64_t n_in, int64_t n_out, int64_t M,
   L->wtype = WeightType::kF32;
   L->w_i8.clear();
   L->col_scale.clear();
-  detail::fill_panels(*L, &L->w_f32, [&](int64_t o, int64_t i, int64_t r) -> float {
+  detail::fill_rows(*L, &L->w_f32, [&](int64_t o, int64_t i, int64_t r) -> float {
     if (r == 0) return base_w[o * n_in + i];
     const float s = scaler ? scaler[o * n_in + i] : 1.0f;
     return spline_w[(o * n_in + i) * M + (r - 1)] * s;
@@ -221,7 +223,7 @@ inline PackError pack_i8(DenseLayer* L, int64_t n_in, int64_t n_out, int64_t M, 
   if (!err.empty()) return err;
   L->wtype = WeightType::kI8;
   L->w_f32.clear();
-  detail::fill_panels(*L, &L->w_i8, [&](int64_t o, int64_t i, int64_t r) -> int8_t {
+  detail::fill_rows(*L, &L->w_i8, [&](int64_t o, int64_t i, int64_t r) -> int8_t {
     return r == 0 ? base_q[o * n_in + i] : spline_q[(o * n_in + i) * M + (r - 1)];
   });
   L->col_scale.assign(scale, scale + n_out);
@@ -234,34 +236,40 @@ inline PackError pack_i8(DenseLayer* L, int64_t n_in, int64_t n_out, int64_t M, 
 
 namespace detail {
 
-// The helpers below take and return 32-byte vectors; they are always inlined into the
-// cloned functions, so the default target's ABI note does not apply.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wpsabi"
-
+// 8-lane vectors. Loads and stores are expressions on unaligned, may_alias vector types (not
+// helper functions: a function taking or returning a 32-byte vector has a target-dependent
+// ABI, which GCC warns about in the default clone).
 typedef float v8f __attribute__((vector_size(32)));
-typedef int8_t v8b __attribute__((vector_size(8)));
+typedef float v8f_u __attribute__((vector_size(32), aligned(4), may_alias));
+typedef int8_t v8b_u __attribute__((vector_size(8), aligned(1), may_alias));
 
-static inline v8f load8(const float* p) {
-  v8f v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-static inline v8f load8(const int8_t* p) {
-  v8b q;
-  std::memcpy(&q, p, sizeof q);
-  return __builtin_convertvector(q, v8f);
-}
-static inline void store8(float* p, v8f v) { std::memcpy(p, &v, sizeof v); }
+template <typename T>
+struct Vec8;  // the unaligned 8-lane vector type of an element type
+template <>
+struct Vec8<float> {
+  using type = v8f_u;
+};
+template <>
+struct Vec8<int8_t> {
+  using type = v8b_u;
+};
 
-#pragma GCC diagnostic pop
+/// 8 elements of T at p, as floats (int8 converted exactly).
+#define DENSE_KAN_LOAD8(T, p) \
+  __builtin_convertvector(*reinterpret_cast<const typename Vec8<T>::type*>(p), v8f)
+/// Stores 8 floats at p.
+#define DENSE_KAN_STORE8(p, v) (*reinterpret_cast<v8f_u*>(p) = (v))
 
-/// acc[r][0..8NV) += sum_t coef[r][t] * panel[i][first_r + 1 + t] + coef[r][KP1] * panel[i][0]
-/// for rows r < R and inputs i of one group; acc is (R, 8 NV) floats (row stride
-/// `acc_stride`). KP1 = k + 1 (0: runtime kp1). first/coef: per input `tile` rows apart.
-template <int NV, int R, int KP1, typename T>
-DENSE_KAN_HOT static void micro_kernel(const T* __restrict panel, int64_t in_stride,
-                                       int64_t n_group, const int32_t* __restrict first,
+/// acc[r][0..8NV) += coef[r][KP1] * blk_i[0] + sum_t coef[r][t] * blk_i[1 + first_r + t] over
+/// the inputs i of one group, for rows r < R; blk_i = panel + i * in_stride holds M + 1 rows
+/// of 8 NV weights, `ld` elements apart. acc is (R, 8 NV) floats, `acc_stride` apart.
+/// KP1 = k + 1 (0: runtime kp1). first/coef: per input `tile` batch rows apart.
+/// PF: prefetch the rows of input i + kPrefetchInputs if it is below n_ahead (the inputs
+/// left from the group's start).
+template <int NV, int R, int KP1, bool PF, typename T>
+DENSE_KAN_HOT static void micro_kernel(const T* __restrict panel, int64_t ld, int64_t in_stride,
+                                       int64_t n_group, int64_t n_ahead,
+                                       const int32_t* __restrict first,
                                        const float* __restrict coef, int64_t tile,
                                        int64_t kp1_rt, float* __restrict acc,
                                        int64_t acc_stride) {
@@ -269,45 +277,66 @@ DENSE_KAN_HOT static void micro_kernel(const T* __restrict panel, int64_t in_str
   const int64_t kp1 = KP1 > 0 ? KP1 : kp1_rt;
   const int64_t cstride = kp1 + 1;
   v8f a[R][NV];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) a[r][v] = load8(acc + r * acc_stride + 8 * v);
+    for (int v = 0; v < NV; ++v) a[r][v] = DENSE_KAN_LOAD8(float, acc + r * acc_stride + 8 * v);
   for (int64_t i = 0; i < n_group; ++i) {
     const T* __restrict blk = panel + i * in_stride;
+    if (PF && i + kPrefetchInputs < n_ahead) {
+      // rows 0 and 1 + lo .. 1 + hi + k of input i + kPrefetchInputs: the union of the
+      // chunk's windows (one contiguous run per row of 8 NV weights)
+      const T* ahead = blk + kPrefetchInputs * in_stride;
+      const int32_t* fa = first + (i + kPrefetchInputs) * tile;
+      int32_t lo = fa[0], hi = fa[0];
+      for (int r = 1; r < R; ++r) {
+        lo = std::min(lo, fa[r]);
+        hi = std::max(hi, fa[r]);
+      }
+      constexpr int64_t kLine = 64 / sizeof(T);
+      for (int64_t e = 0; e < W; e += kLine) __builtin_prefetch(ahead + e);
+      for (int64_t m = 1 + lo; m <= 1 + hi + kp1 - 1; ++m)
+        for (int64_t e = 0; e < W; e += kLine) __builtin_prefetch(ahead + m * ld + e);
+    }
+    v8f base[NV];
 #pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) base[v] = DENSE_KAN_LOAD8(T, blk + 8 * v);
+#pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const float* __restrict c = coef + (i * tile + r) * cstride;
-      const T* __restrict w = blk + (1 + first[i * tile + r]) * W;
+      const T* __restrict w = blk + (1 + first[i * tile + r]) * ld;
       const float cb = c[kp1];
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) a[r][v] += cb * load8(blk + 8 * v);
+      for (int v = 0; v < NV; ++v) a[r][v] += cb * base[v];
       if (KP1 > 0) {
 #pragma GCC unroll 16
         for (int t = 0; t < KP1; ++t) {
           const float ct = c[t];
 #pragma GCC unroll 4
-          for (int v = 0; v < NV; ++v) a[r][v] += ct * load8(w + t * W + 8 * v);
+          for (int v = 0; v < NV; ++v) a[r][v] += ct * DENSE_KAN_LOAD8(T, w + t * ld + 8 * v);
         }
       } else {
         for (int64_t t = 0; t < kp1; ++t) {
           const float ct = c[t];
 #pragma GCC unroll 4
-          for (int v = 0; v < NV; ++v) a[r][v] += ct * load8(w + t * W + 8 * v);
+          for (int v = 0; v < NV; ++v) a[r][v] += ct * DENSE_KAN_LOAD8(T, w + t * ld + 8 * v);
         }
       }
     }
   }
-#pragma GCC unroll 4
+#pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) store8(acc + r * acc_stride + 8 * v, a[r][v]);
+    for (int v = 0; v < NV; ++v) DENSE_KAN_STORE8(acc + r * acc_stride + 8 * v, a[r][v]);
 }
 
-/// dst[e] = float(src[e]) for e < n (n a multiple of 8): an int8 input group into L1.
-DENSE_KAN_HOT static void dequant_group(const int8_t* __restrict src, float* __restrict dst,
-                                        int64_t n) {
-  for (int64_t e = 0; e < n; e += 8) store8(dst + e, load8(src + e));
+/// dst[j][0..W) = float(src[j * ld .. + W)) for n_rows rows (W a multiple of 8): one
+/// (input group, block) of weights packed contiguously (int8 converted exactly).
+template <typename T>
+DENSE_KAN_HOT static void pack_block(const T* __restrict src, int64_t ld, int64_t n_rows,
+                                     int64_t W, float* __restrict dst) {
+  for (int64_t j = 0; j < n_rows; ++j)
+    for (int64_t e = 0; e < W; e += 8) DENSE_KAN_STORE8(dst + j * W + e, DENSE_KAN_LOAD8(T, src + j * ld + e));
 }
 
 /// Rows per register block for a block of NV vectors (R x NV accumulators + temporaries
@@ -319,39 +348,71 @@ constexpr int rows_per_block() {
 
 /// Runs the micro-kernel over `nb` rows (R at a time, then the remainder one by one; every
 /// row sees the same operations whatever its chunk).
+/// Rows [0, nb) of one (input group, block) through the micro-kernel: R rows at a time, the
+/// remainder one by one (every row sees the same operations whatever its chunk). Small
+/// tiles (nb < kPackRows) read in place with prefetching.
 template <int NV, int KP1, typename T>
-static void group_rows(const T* panel, int64_t in_stride, int64_t n_group, const int32_t* first,
-                       const float* coef, int64_t tile, int64_t nb, int64_t kp1, float* acc) {
+static void group_rows(const T* panel, int64_t ld, int64_t in_stride, int64_t n_group,
+                       int64_t n_ahead, const int32_t* first, const float* coef, int64_t tile,
+                       int64_t nb, int64_t kp1, float* acc, int64_t acc_stride) {
   constexpr int R = rows_per_block<NV>();
-  constexpr int64_t W = 8 * NV;
   const int64_t cstride = kp1 + 1;
-  int64_t b = 0;
-  for (; b + R <= nb; b += R) {
-    micro_kernel<NV, R, KP1, T>(panel, in_stride, n_group, first + b, coef + b * cstride, tile,
-                                kp1, acc + b * W, W);
-  }
-  for (; b < nb; ++b) {
-    micro_kernel<NV, 1, KP1, T>(panel, in_stride, n_group, first + b, coef + b * cstride, tile,
-                                kp1, acc + b * W, W);
+  // in place (small tiles): prefetch; packed: the block is in L1 already
+  auto chunks = [&](auto pf_tag) {
+    constexpr bool PF = decltype(pf_tag)::value;
+    int64_t b = 0;
+    for (; b + R <= nb; b += R) {
+      micro_kernel<NV, R, KP1, PF, T>(panel, ld, in_stride, n_group, n_ahead, first + b,
+                                      coef + b * cstride, tile, kp1, acc + b * acc_stride,
+                                      acc_stride);
+    }
+    for (; b < nb; ++b) {
+      micro_kernel<NV, 1, KP1, PF, T>(panel, ld, in_stride, n_group, n_ahead, first + b,
+                                      coef + b * cstride, tile, kp1, acc + b * acc_stride,
+                                      acc_stride);
+    }
+  };
+  if (nb < kPackRows) {
+    chunks(std::true_type{});
+  } else {
+    chunks(std::false_type{});
   }
 }
 
-template <int NV, typename T>
-static void group_rows_k(int64_t k, const T* panel, int64_t in_stride, int64_t n_group,
-                         const int32_t* first, const float* coef, int64_t tile, int64_t nb,
-                         float* acc) {
-  switch (k) {
-    case 1: return group_rows<NV, 2, T>(panel, in_stride, n_group, first, coef, tile, nb, 2, acc);
-    case 2: return group_rows<NV, 3, T>(panel, in_stride, n_group, first, coef, tile, nb, 3, acc);
-    case 3: return group_rows<NV, 4, T>(panel, in_stride, n_group, first, coef, tile, nb, 4, acc);
-    default:
-      return group_rows<NV, 0, T>(panel, in_stride, n_group, first, coef, tile, nb, k + 1, acc);
+/// group_rows with the block width (NV vectors) and k + 1 as template arguments.
+template <typename T>
+static void group_rows_dispatch(int64_t nv, int64_t k, const T* panel, int64_t ld,
+                                int64_t in_stride, int64_t n_group, int64_t n_ahead,
+                                const int32_t* first, const float* coef, int64_t tile, int64_t nb,
+                                float* acc, int64_t acc_stride) {
+  auto by_k = [&](auto nv_tag) {
+    constexpr int NV = decltype(nv_tag)::value;
+    switch (k) {
+      case 1:
+        return group_rows<NV, 2, T>(panel, ld, in_stride, n_group, n_ahead, first, coef, tile,
+                                    nb, 2, acc, acc_stride);
+      case 2:
+        return group_rows<NV, 3, T>(panel, ld, in_stride, n_group, n_ahead, first, coef, tile,
+                                    nb, 3, acc, acc_stride);
+      case 3:
+        return group_rows<NV, 4, T>(panel, ld, in_stride, n_group, n_ahead, first, coef, tile,
+                                    nb, 4, acc, acc_stride);
+      default:
+        return group_rows<NV, 0, T>(panel, ld, in_stride, n_group, n_ahead, first, coef, tile,
+                                    nb, k + 1, acc, acc_stride);
+    }
+  };
+  switch (nv) {
+    case 1: return by_k(std::integral_constant<int, 1>{});
+    case 2: return by_k(std::integral_constant<int, 2>{});
+    case 3: return by_k(std::integral_constant<int, 3>{});
+    default: return by_k(std::integral_constant<int, 4>{});
   }
 }
 
 /// Basis of one input for `nb` rows: first[b] (window start, clamped to [0, M-k-1]) and
 /// coef[b][0..k] (the window's spline coefficients) + coef[b][k+1] = silu(x).
-static void input_basis(const DenseLayer& L, int64_t i, const float* x, int64_t x_stride,
+DENSE_KAN_HOT static void input_basis(const DenseLayer& L, int64_t i, const float* x, int64_t x_stride,
                         int64_t nb, int32_t* first, float* coef) {
   const int64_t k = L.k, M = L.M;
   const int64_t row = L.shared_grid ? 0 : i;
@@ -401,7 +462,8 @@ inline void forward(const DenseLayer& L, const float* x, int64_t B, float* y, co
   if (w.coef.size() < n_first * cstride) w.coef.resize(n_first * cstride);
   int32_t* first = w.first.data();
   float* coef = w.coef.data();
-  const int64_t nblk = L.n_blocks();
+  const int64_t in_rows = L.M + 1;
+  const int64_t in_stride = in_rows * L.ld;
   for (int64_t b0 = 0; b0 < B; b0 += tile) {
     const int64_t nb = std::min(tile, B - b0);
     const float* xt = x + b0 * L.n_in;
@@ -411,51 +473,50 @@ inline void forward(const DenseLayer& L, const float* x, int64_t B, float* y, co
         detail::input_basis(L, i, xt, L.n_in, nb, first + i * tile, coef + i * tile * cstride);
       }
     });
-    par.for_range(nblk, [&](int64_t c0, int64_t c1) {
-      alignas(64) float acc[kTileRows * kBlockCols];
-      std::vector<float> deq_buf;  // an int8 input group as float (kDequantRows rows and more)
-      for (int64_t cb = c0; cb < c1; ++cb) {
-        const int64_t wd = L.width(cb);
-        const int64_t nv = wd / 8;
-        const int64_t in_stride = (L.M + 1) * wd;
-        std::fill(acc, acc + nb * wd, 0.0f);
-        for (int64_t g0 = 0; g0 < L.n_in; g0 += kInputGroup) {
-          const int64_t ng = std::min(kInputGroup, L.n_in - g0);
-          const int32_t* fg = first + g0 * tile;
-          const float* cg = coef + g0 * tile * cstride;
-          auto run = [&](const auto* panel) {
-            using T = typename std::remove_const<
-                typename std::remove_pointer<decltype(panel)>::type>::type;
-            switch (nv) {
-              case 1: return detail::group_rows_k<1, T>(L.k, panel, in_stride, ng, fg, cg, tile, nb, acc);
-              case 2: return detail::group_rows_k<2, T>(L.k, panel, in_stride, ng, fg, cg, tile, nb, acc);
-              case 3: return detail::group_rows_k<3, T>(L.k, panel, in_stride, ng, fg, cg, tile, nb, acc);
-              default: return detail::group_rows_k<4, T>(L.k, panel, in_stride, ng, fg, cg, tile, nb, acc);
+    par.for_range(L.n_blocks(), [&](int64_t c0, int64_t c1) {
+      const int64_t col0 = L.block_col[c0];
+      const int64_t acc_stride = (L.block_col[c1] - col0 + 7) / 8 * 8;  // the range, padded
+      std::vector<float> acc(static_cast<size_t>(nb * acc_stride), 0.0f);
+      std::vector<float> packed;  // one (input group, block) of weights, contiguous
+      if (nb >= kPackRows) packed.resize(static_cast<size_t>(kInputGroup * in_rows * kBlockCols));
+      for (int64_t g0 = 0; g0 < L.n_in; g0 += kInputGroup) {
+        const int64_t ng = std::min(kInputGroup, L.n_in - g0);
+        const int32_t* fg = first + g0 * tile;
+        const float* cg = coef + g0 * tile * cstride;
+        for (int64_t cb = c0; cb < c1; ++cb) {
+          const int64_t wd = L.width(cb);
+          const int64_t col = L.block_col[cb];
+          float* acc_b = acc.data() + (col - col0);
+          const int64_t off = g0 * in_stride + col;
+          if (nb >= kPackRows) {
+            if (L.wtype == WeightType::kF32) {
+              detail::pack_block(L.w_f32.data() + off, L.ld, ng * in_rows, wd, packed.data());
+            } else {
+              detail::pack_block(L.w_i8.data() + off, L.ld, ng * in_rows, wd, packed.data());
             }
-          };
-          const int64_t off = L.block_off[cb] + g0 * in_stride;
-          if (L.wtype == WeightType::kF32) {
-            run(L.w_f32.data() + off);
-          } else if (nb >= kDequantRows) {
-            const size_t n = static_cast<size_t>(ng * in_stride);
-            if (deq_buf.size() < n) deq_buf.resize(n);
-            detail::dequant_group(L.w_i8.data() + off, deq_buf.data(), static_cast<int64_t>(n));
-            run(static_cast<const float*>(deq_buf.data()));
+            detail::group_rows_dispatch<float>(wd / 8, L.k, packed.data(), wd, in_rows * wd, ng,
+                                               ng, fg, cg, tile, nb, acc_b, acc_stride);
+          } else if (L.wtype == WeightType::kF32) {
+            detail::group_rows_dispatch<float>(wd / 8, L.k, L.w_f32.data() + off, L.ld, in_stride,
+                                               ng, L.n_in - g0, fg, cg, tile, nb, acc_b,
+                                               acc_stride);
           } else {
-            run(L.w_i8.data() + off);
+            detail::group_rows_dispatch<int8_t>(wd / 8, L.k, L.w_i8.data() + off, L.ld,
+                                                in_stride, ng, L.n_in - g0, fg, cg, tile, nb,
+                                                acc_b, acc_stride);
           }
         }
-        const int64_t o0 = L.block_col[cb], no = L.block_col[cb + 1] - o0;
-        const bool has_bias = !L.bias.empty();
-        for (int64_t b = 0; b < nb; ++b) {
-          float* yr = y + (b0 + b) * L.n_out + o0;
-          const float* ar = acc + b * wd;
-          if (L.wtype == WeightType::kI8) {
-            for (int64_t c = 0; c < no; ++c)
-              yr[c] = ar[c] * L.col_scale[o0 + c] + (has_bias ? L.bias[o0 + c] : 0.0f);
-          } else {
-            for (int64_t c = 0; c < no; ++c) yr[c] = ar[c] + (has_bias ? L.bias[o0 + c] : 0.0f);
-          }
+      }
+      const bool has_bias = !L.bias.empty();
+      const int64_t col1 = L.block_col[c1];
+      for (int64_t b = 0; b < nb; ++b) {
+        float* yr = y + (b0 + b) * L.n_out;
+        const float* ar = acc.data() + b * acc_stride - col0;
+        if (L.wtype == WeightType::kI8) {
+          for (int64_t o = col0; o < col1; ++o)
+            yr[o] = ar[o] * L.col_scale[o] + (has_bias ? L.bias[o] : 0.0f);
+        } else {
+          for (int64_t o = col0; o < col1; ++o) yr[o] = ar[o] + (has_bias ? L.bias[o] : 0.0f);
         }
       }
     });

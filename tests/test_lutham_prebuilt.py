@@ -102,6 +102,20 @@ def test_mismatch_without_compiler_names_both_fixes(prebuilt, monkeypatch):
     assert "pip install 'executorch==1.5.1'" in text and "install a C++ compiler" in text
 
 
+def test_mismatch_with_a_failing_compile_names_only_the_executorch_fix(prebuilt, monkeypatch):
+    monkeypatch.setattr(lutham, "_installed_executorch_version", lambda: "9.9")
+    monkeypatch.setattr(lutham, "_compiler", lambda: "/usr/bin/c++")
+
+    def failing_build(sanitize=False):
+        raise LuthamBuildError("building the LUTHAM kernel library failed (exit 1)")
+
+    monkeypatch.setattr(lutham, "build_library", failing_build)
+    with pytest.raises(LuthamBuildError, match="failed \\(exit 1\\)") as err:
+        lutham._default_library()
+    assert "pip install 'executorch==1.5.1'" in str(err.value)
+    assert "C++ compiler" not in str(err.value)
+
+
 def test_mismatch_with_compiler_builds_from_source(prebuilt, monkeypatch, tmp_path):
     _edit_info(prebuilt, executorch="1.4.0")
     built = tmp_path / "cache" / lutham.LIBRARY_NAME

@@ -672,15 +672,19 @@ def _default_library() -> Path:
         built = build_library(sanitize=sanitize)
     except LuthamBuildError as exc:
         info = _prebuilt_info()
-        if info is None or sanitize:
-            raise
+        if info is None or sanitize or _installed_executorch_version() is None:
+            raise  # no prebuilt library to offer, or no executorch (the message says so)
+        fix = (f"install the executorch this wheel was built for "
+               f"(pip install 'executorch=={info.get('executorch')}')")
+        try:
+            _compiler()
+        except LuthamBuildError:
+            fix += (", or install a C++ compiler (e.g. apt-get install g++) so the kernel is "
+                    "compiled for the installed executorch")
         raise LuthamBuildError(
             f"the LUTHAM kernel library can neither be loaded prebuilt nor built: the one in "
             f"this wheel cannot be used ({why_not}), and building it from source failed: "
-            f"{exc}\nFix: install the executorch this wheel was built for "
-            f"(pip install 'executorch=={info.get('executorch')}'), or install a C++ compiler "
-            "(e.g. apt-get install g++) so the kernel is compiled for the installed executorch"
-        ) from exc
+            f"{exc}\nFix: {fix}") from exc
     # checked before resolve(), which would follow a planted symlink
     _check_private_file(built, "cached LUTHAM kernel library")
     return built.resolve()

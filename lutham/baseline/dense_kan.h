@@ -6,8 +6,9 @@
 //          + sum_i base_w[o,i] * silu(x[b,i])  (+ bias[o])
 //
 // B_m are efficient-kan's B-splines of order k on the layer's knots, computed with the same
-// functions as LUTHAM (lutham/kernel/basis.h: basis_at with knot reciprocals; only the
-// k+1 non-zero values of each input; all zero outside [grid[0], grid[-1]) or for NaN).
+// functions as LUTHAM (lutham/kernel/basis.h: basis_at_uniform on uniform knot rows, else
+// basis_at with knot reciprocals; only the k+1 non-zero values of each input; all zero
+// outside [grid[0], grid[-1]) or for NaN).
 //
 // Weight layout: input-major rows, the base row next to the spline rows,
 //
@@ -104,6 +105,7 @@ struct DenseLayer {
   std::vector<float> grid;          // (grid_rows, n_knots)
   bool shared_grid = true;          // one knot row for every input
   std::vector<float> inv;           // (grid_rows, k, n_knots) knot reciprocals
+  std::vector<float> inv_h;         // (grid_rows,) 1 / spacing of a uniform row, else 0
   std::vector<int64_t> block_col;   // first column of each block, n_blocks + 1 entries
   int64_t ld = 0;                   // row length of w: n_out rounded up to 8
   std::vector<float> w_f32;         // (n_in, M + 1, ld) (float32 layers)
@@ -169,9 +171,11 @@ inline PackError layout(DenseLayer* L, int64_t n_in, int64_t n_out, int64_t M, i
     }
   }
   L->inv.assign(static_cast<size_t>(grid_rows * std::max<int64_t>(k, 1) * L->n_knots), 0.0f);
+  L->inv_h.assign(static_cast<size_t>(grid_rows), 0.0f);
   for (int64_t r = 0; r < grid_rows; ++r) {
     lutham::knot_reciprocals(L->grid.data() + r * L->n_knots, L->n_knots, k,
                              L->inv.data() + r * std::max<int64_t>(k, 1) * L->n_knots);
+    L->inv_h[r] = lutham::uniform_inv_spacing(L->grid.data() + r * L->n_knots, L->n_knots);
   }
   L->block_col.clear();
   for (int64_t c = 0; c < n_out; c += kBlockCols) L->block_col.push_back(c);
@@ -418,6 +422,7 @@ DENSE_KAN_HOT static void input_basis(const DenseLayer& L, int64_t i, const floa
   const int64_t row = L.shared_grid ? 0 : i;
   const float* g = L.grid.data() + row * L.n_knots;
   const float* inv = k > 0 ? L.inv.data() + row * k * L.n_knots : nullptr;
+  const float inv_h = L.inv_h[row];
   const int64_t last_start = M - k - 1;
   for (int64_t b = 0; b < nb; ++b) {
     const float xv = x[b * x_stride + i];
@@ -425,7 +430,11 @@ DENSE_KAN_HOT static void input_basis(const DenseLayer& L, int64_t i, const floa
     float* c = coef + b * (k + 2);
     int64_t f = 0;
     for (int64_t t = 0; t <= k; ++t) c[t] = 0.0f;
-    if (lutham::basis_at(g, L.n_knots, k, xv, &f, bv, inv)) {
+    // LUTHAM's choice (basis.h basis_of): the uniform-row path for efficient-kan's grid
+    const bool inside = inv_h > 0.0f
+                            ? lutham::basis_at_uniform(g, L.n_knots, k, xv, inv_h, &f, bv, inv)
+                            : lutham::basis_at(g, L.n_knots, k, xv, &f, bv, inv);
+    if (inside) {
       // f in [-k, M - 1]: shift the k+1 values into the window [start, start + k]
       const int64_t start = std::min(std::max<int64_t>(f, 0), last_start);
       for (int64_t t = 0; t <= k; ++t) {

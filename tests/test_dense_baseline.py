@@ -74,8 +74,8 @@ def _dequantised(m, layers):
                  m.layers[0].grid_size, m.layers[0].spline_order, 0)
     sd = {key: torch.from_numpy(v.astype(np.float64))
           for key, v in kb.dequantized_state_dict(layers).items()}
-    for l, layer in enumerate(m.layers):
-        sd[f"layers.{l}.grid"] = layer.grid.clone()
+    for li, layer in enumerate(m.layers):
+        sd[f"layers.{li}.grid"] = layer.grid.clone()
     ref.load_state_dict(sd)
     return ref
 

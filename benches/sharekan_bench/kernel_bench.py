@@ -120,9 +120,9 @@ def dense_layers(state_dict: Mapping[str, Any], *, int8: bool = False,
     sd = {k: np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v)
           for k, v in state_dict.items()}
     out = []
-    l = 0
-    while f"layers.{l}.spline_weight" in sd:
-        p = f"layers.{l}."
+    li = 0
+    while f"layers.{li}.spline_weight" in sd:
+        p = f"layers.{li}."
         spline = sd[p + "spline_weight"].astype(np.float64)  # (n_out, n_in, M)
         if p + "spline_scaler" in sd:
             spline = spline * sd[p + "spline_scaler"].astype(np.float64)[:, :, None]
@@ -140,7 +140,7 @@ def dense_layers(state_dict: Mapping[str, Any], *, int8: bool = False,
             layer["spline"] = spline.astype(np.float32)
             layer["base"] = base.astype(np.float32)
         out.append(layer)
-        l += 1
+        li += 1
     if not out:
         raise ValueError("no efficient-kan layers (layers.{l}.spline_weight) in the state_dict")
     return out
@@ -150,7 +150,7 @@ def dequantized_state_dict(layers: Sequence[Mapping[str, Any]]) -> dict[str, np.
     """An efficient-kan state_dict (float32, no scaler) holding exactly the weights the
     kernel evaluates for `layers` (int8 ones dequantised)."""
     sd: dict[str, np.ndarray] = {}
-    for l, layer in enumerate(layers):
+    for li, layer in enumerate(layers):
         if "spline_q" in layer:
             s = layer["scale"].astype(np.float32)
             spline = layer["spline_q"].astype(np.float32) * s[:, None, None]
@@ -158,10 +158,10 @@ def dequantized_state_dict(layers: Sequence[Mapping[str, Any]]) -> dict[str, np.
         else:
             spline, base = layer["spline"], layer["base"]
         grid = np.broadcast_to(layer["grid"], (layer["n_in"], layer["grid"].shape[1]))
-        sd[f"layers.{l}.spline_weight"] = np.ascontiguousarray(spline, dtype=np.float32)
-        sd[f"layers.{l}.spline_scaler"] = np.ones((layer["n_out"], layer["n_in"]), np.float32)
-        sd[f"layers.{l}.base_weight"] = np.ascontiguousarray(base, dtype=np.float32)
-        sd[f"layers.{l}.grid"] = np.ascontiguousarray(grid, dtype=np.float32)
+        sd[f"layers.{li}.spline_weight"] = np.ascontiguousarray(spline, dtype=np.float32)
+        sd[f"layers.{li}.spline_scaler"] = np.ones((layer["n_out"], layer["n_in"]), np.float32)
+        sd[f"layers.{li}.base_weight"] = np.ascontiguousarray(base, dtype=np.float32)
+        sd[f"layers.{li}.grid"] = np.ascontiguousarray(grid, dtype=np.float32)
     return sd
 
 

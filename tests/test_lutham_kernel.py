@@ -27,7 +27,7 @@ from sharekan.torch import ops  # noqa: E402
 
 BUFFERS = ("grid", "codebook", "codes", "gains", "gain_scale", "edge_bias",
            "edge_bias_scale", "out_bias", "base_weight", "base_scale")
-BATCHES = (1, 2, 3, 7, 11, 12, 13, 64, 130)  # projection < 12 <= decoded tiles of 64
+BATCHES = (1, 2, 3, 7, 11, 12, 13, 64, 130)  # both strategies (decode_min_batch), several tiles
 
 
 class RawLutham(torch.nn.Module):

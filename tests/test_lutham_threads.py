@@ -4,10 +4,10 @@ and bit-identical for any split of the work between threads.
 
 The kernel splits each call into `SHAREKAN_LUTHAM_THREADS` work units (default: the
 ExecuTorch threadpool's thread count); the standalone runner runs a program in one process
-per setting, and `--threads 1` disables the pool. Batches cover both strategies (< 12 rows:
-projection tables; >= 12: decoded tiles of 128 rows) including odd sizes and several tiles;
-inputs include points outside the grid and exactly on knots; codebooks of 1, 2, 256 and
-4096 words with every code dtype that holds them.
+per setting, and `--threads 1` disables the pool. Batches cover both strategies
+(projection tables below the cost model's crossover, decoded tiles of 128 rows above) with
+odd sizes and several tiles; inputs include points outside the grid and exactly on knots;
+codebooks of 1, 2, 256 and 4096 words with every code dtype that holds them.
 """
 
 from __future__ import annotations

@@ -18,8 +18,14 @@ namespace lutham {
 
 /// Largest supported spline order k (basis values live in fixed-size stack arrays).
 constexpr int64_t kMaxSplineOrder = 15;
-/// Batches at least this large use the decoded-tile strategy.
-constexpr int64_t kDecodeMinBatch = 12;
+/// Strategy choice (lutham.h decode_min_batch): per row, projection tables cost
+/// n_in (K (k+1) a + n_out b) and decoded tiles n_in n_out e, plus n_in n_out M d per tile
+/// to decode, with a = 0.04 ns per table term, d = 0.35 ns per decoded weight and
+/// b - e = 0.1 ns per lookup (AMD EPYC, 1 thread; the crossover batch it predicts, 2 to 25
+/// rows for the benchmark heads, is within a few rows of the measured one).
+constexpr int64_t kDecodeCostD = 35, kTableCostA = 4, kLookupCostBE = 10;  // x 0.01 ns
+/// The decoded-tile strategy never runs below this many rows.
+constexpr int64_t kDecodeMinBatch = 2;
 /// The decoded-tile strategy processes the batch in tiles of this many rows: each weight is
 /// decoded once per tile, and the tile's basis values (n_in x tile x (k+4) floats) are kept.
 constexpr int64_t kDecodeTile = 128;

@@ -1,4 +1,4 @@
-// LUTHAM kernel: the decoded-tile strategy (B-splines, batches of kDecodeMinBatch rows or
+// LUTHAM kernel: the decoded-tile strategy (B-splines, batches of decode_min_batch rows or
 // more, in tiles of kDecodeTile rows).
 //
 // Two phases per tile. Basis (parallel over inputs): the k+1 basis values, span, their sum

@@ -48,7 +48,7 @@
 // projection scratch exceeds it too is rejected with InvalidArgument.
 //
 // Two strategies, one result: per-row projection tables (projection.h; batches below
-// kDecodeMinBatch rows, and dense bases) and decoded tiles (decoded.h). Basis functions:
+// decode_min_batch rows, and dense bases) and decoded tiles (decoded.h). Basis functions:
 // basis.h; the hot loops and their x86-64-v3 clones: simd.h.
 //
 // Files (the Rust evaluator's evaluator/ modules, file for file; common.h ~ its mod.rs types):
@@ -60,6 +60,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 
 #include "basis.h"
@@ -89,13 +90,25 @@ static void split_range(int64_t count, int64_t align, int64_t n, int64_t u, int6
   *hi = std::min(count, *lo + per);
 }
 
-/// Projection tables (B-splines below kDecodeMinBatch rows, and dense bases): rows split
+/// Rows from which decoded tiles beat projection tables (cost model in common.h): wide
+/// codebooks and narrow layers decode early, narrow codebooks and wide layers late.
+static int64_t decode_min_batch(const Layer& L) {
+  // validated: K <= 65536, k <= 15, M <= 4096, n_out <= 2^24: no overflow in double
+  const double decode = static_cast<double>(kDecodeCostD) * L.n_out * L.M;
+  const double per_row = static_cast<double>(kTableCostA) * L.K * (L.k + 1) +
+                         static_cast<double>(kLookupCostBE) * L.n_out;
+  const double rows = std::ceil(decode / per_row);
+  return std::max<int64_t>(kDecodeMinBatch, rows > 1e9 ? int64_t{1000000000}
+                                                          : static_cast<int64_t>(rows));
+}
+
+/// Projection tables (B-splines below decode_min_batch rows, and dense bases): rows split
 /// between threads when there are enough of them, else columns (each unit then builds every
 /// table itself: tables cost K (k+1) per input, lookups n_out).
 static ScratchStatus forward_projection(const Layer& L, const float* x, int64_t B, float* y,
                                         const Parallel& par) {
   const int64_t threads = std::max<int64_t>(1, std::min(par.threads, kMaxUnits));
-  const bool by_rows = B >= threads || B >= kDecodeMinBatch;
+  const bool by_rows = B >= threads;
   const int64_t n_col_units =
       by_rows ? 1 : std::min(threads, ceil_div(L.n_out, kColumnAlign));
   const int64_t n_units = by_rows ? std::min(B, threads) : n_col_units;
@@ -141,7 +154,7 @@ static ScratchStatus forward_projection(const Layer& L, const float* x, int64_t 
   return ScratchStatus::kOk;
 }
 
-/// Decoded tiles (B-splines, kDecodeMinBatch rows or more). Per tile, the basis phase is
+/// Decoded tiles (B-splines, decode_min_batch rows or more). Per tile, the basis phase is
 /// split over inputs, the accumulate phase over column blocks (and row parts when there
 /// are fewer blocks than threads).
 static ScratchStatus forward_decoded(const Layer& L, const float* x, int64_t B, float* y,
@@ -200,7 +213,7 @@ static ScratchStatus forward_decoded(const Layer& L, const float* x, int64_t B, 
 static ScratchStatus forward_layer(const Layer& L, const float* x, int64_t B, float* y,
                                    const Parallel& par) {
   if (B == 0 || L.n_out == 0) return ScratchStatus::kOk;
-  if (L.basis == kBasisBSpline && B >= kDecodeMinBatch) {
+  if (L.basis == kBasisBSpline && B >= decode_min_batch(L)) {
     const ScratchStatus st = forward_decoded(L, x, B, y, par);
     if (st != ScratchStatus::kTooLarge) return st;
   }

@@ -1,4 +1,4 @@
-// LUTHAM kernel: the projection-table strategy (batches below kDecodeMinBatch rows, and
+// LUTHAM kernel: the projection-table strategy (batches below decode_min_batch rows, and
 // every batch of a dense basis).
 //
 // Per input i, build the K-entry table P_i[q] = sum_t B_t(x_i) * codebook[q, t] once (one

@@ -2,7 +2,8 @@
 aarch64-linux-gnu-g++ against the executorch aarch64 wheel's runtime) and run under
 qemu-user agrees with the x86-64 kernel: the same .pte files, exported here, and the same
 inputs through `lutham_runner` on both. Cases cover every kernel path: projection tables
-(batch < 12) and decoded tiles (batch >= 12), u8 / i16 / i32 codes, int8 / f32 gains,
+(batch 1) and decoded tiles (from the kernel's cost-model row count, below 30 rows for
+every case here; 300 rows = two tiles), u8 / i16 / i32 codes, int8 / f32 gains,
 per-edge biases, B-spline orders 0 / 1 / 3 / 5 (fixed and generic), RBF and Chebyshev bases
 with SiLU and GELU base branches, and the 1280-256-10 demo head (G = 10, k = 3, K = 256,
 int8). Only correctness: emulated timings mean nothing.
@@ -131,7 +132,9 @@ def _export_raw(layer: dict, path: Path, n_in: int) -> Path:
     return export_pte(RawLutham(kw, k).eval(), (torch.zeros(2, n_in),), path)
 
 
-BATCHES = (1, 11, 12, 70)  # projection < 12 <= decoded tiles (a full 64-row tile + rest)
+# 1: projection tables; 30: decoded tiles (kernel/lutham.h decode_min_batch is 3 to 26 rows
+# for these B-spline layers); 300: two 256-row tiles; dense bases always use tables
+BATCHES = (1, 7, 30, 300)
 
 LAYER_CASES = {
     # name: (code dtype, K, weight kind, edge bias, out bias, base, k, G, uniform grid)
@@ -207,7 +210,8 @@ def test_aarch64_kernel_check_fails_cleanly(aarch64_build, tmp_path):
 def demo_head(tmp_path_factory) -> tuple[Path, list[np.ndarray]]:
     """The demo-size head 1280 -> 256 -> 10 (G = 10, k = 3), compressed like
     benches/sharekan_bench/lutham.py (K = 256, int8; bias folded in layer 0, per-edge in
-    layer 1), as a .pte, and inputs at batch 1, 11 (projection) and 12, 64 (decoded)."""
+    layer 1), as a .pte, and inputs at batch 1, 11, 12 (projection tables in layer 0, whose
+    cost model decodes from 18 rows) and 64 (decoded tiles)."""
     from sharekan.torch import KAN, compress_  # noqa: PLC0415
 
     torch.manual_seed(0)

@@ -41,7 +41,7 @@ from sharekan.export import export_pte  # noqa: E402
 
 CROSS_CXX = os.environ.get("CROSS_CXX", "aarch64-linux-gnu-g++")
 SYSROOT = os.environ.get("QEMU_LD_PREFIX", "/usr/aarch64-linux-gnu")
-SETUP = "bash .ci/setup_aarch64 (apt-get install g++-aarch64-linux-gnu qemu-user + the " \
+SETUP = "bash .ci/setup_aarch64 (apt-get install g++-aarch64-linux-gnu qemu-user make + the " \
         "executorch manylinux_2_28_aarch64 wheel)"
 # the target on the demo head; the random layers (outputs up to ~100) get the
 # same bound relative to their largest output

@@ -47,8 +47,12 @@ def _cmake() -> str | None:
 
 
 CMAKE = _cmake()
-pytestmark = pytest.mark.skipif(
-    CMAKE is None, reason="cmake >= 3.28 not found: pip install 'cmake>=3.28' (test extra)")
+pytestmark = [
+    pytest.mark.skipif(CMAKE is None,
+                       reason="cmake >= 3.28 not found: pip install 'cmake>=3.28' (test extra)"),
+    # CMake's default generator (Unix Makefiles)
+    pytest.mark.skipif(shutil.which("make") is None, reason="make not found: apt-get install make"),
+]
 
 
 def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:

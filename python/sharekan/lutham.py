@@ -553,12 +553,17 @@ def build_runner(out_dir: str | os.PathLike[str] | None = None, *,
 # builds from the sources as before. The files are part of the installed package (same trust
 # as its Python code), so the private-cache checks do not apply to them.
 
-# x86_64 glibc gave exp/log/pow (2.29) and expf/logf/powf (2.27) new symbol versions; binding
-# them to the original GLIBC_2.2.5 ones keeps the prebuilt library loadable on glibc >= 2.17,
+# glibc gave exp/log/pow (2.29) and expf/logf/powf (2.27) new symbol versions; binding them to
+# each architecture's first glibc version keeps the prebuilt library loadable on glibc >= 2.17,
 # the wheel's manylinux2014 tag (same results: the old versions only differ in errno handling)
-_GLIBC_COMPAT_X86_64 = "".join(
-    f'__asm__(".symver {name},{name}@GLIBC_2.2.5");\n'
-    for name in ("exp", "log", "pow", "exp2", "log2", "expf", "logf", "powf", "exp2f", "log2f"))
+_GLIBC_BASE_VERSION = {"x86_64": "GLIBC_2.2.5", "aarch64": "GLIBC_2.17"}
+
+
+def _glibc_compat(base: str) -> str:
+    return "".join(f'__asm__(".symver {name},{name}@{base}");\n' for name in
+                   ("exp", "log", "pow", "exp2", "log2", "expf", "logf", "powf", "exp2f", "log2f"))
+
+
 # the installed executorch's lib dir, from sharekan/_lutham_prebuilt/ in site-packages
 _PREBUILT_RPATH = "$ORIGIN/../../executorch/lib"
 
@@ -614,12 +619,13 @@ def prebuilt_library() -> tuple[Path | None, str]:
     return lib, ""
 
 
-def build_prebuilt(out_dir: str | os.PathLike[str] | None = None) -> Path:
+def build_prebuilt(out_dir: str | os.PathLike[str] | None = None, *,
+                   cross: tuple[str, str | os.PathLike[str], str] | None = None) -> Path:
     """Compile the kernel library for a wheel (scripts/release).
 
     Same source and flags as `build_library`, but independent of this machine: its rpath is
     `$ORIGIN/../../executorch/lib` (executorch installed beside sharekan in site-packages)
-    and, on x86_64, libm's symbols are bound to their oldest versions, so it needs nothing
+    and (x86_64, aarch64) libm's symbols are bound to their oldest versions, so it needs nothing
     newer than glibc 2.17 and GLIBCXX_3.4. Writes `libsharekan_lutham.so` and
     `BUILD_INFO.json` (platform, executorch version, digest of the sources, compiler).
     (The standalone runner is not prebuilt: its glibc start-up code and std::string need
@@ -627,6 +633,9 @@ def build_prebuilt(out_dir: str | os.PathLike[str] | None = None) -> Path:
 
     Args:
         out_dir: default `sharekan/_lutham_prebuilt` beside this module (what the wheel ships).
+        cross: `(cxx, executorch_root, machine)` to cross-compile, e.g.
+            `("aarch64-linux-gnu-g++", "<unpacked aarch64 wheel>/executorch", "aarch64")`;
+            the runtime must be the installed executorch's version (that is what is recorded).
 
     Returns:
         Path of the library.
@@ -638,14 +647,25 @@ def build_prebuilt(out_dir: str | os.PathLike[str] | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     src_dir = kernel_source()
     info = executorch_info()
-    cxx = _compiler()
+    machine = platform.machine()
+    if cross is None:
+        cxx = _compiler()
+    else:
+        cxx_name, et_root, machine = cross
+        found = shutil.which(cxx_name)
+        if found is None:
+            raise LuthamBuildError(f"cross compiler {cxx_name!r} not found on PATH")
+        cxx, root = found, Path(et_root)
+        include = root / "include"
+        info = {"version": info["version"], "root": root, "lib_dir": root / "lib",
+                "include_dirs": [include, include / "executorch/runtime/core/portable_type/c10"]}
     fs = build_flags(src_dir)
     common = _common_flags(info, fs)
     with tempfile.TemporaryDirectory() as tmp:
         compat: list[str] = []
-        if platform.machine() == "x86_64":
+        if machine in _GLIBC_BASE_VERSION:
             header = Path(tmp) / "glibc_compat.h"
-            header.write_text(_GLIBC_COMPAT_X86_64)
+            header.write_text(_glibc_compat(_GLIBC_BASE_VERSION[machine]))
             compat = ["-include", str(header)]
         lib_dir = f"-L{info['lib_dir']}"
         libs = fs.get("LUTHAM_KERNEL_LIBS", ["-lexecutorch"])
@@ -654,7 +674,7 @@ def build_prebuilt(out_dir: str | os.PathLike[str] | None = None) -> Path:
                        str(src_dir / KERNEL_SOURCE), "-shared", lib_dir, *libs,
                        f"-Wl,-rpath,{_PREBUILT_RPATH}", "-o", str(lib)],
                       "the prebuilt LUTHAM kernel library")
-    record = {"platform": _platform_tag(), "executorch": info["version"],
+    record = {"platform": f"{sys.platform}-{machine}", "executorch": info["version"],
               "sources": _sources_digest(src_dir), "compiler": _compiler_version(cxx),
               "library": LIBRARY_NAME}
     (out / PREBUILT_INFO).write_text(json.dumps(record, indent=1) + "\n")

@@ -19,9 +19,9 @@
 //! picked at run time; no fused multiply-adds, no reassociation, so both give the same
 //! bits). The strategy is chosen by batch size only, so a row's result depends on whether
 //! its batch has fewer than [`DECODE_MIN_BATCH`] rows (the two agree to float rounding).
-//! Rows (projection tables) or tiles (decoded) run on rayon threads only when there are
-//! several of them and enough work; a single row or a single tile (up to [`BATCH_TILE`]
-//! rows) stays on the calling thread.
+//! Rows (projection tables) or tiles (decoded) run on rayon threads when there is enough
+//! work; a batch of a few tiles is cut into one tile per thread (at least
+//! [`DECODE_MIN_BATCH`] rows each), a single row stays on the calling thread.
 //!
 //! The projection-table path computes the basis in f64 from the f32 knots with the
 //! divisions of [`crate::bspline::basis_span`]; the decoded-tile path uses per-input knot
@@ -333,9 +333,10 @@ fn lookup<C: Code>(table: &[f32], c: C) -> f32 {
 /// Evaluates all rows: `xs` `(b, n_in)` into `ys` `(b, n_out)` (both row-major).
 ///
 /// Rows (projection tables) or tiles of rows (decoded) run on rayon threads when there
-/// are at least two of them and the call has at least [`PAR_MIN_WORK`] row-edges; a
-/// single row or a single tile stays on the calling thread. Each output element is
-/// computed by the same operations either way. `l.decode_cols` picks the strategy.
+/// are at least two of them and the call has at least [`PAR_MIN_WORK`] row-edges (tiles
+/// then hold at most `b / threads` rows, at least [`DECODE_MIN_BATCH`]); a single row stays
+/// on the calling thread. Each output element is computed by the same operations either
+/// way. `l.decode_cols` picks the strategy.
 fn run<C: Code>(l: &Plan<'_, C>, xs: &[f32], ys: &mut [f32], b: usize) {
     let (n_in, n_out) = (l.n_in, l.n_out);
     let parallel = b > 1
@@ -355,9 +356,18 @@ fn run<C: Code>(l: &Plan<'_, C>, xs: &[f32], ys: &mut [f32], b: usize) {
         return;
     };
     let ones = vec![1.0f32; n_out];
-    // tile * n_out <= b * n_out, which the caller checked.
-    let tile = BATCH_TILE.min(b);
-    if parallel && b > BATCH_TILE {
+    // tile * n_out <= b * n_out, which the caller checked. With threads, a batch of at most
+    // a few tiles is cut into one tile per thread (each decodes the weights itself; every
+    // output row is computed the same way whatever the tile it falls in).
+    let threads = rayon::current_num_threads().max(1);
+    let tile = if parallel {
+        BATCH_TILE
+            .min(b.div_ceil(threads))
+            .max(DECODE_MIN_BATCH.min(b))
+    } else {
+        BATCH_TILE.min(b)
+    };
+    if parallel && b > tile {
         ys.par_chunks_mut(tile * n_out)
             .zip(xs.par_chunks(tile * n_in))
             .for_each(|(y, x)| decoded_tile(l, x, y, &ones, nb));

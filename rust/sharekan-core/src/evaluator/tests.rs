@@ -667,11 +667,12 @@ fn shared_grid_row_equals_repeated_grid() {
 
 #[test]
 fn strategies_agree_and_are_thread_and_simd_invariant() {
-    // Large enough for the parallel paths (rows of projection tables; tiles).
+    // Large enough for the parallel paths (rows of projection tables; tiles: 103 rows are
+    // one tile per thread, at least DECODE_MIN_BATCH rows each, 130 rows several).
     let (n_in, n_out, g, k) = (64, 160, 6, 3);
     let l = layer(n_in, n_out, g, k, 21);
     let e = edge_layer(n_in, n_out, g + k, 256, 22);
-    for b in [8, 130] {
+    for b in [8, 103, 130] {
         let x = inputs(b, n_in, 23);
         let inp = edge_inputs(&e, &x, &l.grid, k);
         let y = lutham_forward(&inp).unwrap();

@@ -1,14 +1,17 @@
 // LUTHAM kernel: the decoded-tile strategy (B-splines, batches of decode_min_batch rows or
 // more, in tiles of kDecodeTile rows).
 //
-// Two phases per tile. Basis (parallel over inputs): the k+1 basis values, span, their sum
-// and the base activation of every (input, row), stored input-major. Accumulate (parallel
-// over column ranges, and row parts when there are fewer ranges than threads): per input,
-// decode the spline rows the tile touches plus the bias and base rows of the unit's columns
-// (scales folded in) into a buffer that stays in L1, then add the k+1 spline terms and the
-// bias and base terms to each row's outputs. This uses only the k+1 non-zero basis values
-// per input, so it does about (k+3)/(M+1) of a dense layer's multiply-adds, and decodes each
-// weight once per tile.
+// Two phases per tile. Basis (parallel over inputs): the window start and the k+1 window
+// coefficients plus the base activation of every (input, row) (panel::window_basis), stored
+// input-major. Accumulate (parallel over column ranges, and row parts when there are fewer
+// ranges than threads): per group of panel::kInputGroup inputs and block of 32 columns,
+// decode the base row and the spline rows the tile's windows touch into an L1 panel
+// (w[1+m][o] = gain_scale[o] gains[i,o] C[codes[i,o], m] + edge_bias_scale[o] edge_bias[i,o],
+// w[0][o] = base_scale[o] base_weight[i,o]), then run the panel micro-kernel the dense
+// baseline runs on its packed weights: (k+2) multiply-adds per edge and row, outputs in
+// registers across the group. The edge bias rides in the decoded rows because the window
+// coefficients sum to S_i (the sum of the valid basis values); each weight is decoded once
+// per tile.
 
 #pragma once
 
@@ -17,75 +20,51 @@
 
 #include "basis.h"
 #include "common.h"
+#include "panel.h"
 #include "simd.h"
 
 namespace sharekan {
 namespace lutham {
 
-/// `first` of an (input, row) whose x is outside the grid (no spline term).
-constexpr int32_t kNoSpan = INT32_MIN;
-
-/// Phase-1 results for one tile of nb rows, input-major: entry (i, b) at i * nb + b.
+/// Basis-phase results for one tile, input-major: entry (i, b) at i * tile + b.
 struct TileBasis {
-  int32_t* first;  // (n_in, nb) span - k, or kNoSpan
-  float* coef;     // (n_in, nb, k+1) basis values, zero at indices outside [0, M)
-  float* s_sum;    // (n_in, nb) sum of the valid basis values (edge-bias factor)
-  float* s_act;    // (n_in, nb) base activation
-  float* xt;       // (n_in, nb) x transposed
+  int32_t* first;  // (n_in, tile) window start in [0, M-k-1]
+  float* coef;     // (n_in, tile, k+2) window coefficients, then the base activation
 };
 
 static TileBasis tile_basis_scratch(Scratch& mem, const Layer& L, int64_t tile) {
   TileBasis t;
   t.first = mem.get<int32_t>(L.n_in, tile);
-  t.coef = mem.get<float>(L.n_in * tile, L.k + 1);  // validated: n_in * tile fits int64
-  t.s_sum = mem.get<float>(L.n_in, tile);
-  t.s_act = mem.get<float>(L.n_in, tile);
-  t.xt = mem.get<float>(L.n_in, tile);
+  t.coef = mem.get<float>(L.n_in * tile, L.k + 2);  // validated: n_in * tile fits int64
   return t;
 }
 
-/// Basis phase for inputs [i0, i1) of a tile (x: nb rows, already transposed into tb.xt).
-/// inv: scratch of k * (M + k + 1) floats for the knot reciprocals of this call.
-static void tile_basis_inputs(const Layer& L, int64_t nb, int64_t i0, int64_t i1,
-                              const TileBasis& tb, float* inv) {
-  const int64_t M = L.M, k = L.k, n_knots = M + k + 1;
+/// Basis phase for inputs [i0, i1) of a tile of nb rows of x (row stride n_in).
+/// inv: scratch of k * (M + k + 1) floats for the knot reciprocals of this range.
+static void tile_basis_inputs(const Layer& L, const float* x, int64_t nb, int64_t tile,
+                              int64_t i0, int64_t i1, const TileBasis& tb, float* inv) {
+  const int64_t n_knots = L.M + L.k + 1;
   float inv_h = 0.0f;
+  const bool with_act = L.base_weight.data != nullptr;
   for (int64_t i = i0; i < i1; ++i) {
     const float* g = grid_row(L, i);
     if (i == i0 || !L.shared_grid) {
-      knot_reciprocals(g, n_knots, k, inv);
+      knot_reciprocals(g, n_knots, L.k, inv);
       inv_h = uniform_inv_spacing(g, n_knots);
     }
-    for (int64_t bi = 0; bi < nb; ++bi) {
-      const int64_t e = i * nb + bi;
-      float* cb = tb.coef + e * (k + 1);
-      const float xi = tb.xt[e];
-      int64_t first = 0;
-      float s = 0.0f;
-      if (basis_of(L, g, inv_h, xi, &first, cb, inv)) {
-        for (int64_t t = 0; t <= k; ++t) {
-          const int64_t m = first + t;
-          if (m < 0 || m >= M) {
-            cb[t] = 0.0f;
-            continue;
-          }
-          s += cb[t];
-        }
-        tb.first[e] = static_cast<int32_t>(first);
-      } else {
-        tb.first[e] = kNoSpan;
-      }
-      tb.s_sum[e] = s;
-      tb.s_act[e] = L.base_weight.data ? base_act(L, xi) : 0.0f;
-    }
+    panel::window_basis(g, n_knots, L.M, L.k, inv, inv_h, x + i, L.n_in, nb, with_act,
+                        [&](float v) { return base_act(L, v); }, tb.first + i * tile,
+                        tb.coef + i * tile * (L.k + 2));
   }
 }
 
-/// Scratch of one accumulate unit (width = its number of columns).
+/// Scratch of one accumulate unit.
 struct DecodedScratch {
-  float* w;       // (M + 2, width): decoded spline rows, then the bias and base rows
-  float* gg;      // (width,) gain_scale * gains row
-  int32_t* q;     // (width,) codes row
+  float* panel;  // (kInputGroup, M + 1, kBlockCols) decoded base and spline rows
+  float* acc;    // (tile, width rounded up to 8) the unit's sums
+  float* gg;     // (kBlockCols,) gain_scale * gains row
+  float* eb;     // (kBlockCols,) edge_bias_scale * edge_bias row (zeros when absent)
+  int32_t* q;    // (kBlockCols,) codes row
 };
 
 template <typename CodeT, typename GainT>
@@ -108,11 +87,13 @@ static void load_codes_gains_dispatch(const Layer& L, int64_t i, const Columns& 
   });
 }
 
-/// Scaled per-edge row: out[c] = scale[o0 + c] * e[i, o0 + c].
+/// Scaled per-edge row: out[c] = scale[o0 + c] * e[i, o0 + c], zeros when e is absent.
 static void load_scaled_row(const EdgeTensor& e, const float* scale, int64_t i, int64_t n_out,
                             const Columns& cols, float* out) {
   const int64_t off = i * n_out + cols.o0;
-  if (e.is_i8) {
+  if (e.data == nullptr) {
+    for (int64_t c = 0; c < cols.n; ++c) out[c] = 0.0f;
+  } else if (e.is_i8) {
     const int8_t* v = static_cast<const int8_t*>(e.data) + off;
     for (int64_t c = 0; c < cols.n; ++c) out[c] = scale_or_one(scale, cols.o0 + c) * v[c];
   } else {
@@ -123,56 +104,46 @@ static void load_scaled_row(const EdgeTensor& e, const float* scale, int64_t i, 
 
 /// Accumulate phase of one unit: columns `cols`, tile rows [r0, r1) of nb; y is the tile's
 /// (nb, n_out) output, overwritten in the unit's block.
-static void accumulate_unit(const Layer& L, const float* ct, const TileBasis& tb, int64_t nb,
+static void accumulate_unit(const Layer& L, const float* ct, const TileBasis& tb, int64_t tile,
                             int64_t r0, int64_t r1, const Columns& cols, float* y,
                             const DecodedScratch& d) {
-  const int64_t n_out = L.n_out, M = L.M, k = L.k, width = cols.n;
-  for (int64_t bi = r0; bi < r1; ++bi) {
-    float* yb = y + bi * n_out + cols.o0;
-    for (int64_t c = 0; c < width; ++c) yb[c] = L.out_bias ? L.out_bias[cols.o0 + c] : 0.0f;
+  const int64_t n_out = L.n_out, M = L.M, k = L.k, rows = r1 - r0;
+  const int64_t acc_stride = (cols.n + 7) / 8 * 8;
+  for (int64_t e = 0; e < rows * acc_stride; ++e) d.acc[e] = 0.0f;
+  for (int64_t g0 = 0; g0 < L.n_in; g0 += panel::kInputGroup) {
+    const int64_t ng = std::min(panel::kInputGroup, L.n_in - g0);
+    int64_t lo[panel::kInputGroup], hi[panel::kInputGroup];  // window starts of the rows
+    for (int64_t ii = 0; ii < ng; ++ii) {
+      const int32_t* f = tb.first + (g0 + ii) * tile;
+      lo[ii] = f[r0];
+      hi[ii] = f[r0];
+      for (int64_t b = r0 + 1; b < r1; ++b) {
+        lo[ii] = std::min<int64_t>(lo[ii], f[b]);
+        hi[ii] = std::max<int64_t>(hi[ii], f[b]);
+      }
+    }
+    for (int64_t c0 = 0; c0 < cols.n; c0 += panel::kBlockCols) {
+      const Columns blk{cols.o0 + c0, std::min(panel::kBlockCols, cols.n - c0)};
+      const int64_t W = (blk.n + 7) / 8 * 8;
+      for (int64_t ii = 0; ii < ng; ++ii) {
+        const int64_t i = g0 + ii;
+        float* w = d.panel + ii * (M + 1) * W;
+        load_scaled_row(L.base_weight, L.base_scale, i, n_out, blk, w);
+        for (int64_t c = blk.n; c < W; ++c) w[c] = 0.0f;
+        load_codes_gains_dispatch(L, i, blk, d.q, d.gg);
+        load_scaled_row(L.edge_bias, L.edge_bias_scale, i, n_out, blk, d.eb);
+        decode_rows(ct, L.K, d.q, d.gg, d.eb, lo[ii], hi[ii] + k, w + W, blk.n, W);
+      }
+      panel::group_rows_dispatch<false, float>(
+          W / 8, k, d.panel, W, (M + 1) * W, ng, ng, tb.first + g0 * tile + r0,
+          tb.coef + (g0 * tile + r0) * (k + 2), tile, rows, d.acc + c0, acc_stride);
+    }
   }
-  float* w = d.w;
-  const float* terms_w[kMaxSplineOrder + 3];
-  float terms_c[kMaxSplineOrder + 3];
-  for (int64_t i = 0; i < L.n_in; ++i) {
-    int64_t m_lo = M, m_hi = -1;
-    for (int64_t bi = r0; bi < r1; ++bi) {
-      const int32_t f = tb.first[i * nb + bi];
-      if (f == kNoSpan) continue;
-      m_lo = std::min<int64_t>(m_lo, std::max<int64_t>(f, 0));
-      m_hi = std::max<int64_t>(m_hi, std::min<int64_t>(f + k, M - 1));
-    }
-    if (m_hi >= m_lo) {
-      load_codes_gains_dispatch(L, i, cols, d.q, d.gg);
-      decode_rows(ct, L.K, d.q, d.gg, m_lo, m_hi, w, width);
-    }
-    if (L.edge_bias.data)
-      load_scaled_row(L.edge_bias, L.edge_bias_scale, i, n_out, cols, w + M * width);
-    if (L.base_weight.data)
-      load_scaled_row(L.base_weight, L.base_scale, i, n_out, cols, w + (M + 1) * width);
-    for (int64_t bi = r0; bi < r1; ++bi) {
-      const int64_t e = i * nb + bi;
-      const int32_t first = tb.first[e];
-      int64_t n_terms = 0;
-      if (first != kNoSpan) {
-        const float* cb = tb.coef + e * (k + 1);
-        for (int64_t t = 0; t <= k; ++t) {
-          const int64_t m = first + t;
-          if (m < 0 || m >= M || cb[t] == 0.0f) continue;
-          terms_w[n_terms] = w + m * width;
-          terms_c[n_terms++] = cb[t];
-        }
-      }
-      if (L.edge_bias.data && tb.s_sum[e] != 0.0f) {
-        terms_w[n_terms] = w + M * width;
-        terms_c[n_terms++] = tb.s_sum[e];
-      }
-      if (L.base_weight.data) {
-        terms_w[n_terms] = w + (M + 1) * width;
-        terms_c[n_terms++] = tb.s_act[e];
-      }
-      accumulate_terms(y + bi * n_out + cols.o0, terms_w, terms_c, n_terms, width);
-    }
+  for (int64_t b = 0; b < rows; ++b) {
+    float* yb = y + (r0 + b) * n_out + cols.o0;
+    const float* ab = d.acc + b * acc_stride;
+    for (int64_t c = 0; c < cols.n; ++c)
+      yb[c] = ab[c] + (L.out_bias ? L.out_bias[cols.o0 + c] : 0.0f);
   }
 }
 

@@ -66,6 +66,7 @@
 #include "basis.h"
 #include "common.h"
 #include "decoded.h"
+#include "panel.h"
 #include "projection.h"
 #include "simd.h"
 #include "validate.h"
@@ -168,26 +169,26 @@ static ScratchStatus forward_decoded(const Layer& L, const float* x, int64_t B, 
   const int64_t n_units = n_col_units * n_row_parts;
   int64_t widest_lo = 0, width = 0;  // column unit 0 is the widest
   split_range(L.n_out, kColumnAlign, n_col_units, 0, &widest_lo, &width);
+  const int64_t acc_width = (width + 7) / 8 * 8;
+  const int64_t panel_floats = panel::kInputGroup * (L.M + 1) * panel::kBlockCols;
   Scratch mem;
   float* ct = mem.get<float>(L.K, L.M + 1);
   const TileBasis tb = tile_basis_scratch(mem, L, tile);
   float* inv = mem.get<float>(n_basis_units * L.k, n_knots);  // validated: fits int64
-  float* w = mem.get<float>(n_units * (L.M + 2), width);
-  float* gg = mem.get<float>(n_units, width);
-  int32_t* q = mem.get<int32_t>(n_units, width);
+  float* panels = mem.get<float>(n_units, panel_floats);
+  float* acc = mem.get<float>(n_units * tile, acc_width);
+  float* rows = mem.get<float>(n_units * 2, panel::kBlockCols);  // gg and eb per unit
+  int32_t* q = mem.get<int32_t>(n_units, panel::kBlockCols);
   if (!mem.ok()) return mem.status();
   transpose_codebook(L, ct);
   for (int64_t t0 = 0; t0 < B; t0 += tile) {
     const int64_t nb = std::min(tile, B - t0);
-    const float* xt0 = x + t0 * L.n_in;
     par.for_range(n_basis_units, [&](int64_t begin, int64_t end) {
       for (int64_t u = begin; u < end; ++u) {
         int64_t i0 = 0, i1 = 0;
         split_range(L.n_in, 1, n_basis_units, u, &i0, &i1);
-        // Column reads of x (stride n_in) would thrash a few L1 sets; transpose the range.
-        for (int64_t bi = 0; bi < nb; ++bi)
-          for (int64_t i = i0; i < i1; ++i) tb.xt[i * nb + bi] = xt0[bi * L.n_in + i];
-        if (i1 > i0) tile_basis_inputs(L, nb, i0, i1, tb, inv + u * L.k * n_knots);
+        if (i1 > i0)
+          tile_basis_inputs(L, x + t0 * L.n_in, nb, tile, i0, i1, tb, inv + u * L.k * n_knots);
       }
     });
     par.for_range(n_units, [&](int64_t begin, int64_t end) {
@@ -198,8 +199,11 @@ static ScratchStatus forward_decoded(const Layer& L, const float* x, int64_t B, 
         cols.n = o1 - cols.o0;
         split_range(nb, 1, n_row_parts, u / n_col_units, &r0, &r1);
         if (r1 <= r0 || cols.n == 0) continue;
-        const DecodedScratch d{w + u * (L.M + 2) * width, gg + u * width, q + u * width};
-        accumulate_unit(L, ct, tb, nb, r0, r1, cols, y + t0 * L.n_out, d);
+        const DecodedScratch d{panels + u * panel_floats, acc + u * tile * acc_width,
+                               rows + 2 * u * panel::kBlockCols,
+                               rows + (2 * u + 1) * panel::kBlockCols,
+                               q + u * panel::kBlockCols};
+        accumulate_unit(L, ct, tb, tile, r0, r1, cols, y + t0 * L.n_out, d);
       }
     });
   }
@@ -213,7 +217,8 @@ static ScratchStatus forward_decoded(const Layer& L, const float* x, int64_t B, 
 static ScratchStatus forward_layer(const Layer& L, const float* x, int64_t B, float* y,
                                    const Parallel& par) {
   if (B == 0 || L.n_out == 0) return ScratchStatus::kOk;
-  if (L.basis == kBasisBSpline && B >= decode_min_batch(L)) {
+  // decoded windows need k+1 spline rows (M >= k+1; G = 0 grids use projection tables)
+  if (L.basis == kBasisBSpline && L.M > L.k && B >= decode_min_batch(L)) {
     const ScratchStatus st = forward_decoded(L, x, B, y, par);
     if (st != ScratchStatus::kTooLarge) return st;
   }

@@ -103,53 +103,16 @@ LUTHAM_HOT static void axpy2_row(const T* __restrict a, float sa, const T* __res
 
 // ---- decoded-tile strategy (decoded.h) ------------------------------------------------
 
-/// w[m][o] = gg[o] * Ct[m][q[o]] for rows m in [m_lo, m_hi] (row stride n).
+/// w[m][o] = gg[o] * Ct[m][q[o]] + eb[o] for rows m in [m_lo, m_hi] and o < n (row stride
+/// ld; columns n..ld-1 zeroed).
 LUTHAM_HOT static void decode_rows(const float* __restrict ct, int64_t K, const int32_t* q,
-                                   const float* gg, int64_t m_lo, int64_t m_hi,
-                                   float* __restrict w, int64_t n) {
+                                   const float* gg, const float* eb, int64_t m_lo,
+                                   int64_t m_hi, float* __restrict w, int64_t n, int64_t ld) {
   for (int64_t m = m_lo; m <= m_hi; ++m) {
     const float* __restrict crow = ct + m * K;
-    float* __restrict wrow = w + m * n;
-    for (int64_t o = 0; o < n; ++o) wrow[o] = gg[o] * crow[q[o]];
-  }
-}
-
-/// y[o] += sum_t c[t] * w[t][o] for N terms (N fixed: y[o] stays in a register; the loop
-/// over o has no carried dependency, so it vectorises without latency chains).
-template <int N>
-LUTHAM_HOT static void axpy_terms(float* __restrict y, const float* const* w, const float* c,
-                                  int64_t n) {
-  const float* __restrict w0 = w[0];
-  const float* __restrict w1 = w[N > 1 ? 1 : 0];
-  const float* __restrict w2 = w[N > 2 ? 2 : 0];
-  const float* __restrict w3 = w[N > 3 ? 3 : 0];
-  const float* __restrict w4 = w[N > 4 ? 4 : 0];
-  const float* __restrict w5 = w[N > 5 ? 5 : 0];
-  const float c0 = c[0], c1 = c[N > 1 ? 1 : 0], c2 = c[N > 2 ? 2 : 0], c3 = c[N > 3 ? 3 : 0],
-              c4 = c[N > 4 ? 4 : 0], c5 = c[N > 5 ? 5 : 0];
-  for (int64_t o = 0; o < n; ++o) {
-    float acc = y[o] + c0 * w0[o];
-    if (N > 1) acc += c1 * w1[o];
-    if (N > 2) acc += c2 * w2[o];
-    if (N > 3) acc += c3 * w3[o];
-    if (N > 4) acc += c4 * w4[o];
-    if (N > 5) acc += c5 * w5[o];
-    y[o] = acc;
-  }
-}
-
-/// y[o] += sum_t c[t] * w[t][o] for o < n, terms in order t = 0..n_terms-1 (six at a time).
-static void accumulate_terms(float* y, const float* const* w, const float* c, int64_t n_terms,
-                             int64_t n) {
-  int64_t t = 0;
-  for (; t + 6 <= n_terms; t += 6) axpy_terms<6>(y, w + t, c + t, n);
-  switch (n_terms - t) {
-    case 5: axpy_terms<5>(y, w + t, c + t, n); break;
-    case 4: axpy_terms<4>(y, w + t, c + t, n); break;
-    case 3: axpy_terms<3>(y, w + t, c + t, n); break;
-    case 2: axpy_terms<2>(y, w + t, c + t, n); break;
-    case 1: axpy_terms<1>(y, w + t, c + t, n); break;
-    default: break;
+    float* __restrict wrow = w + m * ld;
+    for (int64_t o = 0; o < n; ++o) wrow[o] = gg[o] * crow[q[o]] + eb[o];
+    for (int64_t o = n; o < ld; ++o) wrow[o] = 0.0f;
   }
 }
 

@@ -28,7 +28,8 @@ RSS of `lutham_runner` running them, and the peak RSS growth of an eager forward
 256 (dense `KAN` vs the `LuthamLinear` model), each in a fresh subprocess.
 
 Run:  PYTHONPATH=benches python -m sharekan_bench lutham [--quick] [--heads demo,paper]
-Writes benches/results/lutham.json, lutham.md and lutham_<head>.png.
+Writes benches/results/lutham.json, lutham.md and lutham_<head>.png (--quick: under
+benches/.cache/lutham/quick/ unless --out is given).
 """
 
 from __future__ import annotations
@@ -398,9 +399,11 @@ def main(argv: list[str] | None = None) -> None:
             wall_seconds=round(time.perf_counter() - started, 1)),
     }
     md = markdown(record)
-    stem = args.out / ("lutham_quick" if quick else "lutham")
-    report.write_record(stem, record, md)
-    plots(record, args.out, "lutham_quick" if quick else "lutham")
+    # a smoke run never overwrites the recorded results: it goes to benches/.cache/lutham/quick
+    out = args.out if not quick or args.out != HERE / "results" else LH.CACHE / "quick"
+    out.mkdir(parents=True, exist_ok=True)
+    report.write_record(out / "lutham", record, md)
+    plots(record, out, "lutham")
     print(md)
 
 

@@ -80,8 +80,9 @@ KERNEL_SOURCE = "lutham_executorch.cpp"
 _KERNEL_HEADERS = "kernel/*.h"
 _FLAGS_FILE = "build_flags.txt"
 # the flag sets of build_flags.txt that the builds below use
-_FLAG_SETS = ("LUTHAM_STD", "LUTHAM_DEFINES", "LUTHAM_WARNINGS", "LUTHAM_KERNEL_OPT",
-              "LUTHAM_RUNNER_OPT", "LUTHAM_SANITIZE_FLAGS", "LUTHAM_SANITIZE_KERNEL_FLAGS")
+_FLAG_SETS = ("LUTHAM_STD", "LUTHAM_DEFINES", "LUTHAM_WARNINGS", "LUTHAM_KERNEL_LIBS",
+              "LUTHAM_KERNEL_OPT", "LUTHAM_RUNNER_OPT", "LUTHAM_SANITIZE_FLAGS",
+              "LUTHAM_SANITIZE_KERNEL_FLAGS")
 
 # where a wheel keeps the kernel sources and the prebuilt library, inside the package
 _PACKAGED_SOURCE = "_lutham_src"
@@ -452,7 +453,7 @@ def build_library(out_dir: str | os.PathLike[str] | None = None, *, sanitize: bo
            else fs["LUTHAM_KERNEL_OPT"])
     flags = [*_common_flags(info, fs), "-fPIC", *opt]
     lib_dir = str(info["lib_dir"])
-    link = ["-shared", f"-L{lib_dir}", "-lexecutorch", f"-Wl,-rpath,{lib_dir}"]
+    link = ["-shared", f"-L{lib_dir}", *fs["LUTHAM_KERNEL_LIBS"], f"-Wl,-rpath,{lib_dir}"]
     # every file the library's translation unit includes from lutham/ is part of its key
     sources = _source_parts(src_dir, [KERNEL_SOURCE, _KERNEL_HEADERS, _FLAGS_FILE])
     key = _build_key([*sources, str(info["version"]), lib_dir, _compiler_version(cxx),
@@ -514,7 +515,7 @@ def build_runner(out_dir: str | os.PathLike[str] | None = None, *,
     lib_dir = str(info["lib_dir"])
     kdir = str(kernel_lib.parent)
     link = [f"-L{lib_dir}", f"-L{kdir}", "-Wl,--no-as-needed", "-lsharekan_lutham",
-            "-lexecutorch_kernels_optimized", "-lexecutorch", "-Wl,--as-needed",
+            "-lexecutorch_kernels_optimized", *fs["LUTHAM_KERNEL_LIBS"], "-Wl,--as-needed",
             f"-Wl,-rpath,{lib_dir}", f"-Wl,-rpath,{kdir}"]
     target = kernel_lib.parent / RUNNER_NAME
     key_file = kernel_lib.parent / (RUNNER_NAME + ".key")

@@ -53,6 +53,28 @@ def _check_option(where: str, name: str, value: Any, allowed: tuple[Any, ...]) -
         raise InvalidInputError(f"{where}: {name} must be one of {list(allowed)}, got {value!r}")
 
 
+#: Edge-dialect operations that `_fold_constant_layouts` evaluates at export time when all
+#: their inputs are constants: layout copies and small knot arithmetic (same dtype and size
+#: out as in). Casts and products, which would store uint8 / int8 tensors as int64 / float32,
+#: stay in the graph.
+_FOLDABLE = ("permute_copy", "t_copy", "transpose_copy", "view_copy", "unsqueeze_copy",
+             "squeeze_copy", "slice_copy", "select_copy", "sub", "reciprocal", "alias_copy")
+
+
+def _fold_constant_layouts(edge: Any) -> None:
+    """Evaluate `_FOLDABLE` operations on constants once, at export time (ExecuTorch's
+    constant_prop_pass with every other target skipped), in the edge program in place: the
+    transposed codes, gains and biases and the knot-difference reciprocals of the portable
+    decomposition become stored constants of the same dtype instead of per-call copies."""
+    from executorch.exir.passes.constant_prop_pass import constant_prop_pass  # noqa: PLC0415
+
+    program = edge.exported_program()
+    targets = {node.target for node in program.graph.nodes if node.op == "call_function"}
+    skip = {t for t in targets if str(t).split(".")[1:2] != [] and
+            str(t).split(".")[1] not in _FOLDABLE}
+    constant_prop_pass(program, custom_skip_targets=skip)
+
+
 def _exported_program(where: str, model: Any, example_inputs: Sequence[Any], *,
                       dynamic_batch: bool, max_batch: int, kernel: str, strategy: str) -> Any:
     """torch.export of `model` in eval mode; with kernel "portable" the sharekan::lutham calls
@@ -174,6 +196,13 @@ def export_pte(model: Any, example_inputs: Sequence[Any], path: str | os.PathLik
         except ImportError as exc:  # pragma: no cover - part of the executorch wheel
             raise LuthamBuildError(
                 "export_pte(delegate='xnnpack') needs executorch's XNNPACK backend") from exc
+    if kernel == "portable":
+        # fold the constants' layout copies first, then hand the program to XNNPACK
+        edge = to_edge(program)
+        _fold_constant_layouts(edge)
+        if delegate == "xnnpack":
+            edge = edge.to_backend(XnnpackPartitioner())
+    elif delegate == "xnnpack":
         edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
     else:
         edge = to_edge(program)

@@ -106,7 +106,7 @@ def _scaled(w: torch.Tensor, scale: torch.Tensor, column: bool) -> torch.Tensor:
     """float32 weights times the per-output scale: w (n_in, n_out) -> (n_in, n_out), or its
     transpose (n_out, n_in) when `column` (the scale then runs down the rows)."""
     if column:
-        w = w.t()
+        w = w.t()  # a stored constant once export_pte folds constant layouts
         return w.to(_F32) if _absent(scale) else w * scale.unsqueeze(1)
     return w.to(_F32) if _absent(scale) else w * scale
 

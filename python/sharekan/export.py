@@ -149,8 +149,10 @@ def export_pte(model: Any, example_inputs: Sequence[Any], path: str | os.PathLik
             (`sharekan.torch.stock`): the program runs in any ExecuTorch runtime, with or
             without the XNNPACK delegate. Codes, gains, biases and base weights are stored
             as in the compressed layer (uint8 / int16 codes, int8 or float32 weights, float32
-            scales and codebook), so the file is about as large as the "lutham" one (1.04x
-            on the 1280-256-10 head); the weights are decoded in the graph on each call.
+            scales and codebook; only layout copies of them, like the transposed codes, are
+            evaluated at export time), so the file is about as large as the "lutham" one
+            (1.03x on the 1280-256-10 head); the weights are decoded in the graph on each
+            call, which makes it much slower than the kernel program.
         strategy: kernel "portable" only: "gather" (projection tables, rows picked by the
             codes: the least arithmetic), "decode" (weights decoded, then one matrix
             product: fixed temporaries) or "auto" (per layer, the one with fewer planned

@@ -45,8 +45,11 @@
 // whatever the split: base row, then the k+1 window rows, input by input in ascending order.
 // Results are bit-identical for any thread count (and any batch size).
 //
-// SIMD: GCC vector extensions (8 floats), functions cloned for x86-64-v3 (AVX2/FMA) and the
-// default target, picked at load time, as lutham/kernel/simd.h does (no -march=native).
+// The micro-kernel, the window basis and the vector loads are lutham/kernel/panel.h, the
+// same code LUTHAM's decoded tiles run on their decoded panels: the two differ only in
+// where the weights come from (memory here, codebook decoding there). SIMD: GCC vector
+// extensions (8 floats), functions cloned for x86-64-v3 (AVX2/FMA) and the default target,
+// picked at load time, as lutham/kernel/simd.h does (no -march=native).
 
 #pragma once
 
@@ -60,13 +63,10 @@
 
 #include "../kernel/basis.h"
 #include "../kernel/common.h"
+#include "../kernel/panel.h"
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(LUTHAM_NO_MULTIVERSION) && \
-    !defined(__clang__)
-#define DENSE_KAN_HOT __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define DENSE_KAN_HOT
-#endif
+// The kernel's clone attribute (x86-64-v3 + default, picked at load time).
+#define DENSE_KAN_HOT LUTHAM_HOT
 
 namespace sharekan {
 namespace dense_kan {
@@ -79,20 +79,15 @@ using lutham::Parallel;
                                                         float*) = &lutham::dense_basis;
 
 /// Columns per block: the unit of the thread split (results do not depend on it).
-constexpr int64_t kBlockCols = 32;
+constexpr int64_t kBlockCols = lutham::panel::kBlockCols;
 /// Rows per batch tile (bounds the basis scratch: kTileRows x n_in x (k + 3) words).
 constexpr int64_t kTileRows = 64;
-/// Inputs per group: 8 inputs x (M + 1) rows x 32 columns x 4 bytes = 57 KB at M = 13
-/// (L1 + L2); the accumulators are spilled once per group.
-constexpr int64_t kInputGroup = 8;
+/// Inputs per group (the panel micro-kernel's; the accumulators are spilled once per group).
+constexpr int64_t kInputGroup = lutham::panel::kInputGroup;
 /// From this many rows in a tile, each (input group, block) is packed into a contiguous L1
 /// buffer (int8: dequantised) before the micro-kernel; below, the weights are read in place,
-/// prefetched kPrefetchInputs inputs ahead.
+/// prefetched panel::kPrefetchInputs inputs ahead.
 constexpr int64_t kPackRows = 12;
-#ifndef DENSE_KAN_PREFETCH_INPUTS
-#define DENSE_KAN_PREFETCH_INPUTS 16
-#endif
-constexpr int64_t kPrefetchInputs = DENSE_KAN_PREFETCH_INPUTS;
 /// Largest spline order (the basis values live in fixed-size arrays), as LUTHAM's.
 constexpr int64_t kMaxSplineOrder = lutham::kMaxSplineOrder;
 
@@ -240,109 +235,6 @@ inline PackError pack_i8(DenseLayer* L, int64_t n_in, int64_t n_out, int64_t M, 
 
 namespace detail {
 
-// 8-lane vectors. Loads and stores are expressions on unaligned, may_alias vector types (not
-// helper functions: a function taking or returning a 32-byte vector has a target-dependent
-// ABI, which GCC warns about in the default clone).
-typedef float v8f __attribute__((vector_size(32)));
-typedef float v8f_u __attribute__((vector_size(32), aligned(4), may_alias));
-
-typedef int32_t v8i __attribute__((vector_size(32)));
-typedef int64_t v4q __attribute__((vector_size(32)));
-typedef int8_t v32b __attribute__((vector_size(32)));
-
-/// 8 elements of T at p, as floats (int8 converted exactly). int8: the 8 bytes broadcast,
-/// each moved to the top byte of its int32 lane (in-lane byte shuffle), arithmetic shift right
-/// by 24 (the sign extension), convert: 5 instructions on AVX2, where GCC 12 scalarises a
-/// plain __builtin_convertvector from 8 int8 lanes.
-#define DENSE_KAN_LOAD8(T, p)                                                               \
-  ({                                                                                        \
-    v8f r_;                                                                                 \
-    if constexpr (std::is_same<T, float>::value) {                                          \
-      r_ = *reinterpret_cast<const v8f_u*>(p);                                              \
-    } else {                                                                                \
-      int64_t q_;                                                                           \
-      std::memcpy(&q_, (p), 8);                                                             \
-      const v32b x_ = reinterpret_cast<v32b>((v4q){q_, q_, q_, q_});                      \
-      const v32b m_ = {0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3,                     \
-                       0, 0, 0, 12, 0, 0, 0, 13, 0, 0, 0, 14, 0, 0, 0, 15};                \
-      r_ = __builtin_convertvector(reinterpret_cast<v8i>(__builtin_shuffle(x_, m_)) >> 24, \
-                                   v8f);                                                    \
-    }                                                                                       \
-    r_;                                                                                     \
-  })
-/// Stores 8 floats at p.
-#define DENSE_KAN_STORE8(p, v) (*reinterpret_cast<v8f_u*>(p) = (v))
-
-/// acc[r][0..8NV) += coef[r][KP1] * blk_i[0] + sum_t coef[r][t] * blk_i[1 + first_r + t] over
-/// the inputs i of one group, for rows r < R; blk_i = panel + i * in_stride holds M + 1 rows
-/// of 8 NV weights, `ld` elements apart. acc is (R, 8 NV) floats, `acc_stride` apart.
-/// KP1 = k + 1 (0: runtime kp1). first/coef: per input `tile` batch rows apart.
-/// PF: prefetch the rows of input i + kPrefetchInputs if it is below n_ahead (the inputs
-/// left from the group's start).
-template <int NV, int R, int KP1, bool PF, typename T>
-DENSE_KAN_HOT static void micro_kernel(const T* __restrict panel, int64_t ld, int64_t in_stride,
-                                       int64_t n_group, int64_t n_ahead,
-                                       const int32_t* __restrict first,
-                                       const float* __restrict coef, int64_t tile,
-                                       int64_t kp1_rt, float* __restrict acc,
-                                       int64_t acc_stride) {
-  constexpr int64_t W = 8 * NV;
-  const int64_t kp1 = KP1 > 0 ? KP1 : kp1_rt;
-  const int64_t cstride = kp1 + 1;
-  v8f a[R][NV];
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) a[r][v] = *reinterpret_cast<const v8f_u*>(acc + r * acc_stride + 8 * v);
-  for (int64_t i = 0; i < n_group; ++i) {
-    const T* __restrict blk = panel + i * in_stride;
-    if (PF && i + kPrefetchInputs < n_ahead) {
-      // rows 0 and 1 + lo .. 1 + hi + k of input i + kPrefetchInputs: the union of the
-      // chunk's windows (one contiguous run per row of 8 NV weights)
-      const T* ahead = blk + kPrefetchInputs * in_stride;
-      const int32_t* fa = first + (i + kPrefetchInputs) * tile;
-      int32_t lo = fa[0], hi = fa[0];
-      for (int r = 1; r < R; ++r) {
-        lo = std::min(lo, fa[r]);
-        hi = std::max(hi, fa[r]);
-      }
-      constexpr int64_t kLine = 64 / sizeof(T);
-      for (int64_t e = 0; e < W; e += kLine) __builtin_prefetch(ahead + e);
-      for (int64_t m = 1 + lo; m <= 1 + hi + kp1 - 1; ++m)
-        for (int64_t e = 0; e < W; e += kLine) __builtin_prefetch(ahead + m * ld + e);
-    }
-    v8f base[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) base[v] = DENSE_KAN_LOAD8(T, blk + 8 * v);
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      const float* __restrict c = coef + (i * tile + r) * cstride;
-      const T* __restrict w = blk + (1 + first[i * tile + r]) * ld;
-      const float cb = c[kp1];
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) a[r][v] += cb * base[v];
-      if (KP1 > 0) {
-#pragma GCC unroll 16
-        for (int t = 0; t < KP1; ++t) {
-          const float ct = c[t];
-#pragma GCC unroll 4
-          for (int v = 0; v < NV; ++v) a[r][v] += ct * DENSE_KAN_LOAD8(T, w + t * ld + 8 * v);
-        }
-      } else {
-        for (int64_t t = 0; t < kp1; ++t) {
-          const float ct = c[t];
-#pragma GCC unroll 4
-          for (int v = 0; v < NV; ++v) a[r][v] += ct * DENSE_KAN_LOAD8(T, w + t * ld + 8 * v);
-        }
-      }
-    }
-  }
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) DENSE_KAN_STORE8(acc + r * acc_stride + 8 * v, a[r][v]);
-}
-
 /// dst[j][0..W) = float(src[j * ld .. + W)) for n_rows rows (W a multiple of 8): one
 /// (input group, block) of weights packed contiguously (int8 converted exactly). The same
 /// rows of the next group (`next`, or nullptr) are prefetched: rows n_out values apart are
@@ -357,115 +249,20 @@ pack_block(const T* __restrict src, const T* next, int64_t ld,
       for (int64_t e = 0; e < W; e += kLine) __builtin_prefetch(next + j * ld + e);
     }
     for (int64_t e = 0; e < W; e += 8)
-      DENSE_KAN_STORE8(dst + j * W + e, DENSE_KAN_LOAD8(T, src + j * ld + e));
-  }
-}
-
-/// Rows per register block for a block of NV vectors (R x NV accumulators + temporaries
-/// within AVX2's 16 registers).
-template <int NV>
-constexpr int rows_per_block() {
-  return NV >= 4 ? 3 : NV == 3 ? 4 : NV == 2 ? 6 : 8;
-}
-
-/// Runs the micro-kernel over `nb` rows (R at a time, then the remainder one by one; every
-/// row sees the same operations whatever its chunk).
-/// Rows [0, nb) of one (input group, block) through the micro-kernel: R rows at a time, the
-/// remainder one by one (every row sees the same operations whatever its chunk). Small
-/// tiles (nb < kPackRows) read in place with prefetching.
-template <int NV, int KP1, typename T>
-static void group_rows(const T* panel, int64_t ld, int64_t in_stride, int64_t n_group,
-                       int64_t n_ahead, const int32_t* first, const float* coef, int64_t tile,
-                       int64_t nb, int64_t kp1, float* acc, int64_t acc_stride) {
-  constexpr int R = rows_per_block<NV>();
-  const int64_t cstride = kp1 + 1;
-  // in place (small tiles): prefetch; packed: the block is in L1 already
-  auto chunks = [&](auto pf_tag) {
-    constexpr bool PF = decltype(pf_tag)::value;
-    int64_t b = 0;
-    for (; b + R <= nb; b += R) {
-      micro_kernel<NV, R, KP1, PF, T>(panel, ld, in_stride, n_group, n_ahead, first + b,
-                                      coef + b * cstride, tile, kp1, acc + b * acc_stride,
-                                      acc_stride);
-    }
-    for (; b < nb; ++b) {
-      micro_kernel<NV, 1, KP1, PF, T>(panel, ld, in_stride, n_group, n_ahead, first + b,
-                                      coef + b * cstride, tile, kp1, acc + b * acc_stride,
-                                      acc_stride);
-    }
-  };
-  if (nb < kPackRows) {
-    chunks(std::true_type{});
-  } else {
-    chunks(std::false_type{});
-  }
-}
-
-/// group_rows with the block width (NV vectors) and k + 1 as template arguments.
-template <typename T>
-static void group_rows_dispatch(int64_t nv, int64_t k, const T* panel, int64_t ld,
-                                int64_t in_stride, int64_t n_group, int64_t n_ahead,
-                                const int32_t* first, const float* coef, int64_t tile, int64_t nb,
-                                float* acc, int64_t acc_stride) {
-  auto by_k = [&](auto nv_tag) {
-    constexpr int NV = decltype(nv_tag)::value;
-    switch (k) {
-      case 1:
-        return group_rows<NV, 2, T>(panel, ld, in_stride, n_group, n_ahead, first, coef, tile,
-                                    nb, 2, acc, acc_stride);
-      case 2:
-        return group_rows<NV, 3, T>(panel, ld, in_stride, n_group, n_ahead, first, coef, tile,
-                                    nb, 3, acc, acc_stride);
-      case 3:
-        return group_rows<NV, 4, T>(panel, ld, in_stride, n_group, n_ahead, first, coef, tile,
-                                    nb, 4, acc, acc_stride);
-      default:
-        return group_rows<NV, 0, T>(panel, ld, in_stride, n_group, n_ahead, first, coef, tile,
-                                    nb, k + 1, acc, acc_stride);
-    }
-  };
-  switch (nv) {
-    case 1: return by_k(std::integral_constant<int, 1>{});
-    case 2: return by_k(std::integral_constant<int, 2>{});
-    case 3: return by_k(std::integral_constant<int, 3>{});
-    default: return by_k(std::integral_constant<int, 4>{});
+      LUTHAM_PANEL_STORE8(dst + j * W + e, LUTHAM_PANEL_LOAD8(T, src + j * ld + e));
   }
 }
 
 /// Basis of one input for `nb` rows: first[b] (window start, clamped to [0, M-k-1]) and
-/// coef[b][0..k] (the window's spline coefficients) + coef[b][k+1] = silu(x).
-DENSE_KAN_HOT static void input_basis(const DenseLayer& L, int64_t i, const float* x, int64_t x_stride,
+/// coef[b][0..k] (the window's spline coefficients) + coef[b][k+1] = silu(x), by the panel's
+/// window_basis (LUTHAM's decoded tiles use the same).
+static void input_basis(const DenseLayer& L, int64_t i, const float* x, int64_t x_stride,
                         int64_t nb, int32_t* first, float* coef) {
-  const int64_t k = L.k, M = L.M;
   const int64_t row = L.shared_grid ? 0 : i;
-  const float* g = L.grid.data() + row * L.n_knots;
-  const float* inv = k > 0 ? L.inv.data() + row * k * L.n_knots : nullptr;
-  const float inv_h = L.inv_h[row];
-  const int64_t last_start = M - k - 1;
-  for (int64_t b = 0; b < nb; ++b) {
-    const float xv = x[b * x_stride + i];
-    float bv[kMaxSplineOrder + 1];
-    float* c = coef + b * (k + 2);
-    int64_t f = 0;
-    for (int64_t t = 0; t <= k; ++t) c[t] = 0.0f;
-    // LUTHAM's choice (basis.h basis_of): the uniform-row path for efficient-kan's grid
-    const bool inside = inv_h > 0.0f
-                            ? lutham::basis_at_uniform(g, L.n_knots, k, xv, inv_h, &f, bv, inv)
-                            : lutham::basis_at(g, L.n_knots, k, xv, &f, bv, inv);
-    if (inside) {
-      // f in [-k, M - 1]: shift the k+1 values into the window [start, start + k]
-      const int64_t start = std::min(std::max<int64_t>(f, 0), last_start);
-      for (int64_t t = 0; t <= k; ++t) {
-        const int64_t m = f + t;
-        if (m >= 0 && m < M) c[m - start] = bv[t];
-      }
-      f = start;
-    } else {
-      f = 0;
-    }
-    first[b] = static_cast<int32_t>(f);
-    c[k + 1] = lutham::silu(xv);
-  }
+  lutham::panel::window_basis(L.grid.data() + row * L.n_knots, L.n_knots, L.M, L.k,
+                              L.k > 0 ? L.inv.data() + row * L.k * L.n_knots : nullptr,
+                              L.inv_h[row], x + i, x_stride, nb, true,
+                              [](float v) { return lutham::silu(v); }, first, coef);
 }
 
 }  // namespace detail
@@ -525,14 +322,14 @@ inline void forward(const DenseLayer& L, const float* x, int64_t B, float* y, co
               detail::pack_block(w + off, g0 + ng < L.n_in ? w + off + ng * in_stride : nullptr,
                                  L.ld, ng * in_rows, wd, packed.data());
             }
-            detail::group_rows_dispatch<float>(wd / 8, L.k, packed.data(), wd, in_rows * wd, ng,
+            lutham::panel::group_rows_dispatch<false, float>(wd / 8, L.k, packed.data(), wd, in_rows * wd, ng,
                                                ng, fg, cg, tile, nb, acc_b, acc_stride);
           } else if (L.wtype == WeightType::kF32) {
-            detail::group_rows_dispatch<float>(wd / 8, L.k, L.w_f32.data() + off, L.ld, in_stride,
+            lutham::panel::group_rows_dispatch<true, float>(wd / 8, L.k, L.w_f32.data() + off, L.ld, in_stride,
                                                ng, L.n_in - g0, fg, cg, tile, nb, acc_b,
                                                acc_stride);
           } else {
-            detail::group_rows_dispatch<int8_t>(wd / 8, L.k, L.w_i8.data() + off, L.ld,
+            lutham::panel::group_rows_dispatch<true, int8_t>(wd / 8, L.k, L.w_i8.data() + off, L.ld,
                                                 in_stride, ng, L.n_in - g0, fg, cg, tile, nb,
                                                 acc_b, acc_stride);
           }

@@ -13,6 +13,16 @@
 #include <new>
 #include <type_traits>
 
+// Hot loops (simd.h, panel.h) are cloned for x86-64-v3 (AVX2/FMA) and the default target
+// with GCC on x86-64, the clone picked at load time (ifunc); elsewhere (clang, aarch64,
+// -DLUTHAM_NO_MULTIVERSION for the sanitizer builds) they compile once for the target.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(LUTHAM_NO_MULTIVERSION) && \
+    !defined(__clang__)
+#define LUTHAM_HOT __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define LUTHAM_HOT
+#endif
+
 namespace sharekan {
 namespace lutham {
 

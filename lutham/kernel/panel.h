@@ -15,7 +15,7 @@
 // same operations in the same order whatever its chunk, thread or tile.
 //
 // SIMD: GCC vector extensions (8 floats: AVX2 in the x86-64-v3 clone, SSE or NEON
-// elsewhere), functions cloned like simd.h's LUTHAM_HOT.
+// elsewhere), functions cloned by LUTHAM_HOT (common.h).
 
 #pragma once
 
@@ -26,7 +26,6 @@
 
 #include "basis.h"
 #include "common.h"
-#include "simd.h"
 
 namespace sharekan {
 namespace lutham {

@@ -1,13 +1,11 @@
-// LUTHAM kernel: the hot loops, one place for the x86-64-v3 clones.
+// LUTHAM kernel: the hot loops of the projection strategy and the decode.
 //
 // Plain C++ loops over `__restrict` pointers, written to auto-vectorise (AVX2 in the
 // x86-64-v3 clone, SSE or NEON elsewhere); no intrinsics, so every target compiles the same
-// source. On x86-64 with GCC each LUTHAM_HOT function is cloned for x86-64-v3 (AVX2/FMA)
-// and the default target, and the clone is picked at load time (ifunc), so the build stays
-// portable (no -march=native). Elsewhere (clang, aarch64, or -DLUTHAM_NO_MULTIVERSION, used
-// by the sanitizer builds) they compile once for the build's target. Hardware gathers (vgatherdps) were measured slower than
-// scalar lookups on the development CPU (AMD EPYC: 0.49-0.51 vs 0.36 ns per lookup) and are
-// not used.
+// source. LUTHAM_HOT (common.h) clones them for x86-64-v3 with GCC on x86-64. Hardware
+// gathers (vgatherdps) and hand-built vectors of lookups were measured slower than the
+// scalar lookups of these loops on the development CPU (AMD EPYC: 0.49-0.51 vs 0.36 ns per
+// lookup) and are not used.
 //
 // Only primitives on arrays live here; the strategies that call them are projection.h and
 // decoded.h, the finiteness scan is used by validate.h.
@@ -17,12 +15,7 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(LUTHAM_NO_MULTIVERSION) && \
-    !defined(__clang__)
-#define LUTHAM_HOT __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define LUTHAM_HOT
-#endif
+#include "common.h"
 
 namespace sharekan {
 namespace lutham {

@@ -70,8 +70,11 @@ def _fold_constant_layouts(edge: Any) -> None:
 
     program = edge.exported_program()
     targets = {node.target for node in program.graph.nodes if node.op == "call_function"}
-    skip = {t for t in targets if str(t).split(".")[1:2] != [] and
-            str(t).split(".")[1] not in _FOLDABLE}
+    def name(target: Any) -> str:  # "aten.permute_copy.default" -> "permute_copy"
+        parts = str(target).split(".")
+        return parts[1] if len(parts) == 3 and parts[0] == "aten" else ""
+
+    skip = {t for t in targets if name(t) not in _FOLDABLE}
     constant_prop_pass(program, custom_skip_targets=skip)
 
 

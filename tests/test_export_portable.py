@@ -215,7 +215,13 @@ def test_portable_xnnpack_pte_matches_eager(runtime, tmp_path):
 def test_onnx_matches_eager(mixed, mixed_inputs, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
+    onnx = pytest.importorskip("onnx")
     path = export_onnx(mixed, (mixed_inputs[:1],), tmp_path / "mixed.onnx", max_batch=16)
+    # the compressed tensors are stored as they are (int16 / uint8 codes, int8 gains)
+    stored = {(i.name, i.data_type) for i in onnx.load(str(path)).graph.initializer}
+    for name, dtype in (("0.codes", onnx.TensorProto.INT16), ("1.codes", onnx.TensorProto.UINT8),
+                        ("0.gains", onnx.TensorProto.INT8)):
+        assert (name, dtype) in stored, sorted(stored)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for batch in (1, 9):
         x = mixed_inputs[:batch]

@@ -44,7 +44,8 @@
 // {"program", "method", "file_bytes", "planned_bytes" (sum of memory_planned_buffer_size),
 // "planned_buffers", "segment_bytes" (the extended header's segment data: constant tensors
 // and delegate blobs)}. --machine prints {"fma_gflops", "read_gbs": {bytes: GB/s},
-// "lookup_gps"} for the thread setting given. Every mode ends with a line
+// "lookup_gps" (LUTHAM's gather-accumulate), "decode_gps" (LUTHAM's decode of weight rows)}
+// for the thread setting given. Every mode ends with a line
 // {"peak_rss_bytes": ...} (getrusage).
 //
 // Exit status: 0 ok, 1 usage or file error, 2 program load error, 3 execution error.
@@ -390,6 +391,19 @@ DENSE_KAN_HOT __attribute__((noinline)) void lookup_loop(const uint8_t* __restri
   for (int64_t o = 0; o < n; ++o) acc[o] += static_cast<float>(gains[o]) * table[codes[o]];
 }
 
+/// LUTHAM's decode: w[m][o] = gg[o] * ct[m][q[o]] for rows m < n_rows (int32 codes).
+DENSE_KAN_HOT __attribute__((noinline)) void decode_loop(const int32_t* __restrict q,
+                                                         const float* __restrict gg,
+                                                         const float* __restrict ct, int64_t K,
+                                                         int64_t n_rows, float* __restrict w,
+                                                         int64_t n) {
+  for (int64_t m = 0; m < n_rows; ++m) {
+    const float* __restrict crow = ct + m * K;
+    float* __restrict wrow = w + m * n;
+    for (int64_t o = 0; o < n; ++o) wrow[o] = gg[o] * crow[q[o]];
+  }
+}
+
 double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
       .count();
@@ -456,7 +470,26 @@ int run_machine(const Parallel& par) {
       lookup_loop(codes[t].data(), gains[t].data(), table[t].data(), acc[t].data(), n);
     g_sink = acc[t][0];
   });
-  std::printf("}, \"lookup_gps\": %.3f}\n", lookups / 1e9);
+  // decode: 32 columns x 13 rows per call (one panel block), 256-entry rows of the table
+  const int64_t dn = 32, drows = 13, dreps = 200000;
+  std::vector<std::vector<int32_t>> dq(static_cast<size_t>(nt));
+  std::vector<std::vector<float>> dg(static_cast<size_t>(nt)), dct(static_cast<size_t>(nt)),
+      dw(static_cast<size_t>(nt));
+  for (int64_t t = 0; t < nt; ++t) {
+    for (int64_t o = 0; o < dn; ++o) {
+      s = s * 1664525u + 1013904223u;
+      dq[t].push_back(static_cast<int32_t>(s >> 24));
+    }
+    dg[t].assign(static_cast<size_t>(dn), 0.5f);
+    dct[t].assign(static_cast<size_t>(256 * drows), 0.25f);
+    dw[t].assign(static_cast<size_t>(dn * drows), 0.0f);
+  }
+  const double decodes = best_rate(par, 5, static_cast<double>(dn * drows) * dreps, [&](int64_t t) {
+    for (int64_t r = 0; r < dreps; ++r)
+      decode_loop(dq[t].data(), dg[t].data(), dct[t].data(), 256, drows, dw[t].data(), dn);
+    g_sink = dw[t][0];
+  });
+  std::printf("}, \"lookup_gps\": %.3f, \"decode_gps\": %.3f}\n", lookups / 1e9, decodes / 1e9);
   return 0;
 }
 

@@ -316,7 +316,8 @@ def _best(a: dict[str, Any], b: dict[str, Any] | None) -> dict[str, Any]:
         return a
     return {"threads": a["threads"], "fma_gflops": max(a["fma_gflops"], b["fma_gflops"]),
             "read_gbs": {k: max(v, b["read_gbs"].get(k, 0.0)) for k, v in a["read_gbs"].items()},
-            "lookup_gps": max(a["lookup_gps"], b["lookup_gps"])}
+            "lookup_gps": max(a["lookup_gps"], b["lookup_gps"]),
+            "decode_gps": max(a.get("decode_gps", 0.0), b.get("decode_gps", 0.0))}
 
 
 def machine_figures(exe: Path, threads_list, previous: dict[str, Any] | None = None
@@ -437,10 +438,12 @@ def markdown(r: dict[str, Any]) -> str:
         "this run's in the JSON): " + "; ".join(
             f"{t} thread{'s' if t != '1' else ''}: FMA peak {v['fma_gflops']:.0f} GFLOP/s, read "
             + ", ".join(f"{int(k) // 1024} KiB {g:.0f} GB/s" for k, g in v["read_gbs"].items())
-            + f", lookups {v['lookup_gps']:.2f} G/s" for t, v in m.items()) + ".",
+            + f", lookups {v['lookup_gps']:.2f} G/s, decodes {v.get('decode_gps', 0):.2f} G/s"
+            for t, v in m.items()) + ".",
         "",
         f"LUTHAM kernel constants read from lutham/kernel/common.h: {r['kernel_constants']} "
-        "(projection tables below kDecodeMinBatch rows, decoded tiles from there).",
+        "(projection tables below decode_min_batch rows, per layer, decoded tiles from "
+        "there; the bound columns name the path of each layer).",
         "",
     ]
     for name, h in r["heads"].items():

@@ -3,8 +3,9 @@
 Machine figures come from `kernel_bench --machine` for the thread setting: FMA peak
 (`fma_gflops`, 12 independent 8-lane FMA chains), streaming read bandwidth of buffers of
 16 KiB / 256 KiB / 4 MiB / 16 MiB / 256 MiB per thread (`read_gbs`: L1, L2, L3, L3, DRAM on
-this CPU), and the rate of LUTHAM's scalar gather-accumulate `acc[o] += g[o] * P[code[o]]`
-on L1-resident data (`lookup_gps`). A bound is max(compute time, memory time, gather time),
+this CPU), the rate of LUTHAM's gather-accumulate `acc[o] += g[o] * P[code[o]]` on
+L1-resident data (`lookup_gps`) and of its decode `w[m][o] = g[o] * C[m][code[o]]`
+(`decode_gps`; both compiled like the kernel, vectorised with AVX2 gathers where GCC does). A bound is max(compute time, memory time, gather time),
 each a count divided by its measured rate; measured / bound says how far a path is from
 what this machine can do with that many operations and bytes.
 
@@ -16,14 +17,16 @@ kernel pads):
   over rows of the k+1-row windows, plus the base row; n_out values each, 4 bytes FP32 or 1
   byte int8), read once per 64-row tile, from the level that holds the whole weight set
   (L2 <= 512 KiB, L3 <= 32 MiB, else DRAM); the basis evaluation is not counted.
-- LUTHAM projection path (batches below the kernel's kDecodeMinBatch): per row, per input,
+- LUTHAM projection path (batches below the kernel's decode_min_batch(layer), its cost model
+  read from lutham/kernel/common.h): per row, per input,
   a K-entry table from k+1 codebook rows (2 K (k+1) FLOPs), then per edge one lookup
   (gather-accumulate) and, when stored, the edge-bias and base-weight FMAs (2 FLOPs each);
   bytes: the per-edge stream (code, gain, edge bias, base weight: 1 byte each in int8, 2-4
   for wider codes) once per row, from the level that holds the layer's LUTHAM data.
-- LUTHAM decoded path (batches from kDecodeMinBatch): per tile of kBatchTile rows, the
-  touched weight rows decoded (one gather per decoded weight: E x rows touched), then the
-  dense FLOPs 2 B E (k+2) as the baseline; bytes: the per-edge stream once per tile.
+- LUTHAM decoded path (from decode_min_batch rows): per tile of kDecodeTile rows, the
+  touched weight rows decoded (one gather per decoded weight: E x rows touched, at the decode
+  rate), then the dense FLOPs 2 B E (k+2) as the baseline; bytes: the per-edge stream once
+  per tile.
 """
 
 from __future__ import annotations
@@ -40,14 +43,28 @@ L3_BYTES = 32 * 1024 * 1024
 
 
 def kernel_constants(src: Path) -> dict[str, int]:
-    """kDecodeMinBatch and kBatchTile from lutham/kernel/common.h (12 and 64 if absent)."""
+    """The LUTHAM kernel's strategy constants from lutham/kernel/common.h: kDecodeMinBatch,
+    the decoded tile (kDecodeTile, formerly kBatchTile) and the cost model of
+    decode_min_batch (kDecodeCostD, kTableCostA, kLookupCostBE); absent ones are left out."""
     text = (src / "kernel" / "common.h").read_text()
-    out = {"kDecodeMinBatch": 12, "kBatchTile": 64}
-    for name in out:
-        m = re.search(rf"constexpr\s+int64_t\s+{name}\s*=\s*(\d+)", text)
+    out: dict[str, int] = {}
+    for name in ("kDecodeMinBatch", "kDecodeTile", "kBatchTile", "kDecodeCostD", "kTableCostA",
+                 "kLookupCostBE"):
+        m = re.search(rf"\b{name}\s*=\s*(\d+)", text)
         if m:
             out[name] = int(m.group(1))
     return out
+
+
+def decode_min_batch(layer: LayerInfo, consts: dict[str, int]) -> int:
+    """Rows from which the kernel decodes tiles (lutham.h decode_min_batch's cost model when
+    common.h has it, else kDecodeMinBatch)."""
+    lo = consts.get("kDecodeMinBatch", 12)
+    if not all(n in consts for n in ("kDecodeCostD", "kTableCostA", "kLookupCostBE")):
+        return lo
+    decode = consts["kDecodeCostD"] * layer.n_out * layer.M
+    per_row = consts["kTableCostA"] * layer.K * (layer.k + 1) + consts["kLookupCostBE"] * layer.n_out
+    return max(lo, -(-decode // per_row))
 
 
 def bandwidth(machine: dict[str, Any], nbytes: float) -> tuple[str, float]:
@@ -104,6 +121,7 @@ def layer_bounds(layer: LayerInfo, x: np.ndarray, machine: dict[str, Any],
     ld = (layer.n_out + 7) // 8 * 8
     flops_peak = machine["fma_gflops"] * 1e9
     lookups = machine["lookup_gps"] * 1e9
+    decodes = machine.get("decode_gps", machine["lookup_gps"]) * 1e9
     tile = 64
     out: dict[str, dict[str, float]] = {}
     dense_flops = 2.0 * B * E * (layer.k + 2)
@@ -116,21 +134,22 @@ def layer_bounds(layer: LayerInfo, x: np.ndarray, machine: dict[str, Any],
                      "t_compute": dense_flops / flops_peak, "t_memory": nbytes / bw,
                      "t_gather": 0.0}
     level, bw = bandwidth(machine, layer.lutham_bytes)
-    if B < consts["kDecodeMinBatch"]:
+    if B < decode_min_batch(layer, consts):
         flops = B * (2.0 * layer.n_in * layer.K * (layer.k + 1) + 2.0 * E * 2)
         gathers = float(B * E)
         nbytes = float(B * E * layer.edge_bytes)
         path = "projection"
     else:
-        bt = consts["kBatchTile"]
+        bt = consts.get("kDecodeTile", consts.get("kBatchTile", 64))
         decoded_rows = sum(touched_rows(layer, x[t:t + bt]) - layer.n_in for t in range(0, B, bt))
         gathers = float(decoded_rows * layer.n_out)
         flops = dense_flops
         nbytes = float(((B + bt - 1) // bt) * E * layer.edge_bytes)
         path = "decoded"
+    rate = lookups if path == "projection" else decodes
     out["lutham"] = {"flops": flops, "bytes": nbytes, "level": level, "gathers": gathers,
                      "t_compute": flops / flops_peak, "t_memory": nbytes / bw,
-                     "t_gather": gathers / lookups, "path": path}
+                     "t_gather": gathers / rate, "path": path}
     for v in out.values():
         v["t_bound"] = max(v["t_compute"], v["t_memory"], v["t_gather"])
     return out

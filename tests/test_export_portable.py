@@ -276,6 +276,28 @@ def test_demo_head_targets(runtime, kernel_loaded, tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), y_kernel[:5], rtol=0, atol=1e-5)
 
 
+def test_constant_layout_copies_are_folded_at_export():
+    from executorch.exir import to_edge
+
+    from sharekan import export
+
+    torch.manual_seed(1)
+    model = compress_(KAN([N_IN, 5], grid_size=5, spline_order=3), codebook_size=8,
+                      bias="edge").eval()
+    program = export._exported_program("t", model, (torch.zeros(3, N_IN),), dynamic_batch=True,
+                                       max_batch=8, kernel="portable", strategy="gather")
+    edge = to_edge(program)
+
+    def count(name):
+        return sum(1 for n in edge.exported_program().graph.nodes
+                   if getattr(n.target, "_opname", None) == name)
+
+    permutes, casts = count("permute_copy"), count("_to_dim_order_copy")
+    export._fold_constant_layouts(edge)
+    assert count("permute_copy") < permutes  # codes^T, gains^T, edge_bias^T, grid^T stored
+    assert count("_to_dim_order_copy") == casts  # casts never folded (would widen u8 / i8)
+
+
 # ---- bad input ---------------------------------------------------------------------------
 
 

@@ -70,11 +70,8 @@ def _fold_constant_layouts(edge: Any) -> None:
 
     program = edge.exported_program()
     targets = {node.target for node in program.graph.nodes if node.op == "call_function"}
-    def name(target: Any) -> str:  # "aten.permute_copy.default" -> "permute_copy"
-        parts = str(target).split(".")
-        return parts[1] if len(parts) == 3 and parts[0] == "aten" else ""
-
-    skip = {t for t in targets if name(t) not in _FOLDABLE}
+    # edge and ATen overloads name their op `_opname` ("permute_copy"); getitem etc. do not
+    skip = {t for t in targets if getattr(t, "_opname", None) not in _FOLDABLE}
     constant_prop_pass(program, custom_skip_targets=skip)
 
 

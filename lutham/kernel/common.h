@@ -38,7 +38,12 @@ constexpr int64_t kDecodeCostD = 35, kTableCostA = 4, kLookupCostBE = 10;  // x 
 constexpr int64_t kDecodeMinBatch = 2;
 /// The decoded-tile strategy processes the batch in tiles of this many rows: each weight is
 /// decoded once per tile, and the tile's basis values (n_in x tile x (k+4) floats) are kept.
-constexpr int64_t kDecodeTile = 128;
+constexpr int64_t kDecodeTile = 512;
+/// Decoded windows spanning at least this many spline rows are decoded from codebook rows
+/// transposed in registers (panel.h decode_rows_transposed); narrower ones by table reads.
+constexpr int64_t kTransposedDecodeRows = 6;
+/// Largest codebook copy (K x M rounded up to 8, floats) made for the transposed decode.
+constexpr int64_t kMaxPaddedCodebookFloats = int64_t{4} << 20;
 /// Every split of the columns between threads falls on a multiple of this many columns, so
 /// each column is computed by the same vector lanes whatever the thread count.
 constexpr int64_t kColumnAlign = 32;

@@ -104,9 +104,11 @@ static void load_scaled_row(const EdgeTensor& e, const float* scale, int64_t i, 
 
 /// Accumulate phase of one unit: columns `cols`, tile rows [r0, r1) of nb; y is the tile's
 /// (nb, n_out) output, overwritten in the unit's block.
-static void accumulate_unit(const Layer& L, const float* ct, const TileBasis& tb, int64_t tile,
-                            int64_t r0, int64_t r1, const Columns& cols, float* y,
-                            const DecodedScratch& d) {
+/// ct: the transposed codebook (table reads); cbp: the codebook with rows padded to Mp
+/// floats for decode_rows_transposed, or nullptr (then table reads only).
+static void accumulate_unit(const Layer& L, const float* ct, const float* cbp, int64_t Mp,
+                            const TileBasis& tb, int64_t tile, int64_t r0, int64_t r1,
+                            const Columns& cols, float* y, const DecodedScratch& d) {
   const int64_t n_out = L.n_out, M = L.M, k = L.k, rows = r1 - r0;
   const int64_t acc_stride = (cols.n + 7) / 8 * 8;
   for (int64_t e = 0; e < rows * acc_stride; ++e) d.acc[e] = 0.0f;
@@ -132,7 +134,15 @@ static void accumulate_unit(const Layer& L, const float* ct, const TileBasis& tb
         for (int64_t c = blk.n; c < W; ++c) w[c] = 0.0f;
         load_codes_gains_dispatch(L, i, blk, d.q, d.gg);
         load_scaled_row(L.edge_bias, L.edge_bias_scale, i, n_out, blk, d.eb);
-        decode_rows(ct, L.K, d.q, d.gg, d.eb, lo[ii], hi[ii] + k, w + W, blk.n, W);
+        for (int64_t c = blk.n; c < W; ++c) {  // padding columns decode to zeros
+          d.q[c] = 0;
+          d.gg[c] = d.eb[c] = 0.0f;
+        }
+        if (cbp != nullptr && hi[ii] + k - lo[ii] + 1 >= kTransposedDecodeRows) {
+          panel::decode_rows_transposed(cbp, Mp, d.q, d.gg, d.eb, lo[ii], hi[ii] + k, w + W, W);
+        } else {
+          decode_rows(ct, L.K, d.q, d.gg, d.eb, lo[ii], hi[ii] + k, w + W, blk.n, W);
+        }
       }
       panel::group_rows_dispatch<false, float>(
           W / 8, k, d.panel, W, (M + 1) * W, ng, ng, tb.first + g0 * tile + r0,

@@ -179,8 +179,15 @@ static ScratchStatus forward_decoded(const Layer& L, const float* x, int64_t B, 
   float* acc = mem.get<float>(n_units * tile, acc_width);
   float* rows = mem.get<float>(n_units * 2, panel::kBlockCols);  // gg and eb per unit
   int32_t* q = mem.get<int32_t>(n_units, panel::kBlockCols);
+  const int64_t Mp = ceil_div(L.M, 8) * 8;
+  const bool padded = L.K * Mp <= kMaxPaddedCodebookFloats;  // validated: K*Mp fits int64
+  float* cbp = padded ? mem.get<float>(L.K, Mp) : nullptr;
   if (!mem.ok()) return mem.status();
   transpose_codebook(L, ct);
+  if (padded) {
+    for (int64_t c = 0; c < L.K; ++c)
+      for (int64_t m = 0; m < Mp; ++m) cbp[c * Mp + m] = m < L.M ? L.codebook[c * L.M + m] : 0.0f;
+  }
   for (int64_t t0 = 0; t0 < B; t0 += tile) {
     const int64_t nb = std::min(tile, B - t0);
     par.for_range(n_basis_units, [&](int64_t begin, int64_t end) {
@@ -203,7 +210,7 @@ static ScratchStatus forward_decoded(const Layer& L, const float* x, int64_t B, 
                                rows + 2 * u * panel::kBlockCols,
                                rows + (2 * u + 1) * panel::kBlockCols,
                                q + u * panel::kBlockCols};
-        accumulate_unit(L, ct, tb, tile, r0, r1, cols, y + t0 * L.n_out, d);
+        accumulate_unit(L, ct, cbp, Mp, tb, tile, r0, r1, cols, y + t0 * L.n_out, d);
       }
     });
   }

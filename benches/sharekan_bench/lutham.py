@@ -306,8 +306,14 @@ def summarise(head: LH.Head, timings: dict[str, Any], machine: dict[str, Any],
         res["latency"][t] = rows
         res["bounds"][t] = {str(b): v for b, v in bounds.items()}
         res["kernel_bench_peak_rss"][t] = tm["peak_rss"]
-        cross = [r["batch"] for r in rows if r["dense_f32"] < r["lutham_pte"]]
-        res["crossover"][t] = cross[0] if cross else None
+        # crossover: the smallest batch from which dense FP32 is faster at every larger batch
+        cross = None
+        for r in reversed(rows):
+            if r["dense_f32"] < r["lutham_pte"]:
+                cross = r["batch"]
+            else:
+                break
+        res["crossover"][t] = cross
     return res
 
 
@@ -452,9 +458,12 @@ def markdown(r: dict[str, Any]) -> str:
                   f"{h['bytes']['dense_f32_weights']:,} bytes, LUTHAM .pte "
                   f"{h['bytes']['lutham_pte']:,} bytes.", ""]
         for t, rows in h["latency"].items():
+            lost = [str(row["batch"]) for row in rows if row["dense_f32"] < row["lutham_pte"]]
             lines.append(f"**{t} thread{'s' if t != '1' else ''}** (crossover: "
-                         + (f"dense FP32 faster from batch {h['crossover'][t]}" if h["crossover"][t]
-                            else "none, LUTHAM faster at every batch") + ")")
+                         + (f"dense FP32 faster from batch {h['crossover'][t]} on"
+                            if h["crossover"][t] else "none")
+                         + (f"; dense FP32 faster at batch {', '.join(lost)}" if lost
+                            else "; LUTHAM faster at every batch") + ")")
             lines.append("")
             hdr = ["batch", COLUMNS["dense_f32"], COLUMNS["dense_i8"], COLUMNS["lutham_pte"],
                    "speed vs FP32", "speed vs int8", "bound FP32 (meas./bound)",
@@ -493,21 +502,30 @@ def markdown(r: dict[str, Any]) -> str:
 
 
 def _why(name: str, h: dict[str, Any]) -> list[str]:
+    """Where dense FP32 beats LUTHAM, and whether the bounds say it must."""
     out = []
-    for t in h["latency"]:
-        cross = h["crossover"][t]
-        if cross is None:
+    for t, rows in h["latency"].items():
+        lost = [r for r in rows if r["dense_f32"] < r["lutham_pte"]]
+        if not lost:
             continue
-        b = h["bounds"][t][str(cross)]
-        out.append(
-            f"Why dense wins from batch {cross} ({t} thread{'s' if t != '1' else ''}): at that "
-            f"batch the dense FP32 bound is {b['dense_f32']['limit']}-limited "
-            f"({_us(b['dense_f32']['bound_us'])}: {b['dense_f32']['flops'] / 1e6:.0f} MFLOP, "
-            f"{b['dense_f32']['bytes'] / 1e6:.1f} MB), LUTHAM's {b['lutham']['limit']}-limited "
-            f"({_us(b['lutham']['bound_us'])}: the same FMAs plus "
-            f"{b['lutham']['gathers'] / 1e6:.1f} M decode gathers on the "
-            f"{'/'.join(b['lutham']['paths'])} path): once the weight reads are amortised over "
-            "the batch, both do the same arithmetic and LUTHAM also decodes.")
+        parts = []
+        for r in lost:
+            b = h["bounds"][t][str(r["batch"])]
+            bd, bl = b["dense_f32"], b["lutham"]
+            if bl["bound_us"] > bd["bound_us"]:
+                why = (f"physics: LUTHAM's bound ({_us(bl['bound_us'])}, {bl['limit']}: "
+                       f"{bl['flops'] / 1e6:.0f} MFLOP, {bl['gathers'] / 1e6:.1f} M gathers, "
+                       f"{'/'.join(bl['paths'])}) is above the dense one ({_us(bd['bound_us'])}, "
+                       f"{bd['limit']}: {bd['flops'] / 1e6:.0f} MFLOP, {bd['bytes'] / 1e6:.1f} MB)")
+            else:
+                why = (f"not physics: LUTHAM's bound ({_us(bl['bound_us'])}, {bl['limit']}, "
+                       f"{'/'.join(bl['paths'])}) is at or below the dense one "
+                       f"({_us(bd['bound_us'])}, {bd['limit']}); LUTHAM runs at "
+                       f"{r['lutham_pte_over_bound']:.1f}x its bound, dense at "
+                       f"{r['dense_f32_over_bound']:.1f}x")
+            parts.append(f"batch {r['batch']} ({r['speed_lutham_vs_dense_f32']:.2f}x): {why}")
+        out.append(f"Dense FP32 faster ({t} thread{'s' if t != '1' else ''}): " + "; ".join(parts)
+                   + ".")
     return out + [""] if out else []
 
 

@@ -30,10 +30,11 @@ namespace lutham {
 constexpr int64_t kMaxSplineOrder = 15;
 /// Strategy choice (lutham.h decode_min_batch): per row, projection tables cost
 /// n_in (K (k+1) a + n_out b) and decoded tiles n_in n_out e, plus n_in n_out M d per tile
-/// to decode, with a = 0.04 ns per table term, d = 0.35 ns per decoded weight and
-/// b - e = 0.1 ns per lookup (AMD EPYC, 1 thread; the crossover batch it predicts, 2 to 25
-/// rows for the benchmark heads, is within a few rows of the measured one).
-constexpr int64_t kDecodeCostD = 35, kTableCostA = 4, kLookupCostBE = 10;  // x 0.01 ns
+/// to decode, with a = 0.04 ns per table term, d = 0.2 ns per decoded weight and
+/// b - e = 0.1 ns per lookup (AMD EPYC, 1 thread; the crossovers it predicts, 10, 15 and 2
+/// rows for 1280 x 256, 2048 x 512 and 256 x 10 layers at K = 256, measured 9-11, 12-13
+/// and below 2).
+constexpr int64_t kDecodeCostD = 20, kTableCostA = 4, kLookupCostBE = 10;  // x 0.01 ns
 /// The decoded-tile strategy never runs below this many rows.
 constexpr int64_t kDecodeMinBatch = 2;
 /// The decoded-tile strategy processes the batch in tiles of this many rows: each weight is

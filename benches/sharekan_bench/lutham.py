@@ -513,9 +513,10 @@ def _why(name: str, h: dict[str, Any]) -> list[str]:
             b = h["bounds"][t][str(r["batch"])]
             bd, bl = b["dense_f32"], b["lutham"]
             if bl["bound_us"] > bd["bound_us"]:
-                why = (f"physics: LUTHAM's bound ({_us(bl['bound_us'])}, {bl['limit']}: "
-                       f"{bl['flops'] / 1e6:.0f} MFLOP, {bl['gathers'] / 1e6:.1f} M gathers, "
-                       f"{'/'.join(bl['paths'])}) is above the dense one ({_us(bd['bound_us'])}, "
+                why = (f"physics: LUTHAM's bound is {bl['bound_us'] / bd['bound_us']:.2f}x the "
+                       f"dense one ({_us(bl['bound_us'])}, {bl['limit']}: "
+                       f"{bl['flops'] / 1e6:.0f} MFLOP incl. decode, {bl['gathers'] / 1e6:.1f} M "
+                       f"lookups, {'/'.join(bl['paths'])}; dense {_us(bd['bound_us'])}, "
                        f"{bd['limit']}: {bd['flops'] / 1e6:.0f} MFLOP, {bd['bytes'] / 1e6:.1f} MB)")
             else:
                 why = (f"not physics: LUTHAM's bound ({_us(bl['bound_us'])}, {bl['limit']}, "

@@ -24,9 +24,10 @@ kernel pads):
   bytes: the per-edge stream (code, gain, edge bias, base weight: 1 byte each in int8, 2-4
   for wider codes) once per row, from the level that holds the layer's LUTHAM data.
 - LUTHAM decoded path (from decode_min_batch rows): per tile of kDecodeTile rows, the
-  touched weight rows decoded (one gather per decoded weight: E x rows touched, at the decode
-  rate), then the dense FLOPs 2 B E (k+2) as the baseline; bytes: the per-edge stream once
-  per tile.
+  touched weight rows decoded (E x rows touched weights, 2 FLOPs each: gain and edge bias;
+  no gather term, since the kernel may read the codebook without one table read per weight),
+  then the dense FLOPs 2 B E (k+2) as the baseline; bytes: the per-edge stream once per
+  tile. `decode_gps` (the plain decode loop's rate) is recorded, not used.
 """
 
 from __future__ import annotations
@@ -121,7 +122,6 @@ def layer_bounds(layer: LayerInfo, x: np.ndarray, machine: dict[str, Any],
     ld = (layer.n_out + 7) // 8 * 8
     flops_peak = machine["fma_gflops"] * 1e9
     lookups = machine["lookup_gps"] * 1e9
-    decodes = machine.get("decode_gps", machine["lookup_gps"]) * 1e9
     tile = 64
     out: dict[str, dict[str, float]] = {}
     dense_flops = 2.0 * B * E * (layer.k + 2)
@@ -142,14 +142,18 @@ def layer_bounds(layer: LayerInfo, x: np.ndarray, machine: dict[str, Any],
     else:
         bt = consts.get("kDecodeTile", consts.get("kBatchTile", 64))
         decoded_rows = sum(touched_rows(layer, x[t:t + bt]) - layer.n_in for t in range(0, B, bt))
-        gathers = float(decoded_rows * layer.n_out)
-        flops = dense_flops
+        decoded = float(decoded_rows * layer.n_out)
+        # a decoded weight costs at least a multiply and an add (gain, edge bias); how it
+        # reads the codebook (table reads, or rows transposed in registers) is the kernel's
+        # choice, so no gather term: the bound stays a lower bound for any decode scheme
+        gathers = 0.0
+        flops = dense_flops + 2.0 * decoded
         nbytes = float(((B + bt - 1) // bt) * E * layer.edge_bytes)
         path = "decoded"
-    rate = lookups if path == "projection" else decodes
     out["lutham"] = {"flops": flops, "bytes": nbytes, "level": level, "gathers": gathers,
                      "t_compute": flops / flops_peak, "t_memory": nbytes / bw,
-                     "t_gather": gathers / rate, "path": path}
+                     "t_gather": gathers / lookups, "path": path,
+                     "decoded_weights": decoded if path == "decoded" else 0.0}
     for v in out.values():
         v["t_bound"] = max(v["t_compute"], v["t_memory"], v["t_gather"])
     return out

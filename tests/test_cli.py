@@ -62,15 +62,20 @@ def test_export_lutham_and_dense_pte_agree(capsys, tmp_path):
 
     art = tmp_path / "default.sharekan"
     assert main(["compress", "-o", str(art)]) == 0
-    lut, dense = tmp_path / "lut.pte", tmp_path / "dense.pte"
+    lut, dense, portable = tmp_path / "lut.pte", tmp_path / "dense.pte", tmp_path / "p.pte"
     assert main(["export", str(art), "-o", str(lut)]) == 0
     assert main(["export", str(art), "-o", str(dense), "--dense"]) == 0
     assert "LUTHAM ExecuTorch program" in capsys.readouterr().out
+    assert main(["export", str(art), "-o", str(portable), "--portable", "--max-batch", "8"]) == 0
+    assert "portable LUTHAM" in capsys.readouterr().out
+    assert main(["export", str(art), "-o", str(portable), "--portable", "--dense"]) == 2
+    assert "exclude each other" in capsys.readouterr().err
     assert lut.stat().st_size * 4 < dense.stat().st_size
+    assert portable.stat().st_size < dense.stat().st_size  # size target: test_export_portable
     lutham.load_library()
     x = np.random.default_rng(3).uniform(-1, 1, size=(5, 64)).astype(np.float32)
     want = sharekan.load(art).forward(x)
-    for path in (lut, dense):
+    for path in (lut, dense, portable):
         method = Runtime.get().load_program(str(path)).load_method("forward")
         got = method.execute([torch.from_numpy(x)])[0].numpy()
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

@@ -152,11 +152,17 @@ def cmd_export(args: argparse.Namespace) -> int:
         net.load_state_dict(decoded, strict=True)
     else:
         net = torch.nn.Sequential(*(LuthamLinear.from_compressed(layer) for layer in layers))
+    if args.dense and args.portable:
+        print("sharekan: error: --dense and --portable exclude each other", file=sys.stderr)
+        return 2
     example = torch.zeros(2, layers[0].n_in)
-    path = export_pte(net.eval(), (example,), args.output, max_batch=args.max_batch)
-    kind = "dense (decompressed)" if args.dense else "LUTHAM"
+    path = export_pte(net.eval(), (example,), args.output, max_batch=args.max_batch,
+                      kernel="portable" if args.portable else "lutham",
+                      delegate="xnnpack" if args.xnnpack else None)
+    kind = ("dense (decompressed)" if args.dense
+            else "portable LUTHAM (stock operators)" if args.portable else "LUTHAM")
     print(f"wrote {kind} ExecuTorch program {path} ({path.stat().st_size / 1024:.1f} KiB)")
-    if not args.dense:
+    if not (args.dense or args.portable):
         print("run it with the kernel library: sharekan.lutham.load_library(), or lutham_runner")
     return 0
 
@@ -193,6 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("artifact")
     p.add_argument("-o", "--output", required=True, help=".pte file to write")
     p.add_argument("--dense", action="store_true", help="export the decompressed dense model")
+    p.add_argument("--portable", action="store_true",
+                   help="LUTHAM layers as stock ExecuTorch operators (runs in an unmodified "
+                        "runtime; slower than the kernel)")
+    p.add_argument("--xnnpack", action="store_true", help="lower to the XNNPACK delegate")
     p.add_argument("--max-batch", type=int, default=1024, help="largest batch the program accepts")
     p.set_defaults(func=cmd_export)
     p = sub.add_parser(

@@ -8,6 +8,7 @@
 // registers the operator with EXECUTORCH_LIBRARY.
 
 #include <executorch/extension/kernel_util/make_boxed_from_unboxed_functor.h>
+#include <executorch/extension/threadpool/threadpool_guard.h>
 #include <executorch/runtime/core/exec_aten/util/tensor_util.h>
 #include <executorch/runtime/kernel/thread_parallel_interface.h>
 
@@ -66,9 +67,11 @@ static TensorView view_of(const Tensor& t) {
 }
 
 /// Work units per call: $SHAREKAN_LUTHAM_THREADS when set to an integer in [1, kMaxUnits]
-/// (read once; 1 = run on the calling thread), else the threadpool's thread count. Results
-/// do not depend on it (every split computes each output with the same operations).
-static int64_t unit_count() {
+/// (read once; 1 = run on the calling thread; exact: small calls split too), else 1 when the caller disabled the pool
+/// (NoThreadPoolGuard: every unit would run on the calling thread, and column units repeat
+/// the projection tables), else the threadpool's thread count. Results do not depend on it
+/// (every split computes each output with the same operations).
+static int64_t unit_count(bool* exact) {
   static const int64_t from_env = [] {
     const char* v = std::getenv("SHAREKAN_LUTHAM_THREADS");
     if (v == nullptr || *v == '\0') return int64_t{0};
@@ -76,14 +79,17 @@ static int64_t unit_count() {
     const long long n = std::strtoll(v, &end, 10);
     return *end == '\0' && n >= 1 && n <= kMaxUnits ? static_cast<int64_t>(n) : int64_t{0};
   }();
-  return from_env > 0 ? from_env : executorch::extension::get_thread_count();
+  *exact = from_env > 0;
+  if (from_env > 0) return from_env;
+  if (executorch::extension::threadpool::NoThreadPoolGuard::is_enabled()) return 1;
+  return executorch::extension::get_thread_count();
 }
 
 /// The kernel's parallel loops on ExecuTorch's threadpool (parallel_for runs inline when the
 /// caller disabled the pool with NoThreadPoolGuard or is itself inside a parallel region).
 static Parallel runtime_parallel() {
   Parallel p;
-  p.threads = unit_count();
+  p.threads = unit_count(&p.exact);
   p.run = [](int64_t n, Parallel::Body body, void* ctx) {
     executorch::extension::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
       body(ctx, begin, end);

@@ -48,6 +48,10 @@ constexpr int64_t kMaxPaddedCodebookFloats = int64_t{4} << 20;
 /// Every split of the columns between threads falls on a multiple of this many columns, so
 /// each column is computed by the same vector lanes whatever the thread count.
 constexpr int64_t kColumnAlign = 32;
+/// Projection calls estimated below this many nanoseconds on one thread run as one unit:
+/// waking the pool's threads costs more than they save (measured on the 2-core development
+/// machine: 2 units made the demo head's 235 us batch-1 call 13-23 % slower).
+constexpr double kMinParallelNs = 2.0e6;
 /// Most work units one call is split into (bounds the per-unit scratch).
 constexpr int64_t kMaxUnits = 64;
 /// Cap on the scratch memory of one call, all blocks together (1 GiB: fits a 32-bit
@@ -202,6 +206,9 @@ struct Parallel {
   using Runner = void (*)(int64_t n, Body body, void* ctx);
   Runner run = nullptr;
   int64_t threads = 1;
+  /// Split into exactly `threads` units where the work allows (a setting for tests and
+  /// experiments); otherwise calls too small to gain from threads run as one unit.
+  bool exact = false;
 
   /// Runs f(begin, end) over chunks of [0, n) (on the calling thread when n <= 1 or no runner).
   template <typename F>

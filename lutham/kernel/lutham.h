@@ -103,12 +103,19 @@ static int64_t decode_min_batch(const Layer& L) {
                                                           : static_cast<int64_t>(rows));
 }
 
-/// Projection tables (B-splines below decode_min_batch rows, and dense bases): rows split
-/// between threads when there are enough of them, else columns (each unit then builds every
-/// table itself: tables cost K (k+1) per input, lookups n_out).
+/// Projection tables (B-splines below decode_min_batch rows, and dense bases): one unit for
+/// calls below kMinParallelNs, else rows split between threads when there are enough of
+/// them, else columns (each unit then builds every table itself: tables cost K (k+1) per
+/// input, lookups n_out).
 static ScratchStatus forward_projection(const Layer& L, const float* x, int64_t B, float* y,
                                         const Parallel& par) {
-  const int64_t threads = std::max<int64_t>(1, std::min(par.threads, kMaxUnits));
+  int64_t threads = std::max<int64_t>(1, std::min(par.threads, kMaxUnits));
+  // cost model of common.h: 0.04 ns per table term, about 0.4 ns per lookup
+  const double serial_ns = static_cast<double>(B) * static_cast<double>(L.n_in) *
+                           (0.04 * static_cast<double>(L.K) *
+                                static_cast<double>(L.basis == kBasisBSpline ? L.k + 1 : L.M) +
+                            0.4 * static_cast<double>(L.n_out));
+  if (!par.exact && serial_ns < kMinParallelNs) threads = 1;
   const bool by_rows = B >= threads;
   const int64_t n_col_units =
       by_rows ? 1 : std::min(threads, ceil_div(L.n_out, kColumnAlign));

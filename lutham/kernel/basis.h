@@ -20,10 +20,6 @@ static inline const float* grid_row(const Layer& L, int64_t i) {
   return L.grid + (L.shared_grid ? 0 : i) * (L.M + L.k + 1);
 }
 
-/// Basis values of input i from its knot row g; inv_h: uniform_inv_spacing of that row.
-static inline bool basis_of(const Layer& L, const float* g, float inv_h, float x,
-                            int64_t* first, float* b, const float* inv = nullptr);
-
 /// Span j of x: g[j] <= x < g[j+1], 0 <= j <= n_knots - 2 (x inside, checked by caller).
 static inline int64_t find_span(const float* g, int64_t n_knots, float x) {
   // Branch-free: invariant g[j] <= x < g[j + n].
@@ -133,11 +129,14 @@ static inline bool basis_at_uniform(const float* g, int64_t n_knots, int64_t k, 
   return true;
 }
 
-static inline bool basis_of(const Layer& L, const float* g, float inv_h, float x,
-                            int64_t* first, float* b, const float* inv) {
-  const int64_t n_knots = L.M + L.k + 1;
-  return inv_h > 0.0f ? basis_at_uniform(g, n_knots, L.k, x, inv_h, first, b, inv)
-                      : basis_at(g, n_knots, L.k, x, first, b, inv);
+/// The k+1 basis values of x on one knot row, by the row's path: basis_at_uniform when
+/// inv_h = uniform_inv_spacing(g, n_knots) > 0, else basis_at. Used by every B-spline
+/// evaluation of the kernel and the dense baseline.
+static inline bool basis_at_row(const float* g, int64_t n_knots, int64_t k, float x,
+                                float inv_h, int64_t* first, float* b,
+                                const float* inv = nullptr) {
+  return inv_h > 0.0f ? basis_at_uniform(g, n_knots, k, x, inv_h, first, b, inv)
+                      : basis_at(g, n_knots, k, x, first, b, inv);
 }
 
 /// inv[(r - 1) * n_knots + m] = 1 / (g[m + r] - g[m]) for r = 1..k, m + r < n_knots.

@@ -35,13 +35,15 @@ constexpr int64_t kMaxSplineOrder = 15;
 /// rows for 1280 x 256, 2048 x 512 and 256 x 10 layers at K = 256, measured 9-11, 12-13
 /// and below 2).
 constexpr int64_t kDecodeCostD = 20, kTableCostA = 4, kLookupCostBE = 10;  // x 0.01 ns
+/// One lookup of the projection strategy (with its share of the row's streams), x 0.01 ns.
+constexpr int64_t kLookupCostB = 40;
 /// The decoded-tile strategy never runs below this many rows.
 constexpr int64_t kDecodeMinBatch = 2;
 /// The decoded-tile strategy processes the batch in tiles of this many rows: each weight is
 /// decoded once per tile, and the tile's basis values (n_in x tile x (k+4) floats) are kept.
 constexpr int64_t kDecodeTile = 512;
 /// Decoded windows spanning at least this many spline rows are decoded from codebook rows
-/// transposed in registers (panel.h decode_rows_transposed); narrower ones by table reads.
+/// transposed in registers (decoded.h decode_rows_transposed); narrower ones by table reads.
 constexpr int64_t kTransposedDecodeRows = 6;
 /// Largest codebook copy (K x M rounded up to 8, floats) made for the transposed decode.
 constexpr int64_t kMaxPaddedCodebookFloats = int64_t{4} << 20;

@@ -58,6 +58,58 @@ static void tile_basis_inputs(const Layer& L, const float* x, int64_t nb, int64_
   }
 }
 
+/// Panel rows from codebook rows, eight columns at a time: for o < W (a multiple of 8) and m
+/// in [m_lo, m_hi], w[m * W + o] = gg[o] * cbp[q[o] * Mp + m] + eb[o]. cbp: the codebook
+/// with rows padded to Mp floats (a multiple of 8, zeros beyond M). Each group of 8 columns
+/// loads 8 codebook rows (contiguous) and transposes them 8 x 8 in registers, instead of
+/// one table read per decoded weight: about 3x faster than decode_rows when most rows of
+/// the window range are needed.
+LUTHAM_HOT static void decode_rows_transposed(const float* __restrict cbp, int64_t Mp,
+                                              const int32_t* __restrict q,
+                                              const float* __restrict gg,
+                                              const float* __restrict eb, int64_t m_lo,
+                                              int64_t m_hi, float* __restrict w, int64_t W) {
+  typedef int32_t v8m __attribute__((vector_size(32)));
+  for (int64_t o = 0; o < W; o += 8) {
+    const panel::v8f g = *reinterpret_cast<const panel::v8f_u*>(gg + o);
+    const panel::v8f e = *reinterpret_cast<const panel::v8f_u*>(eb + o);
+    for (int64_t mb = m_lo - m_lo % 8; mb <= m_hi; mb += 8) {
+      panel::v8f r[8];
+      for (int j = 0; j < 8; ++j)
+        r[j] = *reinterpret_cast<const panel::v8f_u*>(cbp + static_cast<int64_t>(q[o + j]) * Mp + mb);
+      // 8 x 8 transpose: t[m][j] = r[j][m]
+      const panel::v8f a0 = __builtin_shuffle(r[0], r[1], (v8m){0, 8, 1, 9, 4, 12, 5, 13});
+      const panel::v8f a1 = __builtin_shuffle(r[0], r[1], (v8m){2, 10, 3, 11, 6, 14, 7, 15});
+      const panel::v8f a2 = __builtin_shuffle(r[2], r[3], (v8m){0, 8, 1, 9, 4, 12, 5, 13});
+      const panel::v8f a3 = __builtin_shuffle(r[2], r[3], (v8m){2, 10, 3, 11, 6, 14, 7, 15});
+      const panel::v8f a4 = __builtin_shuffle(r[4], r[5], (v8m){0, 8, 1, 9, 4, 12, 5, 13});
+      const panel::v8f a5 = __builtin_shuffle(r[4], r[5], (v8m){2, 10, 3, 11, 6, 14, 7, 15});
+      const panel::v8f a6 = __builtin_shuffle(r[6], r[7], (v8m){0, 8, 1, 9, 4, 12, 5, 13});
+      const panel::v8f a7 = __builtin_shuffle(r[6], r[7], (v8m){2, 10, 3, 11, 6, 14, 7, 15});
+      const panel::v8f b0 = __builtin_shuffle(a0, a2, (v8m){0, 1, 8, 9, 4, 5, 12, 13});
+      const panel::v8f b1 = __builtin_shuffle(a0, a2, (v8m){2, 3, 10, 11, 6, 7, 14, 15});
+      const panel::v8f b2 = __builtin_shuffle(a1, a3, (v8m){0, 1, 8, 9, 4, 5, 12, 13});
+      const panel::v8f b3 = __builtin_shuffle(a1, a3, (v8m){2, 3, 10, 11, 6, 7, 14, 15});
+      const panel::v8f b4 = __builtin_shuffle(a4, a6, (v8m){0, 1, 8, 9, 4, 5, 12, 13});
+      const panel::v8f b5 = __builtin_shuffle(a4, a6, (v8m){2, 3, 10, 11, 6, 7, 14, 15});
+      const panel::v8f b6 = __builtin_shuffle(a5, a7, (v8m){0, 1, 8, 9, 4, 5, 12, 13});
+      const panel::v8f b7 = __builtin_shuffle(a5, a7, (v8m){2, 3, 10, 11, 6, 7, 14, 15});
+      panel::v8f t[8];
+      t[0] = __builtin_shuffle(b0, b4, (v8m){0, 1, 2, 3, 8, 9, 10, 11});
+      t[1] = __builtin_shuffle(b1, b5, (v8m){0, 1, 2, 3, 8, 9, 10, 11});
+      t[2] = __builtin_shuffle(b2, b6, (v8m){0, 1, 2, 3, 8, 9, 10, 11});
+      t[3] = __builtin_shuffle(b3, b7, (v8m){0, 1, 2, 3, 8, 9, 10, 11});
+      t[4] = __builtin_shuffle(b0, b4, (v8m){4, 5, 6, 7, 12, 13, 14, 15});
+      t[5] = __builtin_shuffle(b1, b5, (v8m){4, 5, 6, 7, 12, 13, 14, 15});
+      t[6] = __builtin_shuffle(b2, b6, (v8m){4, 5, 6, 7, 12, 13, 14, 15});
+      t[7] = __builtin_shuffle(b3, b7, (v8m){4, 5, 6, 7, 12, 13, 14, 15});
+      const int64_t lo = std::max(mb, m_lo), hi = std::min(mb + 7, m_hi);
+      for (int64_t m = lo; m <= hi; ++m)
+        LUTHAM_PANEL_STORE8(w + m * W + o, g * t[m - mb] + e);
+    }
+  }
+}
+
 /// Scratch of one accumulate unit.
 struct DecodedScratch {
   float* panel;  // (kInputGroup, M + 1, kBlockCols) decoded base and spline rows
@@ -139,7 +191,7 @@ static void accumulate_unit(const Layer& L, const float* ct, const float* cbp, i
           d.gg[c] = d.eb[c] = 0.0f;
         }
         if (cbp != nullptr && hi[ii] + k - lo[ii] + 1 >= kTransposedDecodeRows) {
-          panel::decode_rows_transposed(cbp, Mp, d.q, d.gg, d.eb, lo[ii], hi[ii] + k, w + W, W);
+          decode_rows_transposed(cbp, Mp, d.q, d.gg, d.eb, lo[ii], hi[ii] + k, w + W, W);
         } else {
           decode_rows(ct, L.K, d.q, d.gg, d.eb, lo[ii], hi[ii] + k, w + W, blk.n, W);
         }

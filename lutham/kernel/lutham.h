@@ -110,11 +110,12 @@ static int64_t decode_min_batch(const Layer& L) {
 static ScratchStatus forward_projection(const Layer& L, const float* x, int64_t B, float* y,
                                         const Parallel& par) {
   int64_t threads = std::max<int64_t>(1, std::min(par.threads, kMaxUnits));
-  // cost model of common.h: 0.04 ns per table term, about 0.4 ns per lookup
-  const double serial_ns = static_cast<double>(B) * static_cast<double>(L.n_in) *
-                           (0.04 * static_cast<double>(L.K) *
-                                static_cast<double>(L.basis == kBasisBSpline ? L.k + 1 : L.M) +
-                            0.4 * static_cast<double>(L.n_out));
+  // cost model of common.h (table terms a, lookups b; x 0.01 ns)
+  const double serial_ns =
+      0.01 * static_cast<double>(B) * static_cast<double>(L.n_in) *
+      (static_cast<double>(kTableCostA) * static_cast<double>(L.K) *
+           static_cast<double>(L.basis == kBasisBSpline ? L.k + 1 : L.M) +
+       static_cast<double>(kLookupCostB) * static_cast<double>(L.n_out));
   if (!par.exact && serial_ns < kMinParallelNs) threads = 1;
   const bool by_rows = B >= threads;
   const int64_t n_col_units =

@@ -205,58 +205,6 @@ static void group_rows_dispatch(int64_t nv, int64_t k, const T* panel, int64_t l
   }
 }
 
-/// Panel rows from codebook rows, eight columns at a time: for o < W (a multiple of 8) and m
-/// in [m_lo, m_hi], w[m * W + o] = gg[o] * cbp[q[o] * Mp + m] + eb[o]. cbp: the codebook
-/// with rows padded to Mp floats (a multiple of 8, zeros beyond M). Each group of 8 columns
-/// loads 8 codebook rows (contiguous) and transposes them 8 x 8 in registers, instead of
-/// one table read per decoded weight: about 3x faster than decode_rows when most rows of
-/// the window range are needed.
-LUTHAM_HOT static void decode_rows_transposed(const float* __restrict cbp, int64_t Mp,
-                                              const int32_t* __restrict q,
-                                              const float* __restrict gg,
-                                              const float* __restrict eb, int64_t m_lo,
-                                              int64_t m_hi, float* __restrict w, int64_t W) {
-  typedef int32_t v8m __attribute__((vector_size(32)));
-  for (int64_t o = 0; o < W; o += 8) {
-    const v8f g = *reinterpret_cast<const v8f_u*>(gg + o);
-    const v8f e = *reinterpret_cast<const v8f_u*>(eb + o);
-    for (int64_t mb = m_lo - m_lo % 8; mb <= m_hi; mb += 8) {
-      v8f r[8];
-      for (int j = 0; j < 8; ++j)
-        r[j] = *reinterpret_cast<const v8f_u*>(cbp + static_cast<int64_t>(q[o + j]) * Mp + mb);
-      // 8 x 8 transpose: t[m][j] = r[j][m]
-      const v8f a0 = __builtin_shuffle(r[0], r[1], (v8m){0, 8, 1, 9, 4, 12, 5, 13});
-      const v8f a1 = __builtin_shuffle(r[0], r[1], (v8m){2, 10, 3, 11, 6, 14, 7, 15});
-      const v8f a2 = __builtin_shuffle(r[2], r[3], (v8m){0, 8, 1, 9, 4, 12, 5, 13});
-      const v8f a3 = __builtin_shuffle(r[2], r[3], (v8m){2, 10, 3, 11, 6, 14, 7, 15});
-      const v8f a4 = __builtin_shuffle(r[4], r[5], (v8m){0, 8, 1, 9, 4, 12, 5, 13});
-      const v8f a5 = __builtin_shuffle(r[4], r[5], (v8m){2, 10, 3, 11, 6, 14, 7, 15});
-      const v8f a6 = __builtin_shuffle(r[6], r[7], (v8m){0, 8, 1, 9, 4, 12, 5, 13});
-      const v8f a7 = __builtin_shuffle(r[6], r[7], (v8m){2, 10, 3, 11, 6, 14, 7, 15});
-      const v8f b0 = __builtin_shuffle(a0, a2, (v8m){0, 1, 8, 9, 4, 5, 12, 13});
-      const v8f b1 = __builtin_shuffle(a0, a2, (v8m){2, 3, 10, 11, 6, 7, 14, 15});
-      const v8f b2 = __builtin_shuffle(a1, a3, (v8m){0, 1, 8, 9, 4, 5, 12, 13});
-      const v8f b3 = __builtin_shuffle(a1, a3, (v8m){2, 3, 10, 11, 6, 7, 14, 15});
-      const v8f b4 = __builtin_shuffle(a4, a6, (v8m){0, 1, 8, 9, 4, 5, 12, 13});
-      const v8f b5 = __builtin_shuffle(a4, a6, (v8m){2, 3, 10, 11, 6, 7, 14, 15});
-      const v8f b6 = __builtin_shuffle(a5, a7, (v8m){0, 1, 8, 9, 4, 5, 12, 13});
-      const v8f b7 = __builtin_shuffle(a5, a7, (v8m){2, 3, 10, 11, 6, 7, 14, 15});
-      v8f t[8];
-      t[0] = __builtin_shuffle(b0, b4, (v8m){0, 1, 2, 3, 8, 9, 10, 11});
-      t[1] = __builtin_shuffle(b1, b5, (v8m){0, 1, 2, 3, 8, 9, 10, 11});
-      t[2] = __builtin_shuffle(b2, b6, (v8m){0, 1, 2, 3, 8, 9, 10, 11});
-      t[3] = __builtin_shuffle(b3, b7, (v8m){0, 1, 2, 3, 8, 9, 10, 11});
-      t[4] = __builtin_shuffle(b0, b4, (v8m){4, 5, 6, 7, 12, 13, 14, 15});
-      t[5] = __builtin_shuffle(b1, b5, (v8m){4, 5, 6, 7, 12, 13, 14, 15});
-      t[6] = __builtin_shuffle(b2, b6, (v8m){4, 5, 6, 7, 12, 13, 14, 15});
-      t[7] = __builtin_shuffle(b3, b7, (v8m){4, 5, 6, 7, 12, 13, 14, 15});
-      const int64_t lo = std::max(mb, m_lo), hi = std::min(mb + 7, m_hi);
-      for (int64_t m = lo; m <= hi; ++m)
-        LUTHAM_PANEL_STORE8(w + m * W + o, g * t[m - mb] + e);
-    }
-  }
-}
-
 /// Window basis of one input for nb rows (x[b * x_stride]): first[b] = the window start
 /// (the span's first basis index clamped into [0, M-k-1]) and coef[b][0..k] the window's
 /// coefficients (zero where the grid has no basis function, all zero outside the grid or for
@@ -274,9 +222,7 @@ static void window_basis(const float* g, int64_t n_knots, int64_t M, int64_t k,
     float* c = coef + b * (k + 2);
     int64_t f = 0;
     for (int64_t t = 0; t <= k; ++t) c[t] = 0.0f;
-    const bool inside = inv_h > 0.0f ? basis_at_uniform(g, n_knots, k, xv, inv_h, &f, bv, inv)
-                                     : basis_at(g, n_knots, k, xv, &f, bv, inv);
-    if (inside) {
+    if (basis_at_row(g, n_knots, k, xv, inv_h, &f, bv, inv)) {
       // f in [-k, M - 1]: shift the k+1 values into the window [start, start + k]
       const int64_t start = std::min(std::max<int64_t>(f, 0), last_start);
       for (int64_t t = 0; t <= k; ++t) {

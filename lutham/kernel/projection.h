@@ -121,6 +121,7 @@ static void finish_row(const Layer& L, const Columns& cols, const ProjectionScra
 static void forward_row_projection(const Layer& L, const float* ct, const float* inv_h,
                                    const float* x, const Columns& cols, float* y,
                                    const ProjectionScratch& sc) {
+  const int64_t n_knots = L.M + L.k + 1;
   for (int64_t c = 0; c < cols.n; ++c) sc.acc_g[c] = sc.acc_b[c] = sc.acc_w[c] = 0.0f;
   const bool fused = L.edge_bias.data && L.base_weight.data &&
                      L.base_weight.is_i8 == L.edge_bias.is_i8;
@@ -132,7 +133,8 @@ static void forward_row_projection(const Layer& L, const float* ct, const float*
     int64_t first = 0;
     float s = 0.0f;
     bool base_done = false;
-    if (basis_of(L, grid_row(L, i), inv_h[L.shared_grid ? 0 : i], xi, &first, b)) {
+    if (basis_at_row(grid_row(L, i), n_knots, L.k, xi, inv_h[L.shared_grid ? 0 : i], &first,
+                     b)) {
       s = build_projection(ct, L.K, L.M, L.k, first, b, sc.p);
       if (base_with_lookups) {
         gather_base_dispatch(L, i, cols, sc.p, base_act(L, xi), sc.acc_g, sc.acc_w);

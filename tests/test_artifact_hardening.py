@@ -179,8 +179,8 @@ def test_format_version_1_still_loads(saved, tmp_path):
     # version 1 does not cover the metadata, but its values are still validated
     _edit_layer(metadata, bits=0)
     _load_fails(tmp_path, tensors, metadata, "bits=0")
-    metadata["format_version"] = "3"
-    _load_fails(tmp_path, tensors, metadata, "version '3' is not supported")
+    metadata["format_version"] = "4"
+    _load_fails(tmp_path, tensors, metadata, "version '4' is not supported")
 
 
 def test_unpack_codes_refuses_impossible_count():

@@ -7,10 +7,16 @@ the tensors. Version 1 (digest over the tensors only) is still read. The digest 
 corruption, not tampering (anyone can recompute it), so `load` also validates every
 field against every other before allocating anything (`sharekan.schema`).
 
+Format version 3 is version 2 with its tensors entropy-coded (`save(..., entropy="zstd")`,
+`sharekan.entropy`): the metadata entry `entropy` lists the encoded tensors, and the
+digest covers the stored (encoded) bytes, so corruption is caught before anything is
+decompressed. `read` decodes them, within `MAX_EXPANSION` (64) x the file size in all
+(at most 2 GiB), and returns the runtime tensors, the same as version 2 would hold.
+
 This module reads artifacts (`read`, `load`) and is the public face of the format:
-`save`, `write`, `seal`, `digest`, `checksum` and the format constants are defined in
-`sharekan.schema` (below the compressed types, whose `save` method uses them) and
-re-exported here."""
+`save` (plain or entropy-coded) is defined here; `write`, `seal`, `digest`, `checksum`
+and the version-2 constants are defined in `sharekan.schema` (below the compressed types,
+whose `save` method uses them) and re-exported here."""
 
 from __future__ import annotations
 
@@ -24,7 +30,8 @@ import numpy as np
 from . import _core
 from .compressed import CompressedLayer, CompressedModel
 from .config import Config
-from .errors import ArtifactError, ShareKanError
+from .entropy import CODEC, MAX_EXPANSION, decode, encode, table_json
+from .errors import ArtifactError, InvalidInputError, ShareKanError
 from .report import Report
 from .schema import (
     DIGEST_KEY,
@@ -33,14 +40,20 @@ from .schema import (
     READABLE_VERSIONS,
     checksum,
     digest,
-    save,
+    model_metadata,
+    model_tensors,
+    parse_json,
     seal,
     validate,
     write,
 )
+from .schema import save as save_plain
 
 __all__ = [
     "DIGEST_KEY",
+    "ENTROPY_CODECS",
+    "ENTROPY_KEY",
+    "ENTROPY_VERSION",
     "FORMAT",
     "FORMAT_VERSION",
     "READABLE_VERSIONS",
@@ -53,9 +66,45 @@ __all__ = [
     "write",
 ]
 
+#: The version `save(..., entropy="zstd")` writes: version 2 with entropy-coded tensors.
+ENTROPY_VERSION = "3"
+#: The metadata entry holding the entropy table (JSON; `sharekan.entropy`).
+ENTROPY_KEY = "entropy"
+#: What `save`'s `entropy` accepts (None: a plain version-2 file).
+ENTROPY_CODECS = (None, CODEC)
+
+
+def save(
+    model: CompressedModel, path: str | os.PathLike[str], *, entropy: str | None = None
+) -> None:
+    """Write `model` to `path` atomically: a plain version-2 artifact (`entropy=None`), or
+    with `entropy="zstd"` a version-3 one whose tensors are zstd-coded where that pays.
+    Loading gives the same model either way.
+
+    Raises:
+        InvalidInputError: `entropy` is not one of `ENTROPY_CODECS`.
+    """
+    if entropy is None:
+        save_plain(model, path)
+        return
+    if entropy != CODEC:
+        raise InvalidInputError(
+            f"entropy={entropy!r}: expected one of {list(ENTROPY_CODECS)}"
+        )
+    stored, table = encode(model_tensors(model))
+    metadata = model_metadata(model)
+    metadata["format_version"] = ENTROPY_VERSION
+    metadata[ENTROPY_KEY] = table_json(table)
+    # the digest covers the encoded bytes: a damaged blob fails it before any decoding
+    write(path, stored, seal(stored, metadata))
+
 
 def read(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Tensors and metadata of a sharekan artifact, verified (format, version, checksum)."""
+    """Tensors and metadata of a sharekan artifact, verified (format, version, checksum).
+
+    A version-3 file's tensors are returned decoded (its metadata as stored: the digest
+    covers the encoded tensors); they may decode to at most `MAX_EXPANSION` x the file
+    size in all, and 2 GiB (`sharekan.entropy.MAX_DECODED_BYTES`)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no such artifact: {path!r}")
@@ -71,10 +120,11 @@ def read(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str,
             f"(format={metadata.get('format')!r})"
         )
     version = metadata.get("format_version")
-    if version not in READABLE_VERSIONS:
+    readable = (*READABLE_VERSIONS, ENTROPY_VERSION)
+    if version not in readable:
         raise ArtifactError(
             f"{path!r}: format version {version!r} is not supported "
-            f"(this sharekan reads versions {', '.join(READABLE_VERSIONS)})"
+            f"(this sharekan reads versions {', '.join(readable)})"
         )
     expected, actual = metadata.get(DIGEST_KEY), seal(tensors, metadata)[DIGEST_KEY]
     if expected != actual:
@@ -83,6 +133,12 @@ def read(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str,
             f"{path!r}: {covered} checksum mismatch (stored {expected}, computed {actual}); "
             "the file is corrupted"
         )
+    if version == ENTROPY_VERSION:
+        try:
+            table = parse_json(metadata, ENTROPY_KEY, dict)
+            tensors = decode(tensors, table, max_bytes=MAX_EXPANSION * os.path.getsize(path))
+        except ArtifactError as exc:
+            raise ArtifactError(f"{path!r}: {exc}") from None
     return tensors, metadata
 
 

@@ -42,6 +42,7 @@ from .refine import (
 )
 from .report import LayerReport, Report
 from .scalars import store_scalars
+from .stages import StageInput, add_stages
 from .validation import as_state_dict, float_array, to_numpy
 
 __all__ = [
@@ -123,6 +124,12 @@ def compress(
     uses_output = any(cfg.for_layer(s.name).metric == "output" for s in sources)
     uses_compensate = any(cfg.for_layer(s.name).compensate for s in sources)
     model_inputs = None
+    staged = cfg.target_bytes_per_edge is not None or any(
+        cfg.for_layer(s.name).stages > 1 for s in sources)
+    if uses_compensate and staged:
+        raise InvalidInputError(
+            "compensate=True with stages > 1 or target_bytes_per_edge is not supported yet: "
+            "the compensation refits the first stage's scalars without the later stages")
     if uses_output or uses_compensate:
         what = "metric='output'" if uses_output else "compensate=True"
         if calibration is None or isinstance(calibration, Mapping):
@@ -147,6 +154,9 @@ def compress(
     if uses_compensate:
         assert model_inputs is not None  # compensate=True raised above without model inputs
         compensate_layers(sources, compiled, cfg, model_inputs, sensitivities)
+    if cfg.target_bytes_per_edge is not None or any(
+            cfg.for_layer(s.name).stages > 1 for s in sources):
+        _residual_stages(sources, compiled, cfg)
     notify(None)
 
     layers = {s.name: compiled[s.name][0] for s in sources}
@@ -271,6 +281,7 @@ def _compile_group(
             edge_metric,
         )
         extra["seconds"] = fit_seconds + time.perf_counter() - started
+        extra["metric"] = metric
 
         def make_report(
             layer: CompressedLayer,
@@ -361,6 +372,32 @@ def _compile_layer(
         extras=dict(source.extras),
     )
     return layer, {"bias_mode": bias_mode, "prefold_biases": biases}
+
+
+def _residual_stages(
+    sources: list[LayerSource],
+    compiled: dict[str, tuple[CompressedLayer, dict[str, Any], Callable[..., LayerReport]]],
+    cfg: Config,
+) -> None:
+    """Adds each layer's residual stages (`sharekan.stages`) and applies the byte budget;
+    replaces the entries of `compiled`."""
+    started = time.perf_counter()
+    items = {}
+    for source in sources:
+        layer, extra, _ = compiled[source.name]
+        lcfg = cfg.for_layer(source.name)
+        coeffs = source.coeffs.reshape(-1, source.n_coeffs).astype(np.float64)
+        metric = np.asarray(extra["metric"], dtype=np.float64)
+        total = float(np.einsum("em,mn,en->", coeffs, metric, coeffs))
+        # "output" metrics share the model outputs' units; others: relative error per layer
+        weight = 1.0 if lcfg.metric == "output" else 1.0 / max(total, 1e-300)
+        items[source.name] = StageInput(layer, coeffs, metric, lcfg, weight)
+    layers, _ = add_stages(items, cfg.target_bytes_per_edge)
+    share = (time.perf_counter() - started) / len(sources)
+    for source in sources:
+        _, extra, make_report = compiled[source.name]
+        extra = {**extra, "seconds": extra["seconds"] + share}
+        compiled[source.name] = (layers[source.name], extra, make_report)
 
 
 def _calibration_inputs(sources: list[LayerSource], calibration: Any) -> dict[str, np.ndarray]:

@@ -31,13 +31,44 @@ from .validation import float_array, to_numpy
 
 
 @dataclass(frozen=True, eq=False)
+class ResidualStage:
+    """One residual gain-shape stage of a layer (stage 2, 3, ...): it quantizes what the
+    stages before it left. Its coefficients of edge (i, o) are
+    ``gains[i,o]*gain_scale[o] * codebook[codes[i,o]]``: no bias (every stage's constant
+    part is refit into the first stage's bias). An edge the stage leaves out has gain 0
+    and code 0. The codebook is the stage's own (one per layer and stage)."""
+
+    codebook_size: int
+    bits: int
+    codebook: np.ndarray  # (K, M) float32 as evaluated (int8-rounded when codebook_q is set)
+    codebook_q: np.ndarray | None
+    codebook_scale: np.ndarray | None
+    codes: np.ndarray  # (n_in, n_out)
+    gains: np.ndarray  # (n_in, n_out) int8 (with gain_scale) or float32
+    gain_scale: np.ndarray  # (n_out,) float32
+
+    def coeffs(self) -> np.ndarray:
+        """(n_in, n_out, M) float64 coefficients this stage adds."""
+        gains = dequant(self.gains, self.gain_scale)
+        assert gains is not None
+        return gains[..., None] * self.codebook.astype(np.float64)[self.codes]
+
+    def active(self) -> np.ndarray:
+        """(n_in, n_out) bool: the edges this stage codes (non-zero gain)."""
+        return np.asarray(self.gains != 0)
+
+
+@dataclass(frozen=True, eq=False)
 class CompressedLayer:
     """One compressed KAN layer. Per-edge arrays are input-major (n_in, n_out).
 
     Decoded coefficients of edge (i, o):
     ``gains[i,o]*gain_scale[o] * codebook[codes[i,o]] + bias[i,o] * 1`` where the bias is
     ``edge_bias[i,o]*edge_bias_scale[o]`` (per-edge mode) or ``out_bias[o] / n_in`` spread
-    over the inputs (folded mode: exact while inputs stay inside the grid).
+    over the inputs (folded mode: exact while inputs stay inside the grid), plus what each
+    residual stage in `stages` adds (`ResidualStage`). An edge with gain 0 in a stage is
+    not coded by it (code 0): a byte budget leaves low-energy edges out of later stages,
+    or out of every stage.
     """
 
     name: str
@@ -69,6 +100,8 @@ class CompressedLayer:
     layout_info: Mapping[str, Any] = field(default_factory=dict)
     #: Small arrays the source adapter needs to rebuild (stored as `extra_{name}`).
     extras: Mapping[str, np.ndarray] = field(default_factory=dict)
+    #: Residual gain-shape stages after the first (empty: single-stage).
+    stages: tuple[ResidualStage, ...] = ()
 
     def __post_init__(self) -> None:
         if self.basis is None:
@@ -123,7 +156,32 @@ class CompressedLayer:
     def decoded_coeffs(self) -> np.ndarray:
         """(n_in, n_out, M) float64 decoded spline coefficients."""
         shapes = self.codebook.astype(np.float64)[self.codes]  # (n_in, n_out, M)
-        return self.edge_gains()[..., None] * shapes + self.edge_biases()[..., None]
+        out = self.edge_gains()[..., None] * shapes + self.edge_biases()[..., None]
+        for stage in self.stages:
+            out += stage.coeffs()
+        return out
+
+    def stage_inputs(self) -> list[dict[str, Any]]:
+        """`lutham_inputs()` of each residual stage: the same basis and grid with the
+        stage's codebook, codes and gains, and no bias or base branch. A layer's spline
+        part is the sum of `lutham(x, **lutham_inputs())` and `lutham(x, **s)` for every
+        `s` here: one projection table per stage."""
+        first = self.lutham_inputs()
+        none = dict.fromkeys(("edge_bias", "edge_bias_scale", "out_bias", "base_weight",
+                              "base_scale"))
+        return [
+            {**first, **none, "codebook": stage.codebook,
+             "codes": stage.codes.astype(code_dtype(stage.codebook_size)),
+             "gains": stage.gains, "gain_scale": stage.gain_scale}
+            for stage in self.stages
+        ]
+
+    def _spline(self, u: np.ndarray) -> np.ndarray:
+        """Every stage of the LUTHAM op on u (batch, n_in) f32, summed in stage order."""
+        y = _core.lutham_forward(u, **self.lutham_inputs())
+        for inputs in self.stage_inputs():
+            y = y + _core.lutham_forward(u, **inputs)
+        return np.asarray(y, dtype=np.float32)
 
     def lutham_inputs(self) -> dict[str, Any]:
         """Keyword arguments of `sharekan._core.lutham_forward` (all but `x`).
@@ -202,11 +260,10 @@ class CompressedLayer:
         arr = float_array(to_numpy(x, "x"), "x", dtype=np.float32, finite=False)
         if arr.ndim != 2 or arr.shape[1] != self.n_in:
             raise ShapeError(f"x: expected shape (batch, {self.n_in}), got {arr.shape}")
-        inputs = self.lutham_inputs()
         if not self.split_base:
-            y = _core.lutham_forward(arr, **inputs)
+            y = self._spline(arr)
         else:
-            y = _core.lutham_forward(np.ascontiguousarray(self._norm(arr)), **inputs)
+            y = self._spline(np.ascontiguousarray(self._norm(arr)))
             base = self.base_weights()
             if base is not None:
                 act = base_activation(self.semantics.base_activation, arr.astype(np.float64))
@@ -238,7 +295,9 @@ class CompressedLayer:
         codebook: Mapping[str, np.ndarray],
     ) -> CompressedLayer:
         """Inverse of `stored_tensors` + `stored_codebook` + `metadata`."""
-        return cls(**schema.layer_fields(meta, tensors, codebook))
+        fields = schema.layer_fields(meta, tensors, codebook)
+        fields["stages"] = tuple(ResidualStage(**stage) for stage in fields["stages"])
+        return cls(**fields)
 
 
 @dataclass(eq=False)

@@ -28,6 +28,7 @@ GAIN_BITS: tuple[int, ...] = get_args(GainBits)
 CODEBOOK_SCALES: tuple[str, ...] = get_args(CodebookScale)
 INITS: tuple[str, ...] = get_args(Init)
 MAX_CODEBOOK_SIZE = 1 << 16
+MAX_STAGES = 8
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,19 @@ class Config:
             that the layer fed the compressed model's activations matches the dense layer
             on the dense activations; codes and codebook are unchanged, the scalars are
             quantised afterwards as usual.
+        stages: residual gain-shape stages per edge (1 = single-stage): stage s fits its own
+            codebook (per layer) and gains to what stages < s left, its constant part joining
+            the first stage's bias. LUTHAM evaluates one projection table per stage.
+        stage_codebook_size: K of the stages after the first (None: `codebook_size`).
+        target_bytes_per_edge: a byte budget for the whole model: the mean stored bytes per
+            edge of the spline part (codes, gains, biases, codebooks, scales and the maps
+            of which edges each stage codes; base-branch weights not counted), as estimated
+            for an entropy-coded artifact (`save(path, entropy="zstd")`). The compiler then
+            decides, edge by edge and layer by layer, how many of the `stages` each edge
+            uses (none: the edge is dropped), minimising the weighted squared error of the
+            layers' outputs under the budget (Lagrangian allocation; the weights are the
+            output metric's sensitivities when calibration inputs are given, else each
+            layer's relative function error). None: every edge uses every stage.
         n_iter: maximum k-means iterations.
         tol: stop when the relative objective improvement falls below this.
         init: k-means initialisation ("kmeans++").
@@ -90,6 +104,9 @@ class Config:
     codebook_scale: CodebookScale = "codeword"
     base: BaseMode = "int8"
     compensate: bool = False
+    stages: int = 1
+    stage_codebook_size: int | None = None
+    target_bytes_per_edge: float | None = None
     n_iter: int = 25
     tol: float = 1e-4
     init: Init = "kmeans++"
@@ -146,7 +163,8 @@ class Config:
 
 
 _OVERRIDABLE = {
-    f.name for f in dataclasses.fields(Config) if f.name not in ("overrides", "share", "seed")
+    f.name for f in dataclasses.fields(Config)
+    if f.name not in ("overrides", "share", "seed", "target_bytes_per_edge")
 }
 
 
@@ -161,6 +179,20 @@ def _check_fields(cfg: Config) -> None:
         raise InvalidInputError(
             f"Config.codebook_size={k!r}; expected an integer in [1, {MAX_CODEBOOK_SIZE}]"
         )
+    stages = cfg.stages
+    if isinstance(stages, bool) or not isinstance(stages, int) or not 1 <= stages <= MAX_STAGES:
+        raise InvalidInputError(f"Config.stages={stages!r}; expected an integer in [1, {MAX_STAGES}]")
+    sk = cfg.stage_codebook_size
+    if sk is not None and (isinstance(sk, bool) or not isinstance(sk, int)
+                           or not 1 <= sk <= MAX_CODEBOOK_SIZE):
+        raise InvalidInputError(
+            f"Config.stage_codebook_size={sk!r}; expected None or an integer in "
+            f"[1, {MAX_CODEBOOK_SIZE}]")
+    budget = cfg.target_bytes_per_edge
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
+                               or not 0 < budget < 1e6):
+        raise InvalidInputError(
+            f"Config.target_bytes_per_edge={budget!r}; expected None or a number > 0")
     choice("share", SHARES)
     choice("metric", METRICS)
     choice("bias", BIAS_MODES)

@@ -44,7 +44,7 @@ import numpy as np
 
 from . import _core
 from ._version import __version__
-from .config import MAX_CODEBOOK_SIZE
+from .config import MAX_CODEBOOK_SIZE, MAX_STAGES
 from .errors import ArtifactError
 from .layouts import Semantics, TensorInfo, basis_from_dict
 from .layouts.adapter import BASE_ACTIVATIONS
@@ -96,14 +96,21 @@ def layer_tensors(layer: CompressedLayer) -> dict[str, np.ndarray]:
     # efficient-kan's default grid is the same for every input: store that row once.
     shared = layer.n_in > 1 and bool((layer.grid == layer.grid[:1]).all())
     out: dict[str, np.ndarray] = {
-        "codes": _core.pack_codes(
-            np.ascontiguousarray(layer.codes.reshape(-1), dtype=np.uint32), layer.bits
-        ),
         "grid": np.ascontiguousarray(layer.grid[:1]) if shared else layer.grid,
     }
-    _put_weight(out, "gains", layer.gains, layer.gain_scale)
+    weights = {"gains": (layer.gains, layer.gain_scale)}
     if layer.edge_bias is not None:
-        _put_weight(out, "edge_bias", layer.edge_bias, layer.edge_bias_scale)
+        weights["edge_bias"] = (layer.edge_bias, layer.edge_bias_scale)
+    _put_stage(out, "", layer.codes, layer.bits, weights)
+    for index, stage in enumerate(layer.stages, start=1):
+        prefix = f"s{index}_"
+        if stage.codebook_q is not None:
+            assert stage.codebook_scale is not None
+            out[prefix + "codebook_q"] = stage.codebook_q
+            out[prefix + "codebook_scale"] = stage.codebook_scale
+        else:
+            out[prefix + "codebook"] = stage.codebook
+        _put_stage(out, prefix, stage.codes, stage.bits, {"gains": (stage.gains, stage.gain_scale)})
     if layer.out_bias is not None:
         out["out_bias"] = layer.out_bias
     if layer.base_weight is not None:
@@ -136,6 +143,8 @@ def layer_metadata(layer: CompressedLayer) -> dict[str, Any]:
         "basis": layer.basis.to_dict() if layer.basis is not None else {"kind": "bspline"},
         "semantics": layer.semantics.to_dict(),
         "layout_info": dict(layer.layout_info),
+        **({"stages": [{"codebook_size": st.codebook_size, "bits": st.bits}
+                       for st in layer.stages]} if layer.stages else {}),
     }
 
 
@@ -147,14 +156,30 @@ def layer_fields(
     """The `CompressedLayer` fields of a stored layer (inverse of `layer_tensors` +
     `layer_codebook` + `layer_metadata`)."""
     n_in, n_out = int(meta["n_in"]), int(meta["n_out"])
-    codes = _core.unpack_codes(tensors["codes"], int(meta["bits"]), n_in * n_out)
-    if codes.size and int(codes.max()) >= int(meta["codebook_size"]):
-        raise ArtifactError(
-            f"layer {meta['name']!r}: stored code {int(codes.max())} >= K = {meta['codebook_size']}"
-        )
-    gains, gain_scale = _get_weight(tensors, "gains", (n_in, n_out))
-    edge_bias, edge_bias_scale = _get_weight(tensors, "edge_bias", (n_in, n_out))
+    where = f"layer {meta['name']!r}"
+    codes, got = _get_stage(tensors, "", where, int(meta["bits"]), int(meta["codebook_size"]),
+                            (n_in, n_out), ("gains", "edge_bias"))
+    gains, gain_scale = got["gains"]
+    edge_bias, edge_bias_scale = got["edge_bias"]
     base, base_scale = _get_weight(tensors, "base_weight", (n_in, n_out))
+    stages = []
+    for index, entry in enumerate(meta.get("stages") or [], start=1):
+        prefix = f"s{index}_"
+        k, bits = int(entry["codebook_size"]), int(entry["bits"])
+        stage_codes, stage_got = _get_stage(tensors, prefix, f"{where} stage {index + 1}", bits,
+                                            k, (n_in, n_out), ("gains",))
+        stage_gains, stage_scale = stage_got["gains"]
+        assert stage_gains is not None
+        if prefix + "codebook_q" in tensors:
+            sq, ss = tensors[prefix + "codebook_q"], tensors[prefix + "codebook_scale"]
+            stage_book = (sq.astype(np.float32) * ss[:, None]).astype(np.float32)
+        else:
+            sq, ss, stage_book = None, None, tensors[prefix + "codebook"]
+        stages.append(dict(  # ResidualStage fields (built by CompressedLayer.from_stored)
+            codebook_size=k, bits=bits, codebook=stage_book, codebook_q=sq, codebook_scale=ss,
+            codes=stage_codes, gains=stage_gains,
+            gain_scale=stage_scale if stage_scale is not None else np.ones(n_out, np.float32),
+        ))
     if "codebook_q" in codebook:
         cq, cs = codebook["codebook_q"], codebook["codebook_scale"]
         book = (cq.astype(np.float32) * cs[:, None]).astype(np.float32)
@@ -181,7 +206,7 @@ def layer_fields(
         "codebook": book,
         "codebook_q": cq,
         "codebook_scale": cs,
-        "codes": codes.reshape(n_in, n_out),
+        "codes": codes,
         "gains": gains,
         "gain_scale": gain_scale,
         "edge_bias": edge_bias,
@@ -194,6 +219,7 @@ def layer_fields(
         "semantics": Semantics.from_dict(meta.get("semantics")),
         "layout_info": dict(meta.get("layout_info") or {}),
         "extras": {k[len("extra_"):]: v for k, v in tensors.items() if k.startswith("extra_")},
+        "stages": tuple(stages),
     }
 
 
@@ -213,14 +239,73 @@ def _put_weight(
 
 
 def _get_weight(
-    tensors: Mapping[str, np.ndarray], name: str, shape: tuple[int, int]
+    tensors: Mapping[str, np.ndarray], name: str, shape: tuple[int, ...]
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
     if f"{name}_q" in tensors:
         return tensors[f"{name}_q"], tensors[f"{name}_scale"]
     if f"{name}_q4" in tensors:
-        values = _core.unpack_nibbles(tensors[f"{name}_q4"], shape[0] * shape[1])
+        values = _core.unpack_nibbles(tensors[f"{name}_q4"], math.prod(shape))
         return values.reshape(shape), tensors[f"{name}_scale"]
     return tensors.get(name), None
+
+
+def _sparse_mask(codes: np.ndarray, weights: Mapping[str, tuple[np.ndarray, Any]]) -> np.ndarray | None:
+    """The edges a stage stores (a non-zero weight), when storing only those pays and
+    loses nothing (every other edge has code 0); else None."""
+    active = np.zeros(codes.size, dtype=bool)
+    for values, _ in weights.values():
+        active |= np.asarray(values != 0).reshape(-1)
+    if active.size == 0 or active.mean() > 15 / 16:
+        return None
+    if codes.reshape(-1)[~active].any():
+        return None
+    return active
+
+
+def _put_stage(out: dict[str, np.ndarray], prefix: str, codes: np.ndarray, bits: int,
+               weights: Mapping[str, tuple[np.ndarray, Any]]) -> None:
+    """One stage's codes and per-edge weights, dense or (when most edges are left out)
+    sparse: `{prefix}active` (one bit per edge, little-endian bit order) and the codes and
+    weights of the active edges only, in edge order."""
+    flat = codes.reshape(-1)
+    active = _sparse_mask(codes, weights)
+    if active is not None:
+        out[prefix + "active"] = np.packbits(active, bitorder="little")
+        flat = flat[active]
+    out[prefix + "codes"] = _core.pack_codes(np.ascontiguousarray(flat, dtype=np.uint32), bits)
+    for name, (values, scale) in weights.items():
+        kept = values.reshape(-1)[active] if active is not None else values
+        _put_weight(out, prefix + name, np.ascontiguousarray(kept), scale)
+
+
+def _get_stage(tensors: Mapping[str, np.ndarray], prefix: str, where: str, bits: int, k: int,
+               shape: tuple[int, int], names: tuple[str, ...]
+               ) -> tuple[np.ndarray, dict[str, tuple[np.ndarray | None, np.ndarray | None]]]:
+    """Inverse of `_put_stage`: dense (n_in, n_out) codes and {name: (values, scale)}."""
+    edges = shape[0] * shape[1]
+    active = None
+    if prefix + "active" in tensors:
+        active = np.unpackbits(tensors[prefix + "active"], count=edges,
+                               bitorder="little").astype(bool)
+    count = edges if active is None else int(active.sum())
+    stored = _core.unpack_codes(tensors[prefix + "codes"], bits, count)
+    if stored.size and int(stored.max()) >= k:
+        raise ArtifactError(f"{where}: stored code {int(stored.max())} >= K = {k}")
+    codes = stored
+    if active is not None:
+        codes = np.zeros(edges, dtype=stored.dtype)
+        codes[active] = stored
+    out: dict[str, tuple[np.ndarray | None, np.ndarray | None]] = {}
+    for name in names:
+        values, scale = _get_weight(tensors, prefix + name, (count,))
+        if values is not None:
+            if active is not None:
+                dense = np.zeros(edges, dtype=values.dtype)
+                dense[active] = values.reshape(-1)
+                values = dense
+            values = values.reshape(shape)
+        out[name] = (values, scale)
+    return codes.reshape(shape), out
 
 
 def model_tensors(model: CompressedModel) -> dict[str, np.ndarray]:
@@ -373,7 +458,7 @@ def _tensor(tensors: Mapping[str, np.ndarray], name: str, dtype: str,
 
 
 def _check_weight(tensors: Mapping[str, np.ndarray], prefix: str, name: str,
-                  n_edges: int, edge_shape: tuple[int, int], n_out: int) -> bool:
+                  n_edges: int, edge_shape: tuple[int, ...], n_out: int) -> bool:
     """Checks the stored form of a per-edge weight; False when absent."""
     forms = [f for f in (name, f"{name}_q", f"{name}_q4") if prefix + f in tensors]
     if not forms:
@@ -485,6 +570,62 @@ def _check_source(where: str, source: Mapping[str, Any], cap: int) -> list[str]:
     return keys
 
 
+def _check_stage(tensors: Mapping[str, np.ndarray], prefix: str, stage: str, where: str,
+                 n_edges: int, edge: tuple[int, int], bits: int, names: tuple[str, ...]
+                 ) -> dict[str, bool]:
+    """Checks one stage's codes and per-edge weights (`_put_stage`), dense or sparse;
+    returns which of `names` are stored. Its gains are required."""
+    n_out = edge[1]
+    count, shape = n_edges, edge
+    if prefix + stage + "active" in tensors:
+        mask = _tensor(tensors, prefix + stage + "active", "uint8", [((n_edges + 7) // 8,)])
+        flags = np.unpackbits(mask, bitorder="little")
+        if flags[n_edges:].any():
+            raise _fail(f"tensor {prefix}{stage}active", "bits set past the last edge")
+        count = int(flags[:n_edges].sum())
+        shape = (count,)
+    _tensor(tensors, prefix + stage + "codes", "uint8", [((count * bits + 7) // 8,)])
+    present = {name: _check_weight(tensors, prefix, stage + name, count, shape, n_out)
+               for name in names}
+    if not present["gains"]:
+        raise _fail(where, f"no {stage}gains tensor ({stage}gains, {stage}gains_q or "
+                    f"{stage}gains_q4)")
+    return present
+
+
+def _check_stages(tensors: Mapping[str, np.ndarray], prefix: str, where: str, stages: Any,
+                  n_edges: int, edge: tuple[int, int], m: int) -> set[str]:
+    """Checks the residual stages a layer declares; returns their tensor field names."""
+    if stages is None:
+        return set()
+    if not isinstance(stages, list) or len(stages) > MAX_STAGES - 1:
+        raise _fail(f"{where} stages", f"expected a list of at most {MAX_STAGES - 1} "
+                    f"entries, got {stages!r:.80}")
+    fields: set[str] = set()
+    for index, entry in enumerate(stages, start=1):
+        at = f"{where} stage {index + 1}"
+        if not isinstance(entry, dict) or set(entry) != {"codebook_size", "bits"}:
+            raise _fail(at, f"expected {{codebook_size, bits}}, got {entry!r:.80}")
+        k = _int(f"{at} codebook_size", entry["codebook_size"], 1, MAX_CODEBOOK_SIZE)
+        bits = _core.bits_for(k)
+        if entry["bits"] != bits:
+            raise _fail(at, f"bits={entry['bits']!r} but a {k}-word codebook needs {bits}")
+        stage = f"s{index}_"
+        if prefix + stage + "codebook" in tensors:
+            if prefix + stage + "codebook_q" in tensors:
+                raise _fail(at, "stores both codebook and codebook_q")
+            _tensor(tensors, prefix + stage + "codebook", "float32", [(k, m)], finite=True)
+        else:
+            _tensor(tensors, prefix + stage + "codebook_q", "int8", [(k, m)])
+            _tensor(tensors, prefix + stage + "codebook_scale", "float32", [(k,), (1,)],
+                    finite=True)
+        _check_stage(tensors, prefix, stage, at, n_edges, edge, bits, ("gains",))
+        fields |= {stage + f for f in ("codebook", "codebook_q", "codebook_scale", "codes",
+                                       "active", "gains", "gains_q", "gains_q4",
+                                       "gains_scale")}
+    return fields
+
+
 def validate_layer(meta: Any, tensors: Mapping[str, np.ndarray]) -> set[str]:
     """Checks one layer entry of the `layers` metadata against its tensors; returns the
     names of the tensors it owns (its codebook group's excluded)."""
@@ -546,21 +687,20 @@ def validate_layer(meta: Any, tensors: Mapping[str, np.ndarray]) -> set[str]:
     input_norm = (meta.get("semantics") or {}).get("input_norm") == "layernorm"
     _check_layout_info(where, meta.get("layout_info"))
 
-    _tensor(tensors, prefix + "codes", "uint8", [((n_edges * bits + 7) // 8,)])
     edge = (n_in, n_out)
-    if not _check_weight(tensors, prefix, "gains", n_edges, edge, n_out):
-        raise _fail(where, "no gains tensor (gains, gains_q or gains_q4)")
-    has_edge_bias = _check_weight(tensors, prefix, "edge_bias", n_edges, edge, n_out)
+    present = _check_stage(tensors, prefix, "", where, n_edges, edge, bits, ("gains", "edge_bias"))
+    has_edge_bias = present["edge_bias"]
     _check_weight(tensors, prefix, "base_weight", n_edges, edge, n_out)
+    stage_fields = _check_stages(tensors, prefix, where, meta.get("stages"), n_edges, edge, m)
     if prefix + "out_bias" in tensors:
         _tensor(tensors, prefix + "out_bias", "float32", [(n_out,)], finite=True)
     elif not has_edge_bias:
         raise _fail(where, "neither edge_bias nor out_bias is stored")
 
     owned = {n for n in tensors if n.startswith(prefix) and "." not in n[len(prefix):]}
-    known = {"codes", "grid", "out_bias"} | {
+    known = {"codes", "active", "grid", "out_bias"} | {
         f"{w}{s}" for w in WEIGHT_FIELDS for s in ("", "_q", "_q4", "_scale")
-    }
+    } | stage_fields
     for tensor_name in sorted(owned):
         field = tensor_name[len(prefix):]
         if field in known:

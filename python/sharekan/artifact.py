@@ -30,24 +30,25 @@ import numpy as np
 from . import _core
 from .compressed import CompressedLayer, CompressedModel
 from .config import Config
-from .entropy import CODEC, MAX_EXPANSION, decode, encode, table_json
-from .errors import ArtifactError, InvalidInputError, ShareKanError
+from .entropy import MAX_EXPANSION, decode
+from .errors import ArtifactError, ShareKanError
 from .report import Report
 from .schema import (
     DIGEST_KEY,
+    ENTROPY_CODECS,
+    ENTROPY_KEY,
+    ENTROPY_VERSION,
     FORMAT,
     FORMAT_VERSION,
     READABLE_VERSIONS,
     checksum,
     digest,
-    model_metadata,
-    model_tensors,
     parse_json,
+    save,
     seal,
     validate,
     write,
 )
-from .schema import save as save_plain
 
 __all__ = [
     "DIGEST_KEY",
@@ -65,39 +66,6 @@ __all__ = [
     "seal",
     "write",
 ]
-
-#: The version `save(..., entropy="zstd")` writes: version 2 with entropy-coded tensors.
-ENTROPY_VERSION = "3"
-#: The metadata entry holding the entropy table (JSON; `sharekan.entropy`).
-ENTROPY_KEY = "entropy"
-#: What `save`'s `entropy` accepts (None: a plain version-2 file).
-ENTROPY_CODECS = (None, CODEC)
-
-
-def save(
-    model: CompressedModel, path: str | os.PathLike[str], *, entropy: str | None = None
-) -> None:
-    """Write `model` to `path` atomically: a plain version-2 artifact (`entropy=None`), or
-    with `entropy="zstd"` a version-3 one whose tensors are zstd-coded where that pays.
-    Loading gives the same model either way.
-
-    Raises:
-        InvalidInputError: `entropy` is not one of `ENTROPY_CODECS`.
-    """
-    if entropy is None:
-        save_plain(model, path)
-        return
-    if entropy != CODEC:
-        raise InvalidInputError(
-            f"entropy={entropy!r}: expected one of {list(ENTROPY_CODECS)}"
-        )
-    stored, table = encode(model_tensors(model))
-    metadata = model_metadata(model)
-    metadata["format_version"] = ENTROPY_VERSION
-    metadata[ENTROPY_KEY] = table_json(table)
-    # the digest covers the encoded bytes: a damaged blob fails it before any decoding
-    write(path, stored, seal(stored, metadata))
-
 
 def read(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Tensors and metadata of a sharekan artifact, verified (format, version, checksum).

@@ -390,9 +390,10 @@ class CompressedModel:
             raise ArtifactError(f"key_order names keys nothing rebuilds: {missing[:4]}")
         return {key: tensors[key] for key in self.key_order}
 
-    def save(self, path: str) -> None:
-        """Write a safetensors artifact (see `sharekan.load`)."""
-        schema.save(self, path)
+    def save(self, path: str, *, entropy: str | None = None) -> None:
+        """Write a safetensors artifact (see `sharekan.load`); `entropy="zstd"` codes its
+        tensors (format version 3, decoded at load; the runtime form is unchanged)."""
+        schema.save(self, path, entropy=entropy)
 
     def replace_report(self, report: Report) -> CompressedModel:
         return dataclasses.replace(self, report=report)

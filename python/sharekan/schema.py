@@ -45,7 +45,8 @@ import numpy as np
 from . import _core
 from ._version import __version__
 from .config import MAX_CODEBOOK_SIZE, MAX_STAGES
-from .errors import ArtifactError
+from .entropy import CODEC, encode, table_json
+from .errors import ArtifactError, InvalidInputError
 from .layouts import Semantics, TensorInfo, basis_from_dict
 from .layouts.adapter import BASE_ACTIVATIONS
 from .layouts.basis import BASIS_KINDS
@@ -394,10 +395,33 @@ def write(path: str | os.PathLike[str], tensors: Mapping[str, np.ndarray],
             os.remove(tmp)
 
 
-def save(model: CompressedModel, path: str | os.PathLike[str]) -> None:
-    """Write `model` to `path` (written to a temporary file, then renamed)."""
+#: The version `save(..., entropy="zstd")` writes: version 2 with entropy-coded tensors.
+ENTROPY_VERSION = "3"
+#: The metadata entry holding the entropy table (JSON; `sharekan.entropy`).
+ENTROPY_KEY = "entropy"
+#: What `save`'s `entropy` accepts (None: a plain version-2 file).
+ENTROPY_CODECS = (None, CODEC)
+
+
+def save(model: CompressedModel, path: str | os.PathLike[str], *,
+         entropy: str | None = None) -> None:
+    """Write `model` to `path` atomically (a temporary file, then renamed): a plain
+    version-2 artifact (`entropy=None`), or with `entropy="zstd"` a version-3 one whose
+    tensors are zstd-coded where that pays. Loading gives the same model either way.
+
+    Raises:
+        InvalidInputError: `entropy` is not one of `ENTROPY_CODECS`.
+    """
+    if entropy not in ENTROPY_CODECS or isinstance(entropy, bool):
+        raise InvalidInputError(f"entropy={entropy!r}: expected one of {list(ENTROPY_CODECS)}")
     tensors = {k: np.ascontiguousarray(v) for k, v in model_tensors(model).items()}
-    write(path, tensors, seal(tensors, model_metadata(model)))
+    metadata = model_metadata(model)
+    if entropy is not None:
+        tensors, table = encode(tensors)
+        metadata["format_version"] = ENTROPY_VERSION
+        metadata[ENTROPY_KEY] = table_json(table)
+    # the digest covers the stored (encoded) bytes: a damaged blob fails it before decoding
+    write(path, tensors, seal(tensors, metadata))
 
 
 # ---------------------------------------------------------------------------- validation

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -36,6 +37,13 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--bias", choices=["auto", "fold", "edge"], default="auto")
     p.add_argument("--base", choices=["int8", "float"], default="int8")
+    p.add_argument("--stages", type=int, default=1,
+                   help="residual gain-shape stages per edge (default 1)")
+    p.add_argument("--stage-codebook-size", type=int, default=None,
+                   help="codewords of the stages after the first (default: -k)")
+    p.add_argument("--target-bytes-per-edge", type=float, default=None, metavar="B",
+                   help="byte budget: mean stored spline bytes per edge (entropy-coded "
+                        "artifact); allocates stages per edge and drops the weakest edges")
     p.add_argument("--n-iter", type=int, default=25)
     p.add_argument("--tol", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
@@ -51,6 +59,9 @@ def _config(args: argparse.Namespace, default_k: int):
         int8=args.int8,
         bias=args.bias,
         base=args.base,
+        stages=args.stages,
+        stage_codebook_size=args.stage_codebook_size,
+        target_bytes_per_edge=args.target_bytes_per_edge,
         n_iter=args.n_iter,
         tol=args.tol,
         seed=args.seed,
@@ -83,8 +94,9 @@ def cmd_compress(args: argparse.Namespace) -> int:
     if test is not None and test[0] is not None:
         _print_default_accuracy(state_dict, model, *test)
     if args.output:
-        model.save(args.output)
-        print(f"saved {args.output} ({model.nbytes / 1024:.1f} KiB of tensors)")
+        model.save(args.output, entropy=args.entropy)
+        coded = f", file {os.path.getsize(args.output) / 1024:.1f} KiB" if args.entropy else ""
+        print(f"saved {args.output} ({model.nbytes / 1024:.1f} KiB of tensors{coded})")
     return 0
 
 
@@ -184,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("checkpoint", nargs="?", help=".safetensors, .npz, .pt or .pth state_dict")
     p.add_argument("-o", "--output", help="artifact to write (.sharekan / .safetensors)")
+    p.add_argument("--entropy", choices=["zstd"], default=None,
+                   help="entropy-code the artifact's tensors (decoded at load)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     _add_config_args(p)
     p.set_defaults(func=cmd_compress)

@@ -41,8 +41,9 @@ def build_layer_report(
     calibration inputs for the layer, the output SQNR and the inputs outside the grid."""
     w = source.coeffs
     # Folded biases are measured per edge before folding; folding is exact inside the grid.
-    w_hat = layer.edge_gains()[..., None] * layer.codebook.astype(np.float64)[layer.codes]
-    w_hat += extra["prefold_biases"][..., None]
+    w_hat = layer.decoded_coeffs()  # every stage
+    if layer.edge_bias is None:
+        w_hat += (extra["prefold_biases"] - layer.edge_biases())[..., None]
     diff = (w - w_hat).reshape(-1, w.shape[-1])
     flat_w = w.reshape(-1, w.shape[-1])
     gram = function_gram if function_gram is not None else function_metric(source)

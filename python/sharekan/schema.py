@@ -99,7 +99,8 @@ def layer_tensors(layer: CompressedLayer) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {
         "grid": np.ascontiguousarray(layer.grid[:1]) if shared else layer.grid,
     }
-    weights = {"gains": (layer.gains, layer.gain_scale)}
+    weights: dict[str, tuple[np.ndarray, np.ndarray | None]] = {
+        "gains": (layer.gains, layer.gain_scale)}
     if layer.edge_bias is not None:
         weights["edge_bias"] = (layer.edge_bias, layer.edge_bias_scale)
     _put_stage(out, "", layer.codes, layer.bits, weights)
@@ -600,7 +601,8 @@ def _check_stage(tensors: Mapping[str, np.ndarray], prefix: str, stage: str, whe
     """Checks one stage's codes and per-edge weights (`_put_stage`), dense or sparse;
     returns which of `names` are stored. Its gains are required."""
     n_out = edge[1]
-    count, shape = n_edges, edge
+    count: int = n_edges
+    shape: tuple[int, ...] = edge
     if prefix + stage + "active" in tensors:
         mask = _tensor(tensors, prefix + stage + "active", "uint8", [((n_edges + 7) // 8,)])
         flags = np.unpackbits(mask, bitorder="little")

@@ -21,7 +21,8 @@ device of the layers they replace. The full quantizer round trip:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -68,6 +69,34 @@ def _code_dtype(codebook_size: int) -> torch.dtype:
     return torch.int32
 
 
+def _module_inputs(inputs: Mapping[str, Any], codebook_size: int) -> tuple[dict[str, Any], int]:
+    """(LuthamLinear tensors, k) from `lutham_inputs()` / a `stage_inputs()` entry: k is
+    taken out (the module infers it from the grid and codebook widths; 0 unless B-splines)
+    and codes narrowed to the smallest integer dtype torch computes with."""
+    tensors = dict(inputs)
+    k = int(tensors.pop("k"))
+    if int(tensors.get("basis", 0)) != 0:
+        k = 0
+    codes = np.asarray(tensors["codes"])
+    if codes.dtype not in (np.uint8, np.int16, np.int32):  # e.g. u32 from the core
+        narrow = {torch.uint8: np.uint8, torch.int16: np.int16, torch.int32: np.int32}
+        tensors["codes"] = codes.astype(narrow[_code_dtype(codebook_size)])
+    return tensors, k
+
+
+def _stage_count(state_dict: Mapping[str, Any], prefix: str) -> int:
+    """Residual stages saved under `{prefix}stages.<i>.` (1 + the highest index, so a gap
+    is reported as that stage's missing buffers)."""
+    pattern = re.compile(re.escape(prefix) + r"stages\.(\d+)\.")
+    found = [int(m.group(1)) for m in map(pattern.match, state_dict) if m]
+    return max(found, default=-1) + 1
+
+
+def _refresh_after_load(module: LuthamLinear | LuthamKANLayer, _incompatible: Any) -> None:
+    # After the children loaded: a layer's sizes come from (and are checked against) them.
+    module._refresh()
+
+
 class LuthamLinear(nn.Module):
     """One compressed KAN layer evaluated by codebook lookup (`sharekan::lutham`).
 
@@ -84,7 +113,14 @@ class LuthamLinear(nn.Module):
     tanh x (`grid` (1, 2), not read); base_act 1 = exact GELU. A state_dict without it loads
     as B-splines + SiLU.
 
-    forward: x (..., n_in) -> (..., n_out) float32.
+    Residual stages (`sharekan.compress(..., stages=S)`, S > 1): a child `stages`
+    (`nn.ModuleList` of S - 1 LuthamLinear with the same basis and grid, their own codebook,
+    codes and gains, no bias or base branch: `CompressedLayer.stage_inputs()`); a layer with
+    one stage has no such child, so its state_dict keys are those above. Loading a
+    state_dict takes the number of stages from its `{prefix}stages.<i>.` keys.
+
+    forward: x (..., n_in) -> (..., n_out) float32: the op on the first stage, plus the op
+    on each residual stage in order (float32 sums, as `CompressedLayer.forward`).
     """
 
     # Registered buffers (declared for type checkers; nn.Module.__getattr__ serves them).
@@ -101,28 +137,27 @@ class LuthamLinear(nn.Module):
     basis_params: torch.Tensor
     layer_name: str
 
-    def __init__(self, tensors: Mapping[str, Any]) -> None:
+    def __init__(self, tensors: Mapping[str, Any],
+                 stages: Sequence[Mapping[str, Any]] = ()) -> None:
         super().__init__()
         for name in BUFFERS:
             self.register_buffer(name, _tensor(tensors.get(name)))
         params = [float(tensors.get("basis", 0)), float(tensors.get("h", 1.0)),
                   float(tensors.get("base_act", 0))]
         self.register_buffer("basis_params", torch.tensor(params, dtype=torch.float32))
+        self._set_stages([LuthamLinear(stage) for stage in stages])
         self._refresh()
+        self.register_load_state_dict_post_hook(_refresh_after_load)
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
     def from_compressed(cls, layer: Any) -> LuthamLinear:
-        """Build from a `sharekan.CompressedLayer` (uses `layer.lutham_inputs()`)."""
-        inputs = dict(layer.lutham_inputs())
-        k = int(inputs.pop("k"))
-        if int(inputs.get("basis", 0)) != 0:
-            k = 0
-        codes = np.asarray(inputs["codes"])
-        if codes.dtype not in (np.uint8, np.int16, np.int32):  # e.g. u32 from the core
-            narrow = {torch.uint8: np.uint8, torch.int16: np.int16, torch.int32: np.int32}
-            inputs["codes"] = codes.astype(narrow[_code_dtype(int(layer.codebook_size))])
-        mod = cls(inputs)
+        """Build from a `sharekan.CompressedLayer` (uses `layer.lutham_inputs()` and, for
+        its residual stages, `layer.stage_inputs()`)."""
+        inputs, k = _module_inputs(layer.lutham_inputs(), int(layer.codebook_size))
+        stages = [_module_inputs(s, int(stage.codebook_size))[0]
+                  for s, stage in zip(layer.stage_inputs(), layer.stages)]
+        mod = cls(inputs, stages)
         if mod.spline_order != k:
             raise ShapeError(
                 f"layer {getattr(layer, 'name', '?')!r}: grid width {mod.grid.shape[1]} and "
@@ -135,7 +170,15 @@ class LuthamLinear(nn.Module):
     @classmethod
     def from_state_dict(cls, state_dict: Mapping[str, torch.Tensor], prefix: str = ""
                         ) -> LuthamLinear:
-        """Build from the buffers `{prefix}{name}` of a saved state_dict."""
+        """Build from the buffers `{prefix}{name}` of a saved state_dict, and those of
+        its residual stages `{prefix}stages.<i>.{name}`."""
+        stages = [cls._saved_tensors(state_dict, f"{prefix}stages.{i}.")
+                  for i in range(_stage_count(state_dict, prefix))]
+        return cls(cls._saved_tensors(state_dict, prefix), stages)
+
+    @staticmethod
+    def _saved_tensors(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict[str, Any]:
+        """The constructor's `tensors` from one op's buffers `{prefix}{name}`."""
         missing = [prefix + n for n in BUFFERS if prefix + n not in state_dict]
         if missing:
             raise LayoutError(f"state_dict lacks LuthamLinear buffers: {missing}")
@@ -143,7 +186,19 @@ class LuthamLinear(nn.Module):
         if prefix + "basis_params" in state_dict:
             b, h, a = (float(v) for v in state_dict[prefix + "basis_params"])
             tensors.update(basis=int(b), h=h, base_act=int(a))
-        return cls(tensors)
+        return tensors
+
+    # ---- residual stages ---------------------------------------------------------------
+    def _residuals(self) -> list[LuthamLinear]:
+        """The residual stages' modules, in order (none for a single-stage layer)."""
+        return list(getattr(self, "stages", ()))
+
+    def _set_stages(self, modules: list[LuthamLinear]) -> None:
+        # No child at all for one stage: the module (repr, graph, keys) is as before stages.
+        if modules:
+            self.stages = nn.ModuleList(modules)
+        elif "stages" in self._modules:
+            del self.stages
 
     # ---- properties -------------------------------------------------------------------------
     def _refresh(self) -> None:
@@ -166,25 +221,38 @@ class LuthamLinear(nn.Module):
         self.basis, self.h, self.base_act = int(params[0]), float(params[1]), int(params[2])
         if self.basis != 0:
             self.spline_order, self.grid_size = 0, n_coeffs
-            return
-        self.spline_order = int(self.grid.shape[1]) - n_coeffs - 1
-        self.grid_size = n_coeffs - self.spline_order
-        if self.spline_order < 0 or self.grid_size < 1:
-            raise ShapeError(
-                f"LuthamLinear: grid width {self.grid.shape[1]} does not fit codebook width "
-                f"{n_coeffs} (need grid width = M + k + 1 with G = M - k >= 1)"
-            )
+        else:
+            self.spline_order = int(self.grid.shape[1]) - n_coeffs - 1
+            self.grid_size = n_coeffs - self.spline_order
+            if self.spline_order < 0 or self.grid_size < 1:
+                raise ShapeError(
+                    f"LuthamLinear: grid width {self.grid.shape[1]} does not fit codebook "
+                    f"width {n_coeffs} (need grid width = M + k + 1 with G = M - k >= 1)"
+                )
+        # a residual stage adds to this layer's output: same sizes and the same basis
+        want = (self.in_features, self.out_features, self.basis, self.spline_order,
+                self.grid_size)
+        for i, stage in enumerate(self._residuals()):
+            got = (stage.in_features, stage.out_features, stage.basis, stage.spline_order,
+                   stage.grid_size)
+            if got != want:
+                raise ShapeError(
+                    f"LuthamLinear.stages.{i}: (in_features, out_features, basis, "
+                    f"spline_order, grid_size) = {got}, the layer's are {want}"
+                )
 
     def extra_repr(self) -> str:
         kind = ("bspline", "rbf", "chebyshev")[self.basis]
         return (f"basis={kind}, in_features={self.in_features}, out_features={self.out_features}, "
                 f"grid_size={self.grid_size}, spline_order={self.spline_order}, "
                 f"codebook_size={self.codebook_size}, codes={self.codes.dtype}, "
-                f"gains={self.gains.dtype}")
+                f"gains={self.gains.dtype}"
+                + (f", stages={1 + len(self._residuals())}" if self._residuals() else ""))
 
     @property
     def nbytes(self) -> int:
-        """Bytes of all buffers (codes at their in-memory width, not bit-packed)."""
+        """Bytes of all buffers, the residual stages' included (codes at their in-memory
+        width, not bit-packed)."""
         return sum(b.numel() * b.element_size() for b in self.buffers())
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
@@ -201,24 +269,32 @@ class LuthamLinear(nn.Module):
                 if src.shape != cur.shape or src.dtype != cur.dtype:
                     # on the module's device: a layer moved with .to(device) stays there
                     setattr(self, name, torch.empty(src.shape, dtype=src.dtype, device=cur.device))
+        # As many residual stages as were saved: new ones are built from their buffers (and
+        # then loaded again as children); the sizes are checked in the post hook.
+        count = _stage_count(state_dict, prefix)
+        kept = self._residuals()[:count]
+        added = [LuthamLinear.from_state_dict(state_dict, f"{prefix}stages.{i}.")
+                 .to(self.codes.device) for i in range(len(kept), count)]
+        self._set_stages(kept + added)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
                                       missing_keys, unexpected_keys, error_msgs)
-        self._refresh()
 
     # ---- forward ----------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features).to(torch.float32).contiguous()
-        y = torch.ops.sharekan.lutham(
+    def _op(self, x2: torch.Tensor) -> torch.Tensor:
+        """This stage's op on x2 (batch, n_in) float32 -> (batch, n_out)."""
+        return torch.ops.sharekan.lutham(
             x2, self.grid, self.codebook, self.codes, self.gains, self.gain_scale,
             self.edge_bias, self.edge_bias_scale, self.out_bias, self.base_weight,
             self.base_scale, self.spline_order, self.basis, self.h, self.base_act,
         )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features).to(torch.float32).contiguous()
+        y = self._op(x2)
+        for stage in self._residuals():  # unrolled by torch.export: one op call per stage
+            y = y + stage._op(x2)
         return y.reshape(*lead, self.out_features)
-
-
-def _refresh_after_load(module: LuthamKANLayer, _incompatible: Any) -> None:
-    module._refresh()
 
 
 class LuthamKANLayer(nn.Module):
@@ -488,8 +564,14 @@ def collect_calibration(model: nn.Module, x: Any, *, batch_size: int | None = No
 
 
 def lutham_layers(model: nn.Module) -> dict[str, LuthamLinear]:
-    """Name -> LuthamLinear for every compressed layer in `model`."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, LuthamLinear)}
+    """Name -> LuthamLinear for every compressed layer in `model` (a layer's residual
+    stages are part of it, not layers of their own)."""
+    found: dict[str, LuthamLinear] = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, LuthamLinear) and not any(
+                outer == "" or name.startswith(outer + ".") for outer in found):
+            found[name] = mod
+    return found
 
 
 def _device_of(module: nn.Module) -> torch.device:

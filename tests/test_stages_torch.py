@@ -198,8 +198,9 @@ def mixed():
 def test_export_has_one_op_call_per_stage(mixed):
     program = torch.export.export(mixed, (_x(n_in=WIDTHS[1]),))
     calls = [n for n in program.graph.nodes if n.target is torch.ops.sharekan.lutham.default]
-    want = sum(1 + len(mod.stages) for mod in lutham_layers(mixed).values())
-    assert len(calls) == want == 5
+    layers = lutham_layers(mixed).values()
+    want = sum(1 + len(mod.stages) for mod in layers)
+    assert len(calls) == want > len(layers)
 
 
 @pytest.mark.parametrize("kernel", ["lutham", "portable"])

@@ -64,7 +64,9 @@ def test_more_stages_lower_the_error(sd, sources):
     # folding is exact while inputs stay inside the grid: layer 0's inputs do
     {"stages": 3, "codebook_size": 8, "gain_bits": 4, "bias": "edge",
      "overrides": {"layers.0": {"bias": "fold"}}},
-    {"stages": 3, "codebook_size": 8, "bias": "edge", "target_bytes_per_edge": 3.0},
+    {"stages": 3, "codebook_size": 8, "bias": "edge", "target_bytes_per_edge": 3.0,
+     "drop_edges": True},
+    {"stages": 3, "codebook_size": 8, "bias": "edge", "target_bytes_per_edge": 4.5},
     {"stages": 2, "codebook_size": 8, "share": "model"},
 ])
 def test_evaluator_and_round_trip_match_the_oracle(sd, tmp_path, kwargs):
@@ -97,7 +99,7 @@ def test_evaluator_and_round_trip_match_the_oracle(sd, tmp_path, kwargs):
 def test_same_seed_same_bytes(sd, tmp_path):
     paths = []
     for run in range(2):
-        model = sharekan.compress(sd, codebook_size=8, stages=3, target_bytes_per_edge=2.0)
+        model = sharekan.compress(sd, codebook_size=8, stages=3, target_bytes_per_edge=5.0)
         paths.append(tmp_path / f"run{run}.sharekan")
         model.save(paths[-1])
     assert paths[0].read_bytes() == paths[1].read_bytes()
@@ -107,7 +109,7 @@ def test_budget_drops_edges_and_stores_sparse_stages(sd, sources, tmp_path):
     sizes, sqnrs = [], []
     for budget in (1.0, 2.0, 3.0):
         model = sharekan.compress(sd, codebook_size=8, stages=3, bias="edge",
-                                  target_bytes_per_edge=budget)
+                                  target_bytes_per_edge=budget, drop_edges=True)
         path = tmp_path / f"b{budget}.sharekan"
         model.save(path, entropy="zstd")
         sizes.append(path.stat().st_size)
@@ -132,22 +134,35 @@ def test_budget_is_spent_on_the_edges_that_matter():
     sd = efficient_kan_state_dict(rng, [16, 12], grid_size=5, k=3, scaler=False)
     sd["layers.0.spline_weight"][:, :8] *= 10.0
     model = sharekan.compress(sd, codebook_size=8, stages=3, bias="edge",
-                              target_bytes_per_edge=1.5)
+                              target_bytes_per_edge=1.5, drop_edges=True)
     layer = model.layers["layers.0"]
     coded = (layer.gains != 0).astype(int) + sum(s.active().astype(int) for s in layer.stages)
     assert coded[:8].mean() > coded[8:].mean()
 
 
 def test_budget_below_the_floor_is_refused(sd):
-    with pytest.raises(InvalidInputError, match="floor"):
-        sharekan.compress(sd, codebook_size=8, stages=2, target_bytes_per_edge=0.01)
+    with pytest.raises(InvalidInputError, match="floor.*every edge dropped"):
+        sharekan.compress(sd, codebook_size=8, stages=2, target_bytes_per_edge=0.01,
+                          drop_edges=True)
+    with pytest.raises(InvalidInputError, match="floor.*first stage of every edge"):
+        sharekan.compress(sd, codebook_size=8, stages=2, target_bytes_per_edge=1.0)
+
+
+def test_without_drop_edges_the_first_stage_codes_every_edge(sd):
+    dense = sharekan.compress(sd, codebook_size=8, stages=3, bias="edge")
+    model = sharekan.compress(sd, codebook_size=8, stages=3, bias="edge",
+                              target_bytes_per_edge=4.5)
+    for name, layer in model.layers.items():
+        np.testing.assert_array_equal(layer.gains, dense.layers[name].gains)
+        coded = sum(int(s.active().sum()) for s in layer.stages)
+        assert coded < sum(int(s.active().sum()) for s in dense.layers[name].stages)
 
 
 @pytest.mark.parametrize("field,value", [
     ("stages", 0), ("stages", 9), ("stages", True), ("stages", 1.5),
     ("stage_codebook_size", 0), ("stage_codebook_size", 70000), ("stage_codebook_size", True),
     ("target_bytes_per_edge", 0), ("target_bytes_per_edge", -1.0),
-    ("target_bytes_per_edge", True), ("target_bytes_per_edge", "1"),
+    ("target_bytes_per_edge", True), ("target_bytes_per_edge", "1"), ("drop_edges", 1),
 ])
 def test_bad_stage_options(field, value):
     with pytest.raises(InvalidInputError, match=field):
@@ -170,7 +185,7 @@ def test_compensate_with_stages_is_refused(sd):
 def test_output_metric_budget(sd):
     x = np.random.default_rng(0).uniform(-1, 1, size=(64, WIDTHS[0]))
     model = sharekan.compress(sd, codebook_size=8, stages=2, metric="output", calibration=x,
-                              target_bytes_per_edge=2.0)
+                              target_bytes_per_edge=2.0, drop_edges=True)
     y = model.forward(x.astype(np.float32))
     np.testing.assert_allclose(y, dense_forward(model.decompress(), x), rtol=1e-4, atol=1e-4)
 
@@ -181,7 +196,7 @@ def test_output_metric_budget(sd):
 @pytest.fixture(scope="module")
 def staged(tmp_path_factory, sd):
     model = sharekan.compress(sd, codebook_size=8, stages=3, bias="edge",
-                              target_bytes_per_edge=4.0)
+                              target_bytes_per_edge=4.0, drop_edges=True)
     path = tmp_path_factory.mktemp("staged") / "m.sharekan"
     model.save(path)
     tensors, metadata = _core.load_safetensors(str(path))

@@ -44,6 +44,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target-bytes-per-edge", type=float, default=None, metavar="B",
                    help="byte budget: mean stored spline bytes per edge (entropy-coded "
                         "artifact); allocates stages per edge and drops the weakest edges")
+    p.add_argument("--drop-edges", action="store_true",
+                   help="with a budget, let the allocation drop whole edges")
     p.add_argument("--n-iter", type=int, default=25)
     p.add_argument("--tol", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
@@ -62,6 +64,7 @@ def _config(args: argparse.Namespace, default_k: int):
         stages=args.stages,
         stage_codebook_size=args.stage_codebook_size,
         target_bytes_per_edge=args.target_bytes_per_edge,
+        drop_edges=args.drop_edges,
         n_iter=args.n_iter,
         tol=args.tol,
         seed=args.seed,

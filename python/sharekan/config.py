@@ -80,6 +80,11 @@ class Config:
             layers' outputs under the budget (Lagrangian allocation; the weights are the
             output metric's sensitivities when calibration inputs are given, else each
             layer's relative function error). None: every edge uses every stage.
+        drop_edges: with a budget, let the allocation drop whole edges (all their stages)
+            where that costs the least error per byte. It minimises the summed per-edge
+            error, but dropped edges' errors add up coherently in a layer's outputs, so model
+            outputs suffer more than that error says (see `sharekan.stages`); off: the first
+            stage codes every edge and the budget decides the later stages.
         n_iter: maximum k-means iterations.
         tol: stop when the relative objective improvement falls below this.
         init: k-means initialisation ("kmeans++").
@@ -107,6 +112,7 @@ class Config:
     stages: int = 1
     stage_codebook_size: int | None = None
     target_bytes_per_edge: float | None = None
+    drop_edges: bool = False
     n_iter: int = 25
     tol: float = 1e-4
     init: Init = "kmeans++"
@@ -164,7 +170,7 @@ class Config:
 
 _OVERRIDABLE = {
     f.name for f in dataclasses.fields(Config)
-    if f.name not in ("overrides", "share", "seed", "target_bytes_per_edge")
+    if f.name not in ("overrides", "share", "seed", "target_bytes_per_edge", "drop_edges")
 }
 
 
@@ -203,6 +209,8 @@ def _check_fields(cfg: Config) -> None:
     choice("init", INITS)
     if not isinstance(cfg.int8, bool):
         raise InvalidInputError(f"Config.int8={cfg.int8!r}; expected True or False")
+    if not isinstance(cfg.drop_edges, bool):
+        raise InvalidInputError(f"Config.drop_edges={cfg.drop_edges!r}; expected True or False")
     if not isinstance(cfg.compensate, bool):
         raise InvalidInputError(f"Config.compensate={cfg.compensate!r}; expected True or False")
     if isinstance(cfg.n_iter, bool) or not isinstance(cfg.n_iter, int) or cfg.n_iter < 0:

@@ -9,8 +9,13 @@ per output column like the first stage's gains) and no bias.
 Without a budget every edge uses every stage. With `target_bytes_per_edge` the compiler
 allocates bits where they buy the most error: for a Lagrange multiplier lam, an edge enters
 stage s only when the weighted error it removes is at least lam times the bits the stage
-costs it (code + gain, + bias for the first stage with per-edge biases); an edge left out
-of the first stage is dropped (gain, code and bias 0) and of later stages too. The bits are
+costs it (code + gain, + bias for the first stage with per-edge biases). The first stage
+codes every edge unless `Config.drop_edges`: then an edge left out of it is dropped (gain,
+code and bias 0) and of later stages too. Dropping minimises the summed per-edge error the
+metrics measure, but the dropped edges' errors add up coherently in the layer's outputs
+(they are whole edge functions, not zero-mean quantisation noise): measured on the demo
+head, output fidelity is far worse than the per-edge metric predicts, so it is off by
+default. The bits are
 counted as an entropy-coded artifact stores them: the coded edges' fields plus, per stage,
 the entropy of the map of which edges it codes (see `schema` for the sparse stored form).
 lam is found by bisection on log lam so that the model's estimated bytes per edge meet the
@@ -124,12 +129,12 @@ def _stage_layer(item: StageInput, lam: float | None, n_iter: int) -> tuple[Comp
     n_in, n_out, m = layer.n_in, layer.n_out, coeffs.shape[1]
     edges = n_in * n_out
     cost0 = _first_stage_bits(layer, cfg)
-    if lam is not None:
+    if lam is not None and cfg.drop_edges:
         approx = _first_stage_coeffs(layer).reshape(edges, m)
         removed = _energy(coeffs, metric) - _energy(coeffs - approx, metric)
         layer = _drop_first_stage(layer, (item.weight * removed >= lam * cost0).reshape(n_in, n_out))
     approx = _first_stage_coeffs(layer).reshape(edges, m)
-    active = layer.gains.reshape(-1) != 0 if lam is not None else np.ones(edges, dtype=bool)
+    active = layer.gains.reshape(-1) != 0
     bits = float(active.sum()) * cost0 + edges * _entropy_bits(float(active.mean()))
     bits += 8.0 * (_codebook_bytes(layer.codebook_size, m, cfg) + 4 * n_out)
     k_stage = cfg.stage_codebook_size or cfg.codebook_size
@@ -201,11 +206,13 @@ def add_stages(items: Mapping[str, StageInput], budget: float | None
                 for item in items.values()) / edges
     lo, hi = math.log(1e-9 * scale), math.log(1e3 * scale)
     floor = total(math.exp(hi), _SEARCH_ITERATIONS)[2]
+    drop = any(item.cfg.drop_edges for item in items.values())
     if floor > target:
         raise InvalidInputError(
             f"Config.target_bytes_per_edge={budget}: below this model's floor of "
-            f"{floor / 8 / edges:.4f} bytes per edge (codebooks and scales with every edge "
-            "dropped); raise the budget or lower codebook_size")
+            f"{floor / 8 / edges:.4f} bytes per edge (codebooks and scales, "
+            f"{'every edge dropped' if drop else 'the first stage of every edge'}); raise the "
+            "budget or lower codebook_size" + ("" if drop else " or allow drop_edges=True"))
     for _ in range(_BISECTION_STEPS):
         mid = 0.5 * (lo + hi)
         if total(math.exp(mid), _SEARCH_ITERATIONS)[2] > target:

@@ -176,10 +176,22 @@ def test_budget_is_model_level_only():
     assert cfg.for_layer("layers.0").stages == 3 and cfg.for_layer("layers.1").stages == 1
 
 
-def test_compensate_with_stages_is_refused(sd):
-    x = np.random.default_rng(0).uniform(-1, 1, size=(32, WIDTHS[0]))
-    with pytest.raises(InvalidInputError, match="compensate"):
-        sharekan.compress(sd, codebook_size=8, stages=2, compensate=True, calibration=x)
+def test_compensate_refits_the_first_stage_around_the_stages(sd):
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, size=(256, WIDTHS[0]))
+    held = rng.uniform(-1, 1, size=(256, WIDTHS[0]))
+    dense_y = dense_forward(sd, held)
+
+    def error(model):
+        return float(np.square(model.forward(held.astype(np.float32)) - dense_y).mean())
+
+    plain = sharekan.compress(sd, codebook_size=8, stages=2, calibration=x)
+    comp = sharekan.compress(sd, codebook_size=8, stages=2, calibration=x, compensate=True)
+    for name, layer in comp.layers.items():  # the stages are kept as fitted
+        for a, b in zip(layer.stages, plain.layers[name].stages):
+            np.testing.assert_array_equal(a.gains, b.gains)
+            np.testing.assert_array_equal(a.codes, b.codes)
+    assert error(comp) < error(plain)
 
 
 def test_output_metric_budget(sd):

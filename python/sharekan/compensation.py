@@ -29,6 +29,16 @@ def _compressed_forward(source: LayerSource, layer: CompressedLayer, x: np.ndarr
     return dense_layer_forward(source, x, layer.decoded_coeffs(), layer.base_weights())
 
 
+def _stages_output(source: LayerSource, layer: CompressedLayer, x: np.ndarray) -> np.ndarray | float:
+    """What the layer's residual stages add to its output on x (batch, n_in), float64."""
+    if not layer.stages:
+        return 0.0
+    coeffs = sum(stage.coeffs() for stage in layer.stages)
+    basis = source.basis.values(source.basis_inputs(x))  # (batch, n_in, M)
+    n_in, n_out, m = coeffs.shape
+    return basis.reshape(len(x), n_in * m) @ coeffs.transpose(0, 2, 1).reshape(n_in * m, n_out)
+
+
 def compensate_layers(
     sources: list[LayerSource],
     compiled: dict[str, tuple[CompressedLayer, dict[str, Any], Callable[..., LayerReport]]],
@@ -38,8 +48,9 @@ def compensate_layers(
 ) -> None:
     """compensate=True: in forward order, refit each layer's gains, base weights and biases
     (codes and codebook fixed) so that on the compressed model's activations it matches the
-    dense layer on the dense activations, weighted by the output sensitivities; then store
-    them quantised as the compiler does (`store_scalars`). Replaces the entries of `compiled`."""
+    dense layer on the dense activations, weighted by the output sensitivities, with the
+    layer's residual stages (if any) held fixed; then store them quantised as the compiler
+    does (`store_scalars`). Replaces the entries of `compiled`."""
     dense_x, comp_x = x, x
     for source in sources:
         layer, extra, make_report = compiled[source.name]
@@ -49,10 +60,11 @@ def compensate_layers(
             started = time.perf_counter()
             folded = layer.edge_bias is None
             bias0 = layer.out_bias.astype(np.float64) if folded else layer.edge_biases()  # type: ignore[union-attr]
+            # residual stages stay fixed: the first stage's scalars fit what they leave
             gains, base, bias = compensate_output(
                 source,
                 comp_x,
-                target,
+                target - _stages_output(source, layer, comp_x),
                 sensitivities[source.name],
                 layer.codebook.astype(np.float64)[layer.codes],
                 layer.edge_gains(),

@@ -124,12 +124,6 @@ def compress(
     uses_output = any(cfg.for_layer(s.name).metric == "output" for s in sources)
     uses_compensate = any(cfg.for_layer(s.name).compensate for s in sources)
     model_inputs = None
-    staged = cfg.target_bytes_per_edge is not None or any(
-        cfg.for_layer(s.name).stages > 1 for s in sources)
-    if uses_compensate and staged:
-        raise InvalidInputError(
-            "compensate=True with stages > 1 or target_bytes_per_edge is not supported yet: "
-            "the compensation refits the first stage's scalars without the later stages")
     if uses_output or uses_compensate:
         what = "metric='output'" if uses_output else "compensate=True"
         if calibration is None or isinstance(calibration, Mapping):
@@ -151,12 +145,12 @@ def compress(
             group, members, cfg, calib, notify, sensitivities
         ):
             compiled[layer.name] = (layer, extra, make_report)
-    if uses_compensate:
-        assert model_inputs is not None  # compensate=True raised above without model inputs
-        compensate_layers(sources, compiled, cfg, model_inputs, sensitivities)
     if cfg.target_bytes_per_edge is not None or any(
             cfg.for_layer(s.name).stages > 1 for s in sources):
         _residual_stages(sources, compiled, cfg)
+    if uses_compensate:  # after the stages: it refits the first stage around them
+        assert model_inputs is not None  # compensate=True raised above without model inputs
+        compensate_layers(sources, compiled, cfg, model_inputs, sensitivities)
     notify(None)
 
     layers = {s.name: compiled[s.name][0] for s in sources}

@@ -26,6 +26,7 @@ The compiler and kernel benchmarks (each with its own options: `... NAME --help`
     python -m sharekan_bench refine        # Lloyd refinement, Rust vs NumPy -> refine.*
     python -m sharekan_bench compensate    # compensate=True on the wide head -> compensate.*
     python -m sharekan_bench portable      # stock-op .pte (+XNNPACK), ONNX vs LUTHAM/dense -> portable.*
+    python -m sharekan_bench ratedistortion  # sharekan vs faiss quantizers at equal bytes/edge -> ratedistortion.*
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from typing import Any
 #: benches/results, wherever the command runs from
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 #: The compiler and kernel benchmarks: `sharekan_bench.<name>.main(argv)`, own options.
-MODULES = ("kmeans", "lutham", "gpu", "layouts", "refine", "compensate", "portable")
+MODULES = ("kmeans", "lutham", "gpu", "layouts", "refine", "compensate", "portable", "ratedistortion")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -474,6 +474,28 @@ VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (
 )
 
 
+def trained_head(cache: Path, cfg: DetConfig, sets: dict[str, dict[str, Any]],
+                 log: Callable[[str], None] = print) -> tuple[dict[str, np.ndarray], float, CellNorm, np.ndarray]:
+    """The detection head's state dict (trained once, cached next to the sets), its training
+    seconds, the frozen front end and the normalised training cells."""
+    raw = cell_inputs(sets["train"]["maps"], cfg.inputs, cfg.image_px // 32)
+    norm = CellNorm(raw, cfg.pca)
+    x_train = norm(raw)
+    del raw
+    head_path = cache / "detection" / cfg.key() / f"head_{cfg.head_key()}.npz"
+    if head_path.exists():
+        with np.load(head_path) as z:
+            return {k: z[k] for k in z.files if k != "__seconds"}, float(z["__seconds"]), norm, x_train
+    t_train = targets(sets["train"]["boxes"], sets["train"]["labels"], cfg.image_px).reshape(-1, 6)
+    log(f"training detection head {x_train.shape[1]} -> {cfg.hidden} -> {N_OUT} on {len(x_train):,} cells")
+    t0 = time.perf_counter()
+    model = train_det_head(x_train, t_train, cfg, log)
+    train_s = time.perf_counter() - t0
+    sd = {k: v.detach().numpy().astype(np.float32) for k, v in model.state_dict().items()}
+    np.savez(head_path, __seconds=np.float64(train_s), **sd)
+    return sd, train_s, norm, x_train
+
+
 def run_detection(cache: Path, cfg: DetConfig = DetConfig(), log: Callable[[str], None] = print) -> dict[str, Any]:
     import torch
 
@@ -484,23 +506,7 @@ def run_detection(cache: Path, cfg: DetConfig = DetConfig(), log: Callable[[str]
 
     started = time.perf_counter()
     sets = voc_sets(cache, cfg, log)
-    raw = cell_inputs(sets["train"]["maps"], cfg.inputs, cfg.image_px // 32)
-    norm = CellNorm(raw, cfg.pca)
-    x_train = norm(raw)
-    del raw
-    t_train = targets(sets["train"]["boxes"], sets["train"]["labels"], cfg.image_px).reshape(-1, 6)
-    head_path = cache / "detection" / cfg.key() / f"head_{cfg.head_key()}.npz"
-    if head_path.exists():
-        with np.load(head_path) as z:
-            sd = {k: z[k] for k in z.files if k != "__seconds"}
-            train_s = float(z["__seconds"])
-    else:
-        log(f"training detection head {x_train.shape[1]} -> {cfg.hidden} -> {N_OUT} on {len(x_train):,} cells")
-        t0 = time.perf_counter()
-        model = train_det_head(x_train, t_train, cfg, log)
-        train_s = time.perf_counter() - t0
-        sd = {k: v.detach().numpy().astype(np.float32) for k, v in model.state_dict().items()}
-        np.savez(head_path, __seconds=np.float64(train_s), **sd)
+    sd, train_s, norm, x_train = trained_head(cache, cfg, sets, log)
     del torch
     evals = {s: norm(cell_inputs(sets[s]["maps"], cfg.inputs, cfg.image_px // 32)) for s in ("test", "bg", "small")}
     dense_out = {s: kan_forward(sd, x) for s, x in evals.items()}

@@ -63,10 +63,18 @@ CONFIGS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("K=16 gain4 + K=256 stages output, 1.2 B/edge",
      {"codebook_size": 16, "gain_bits": 4, "stages": 3, "stage_codebook_size": 256,
       "metric": "output", "target_bytes_per_edge": 1.2}),
+    ("K=16 gain4 + K=256 stage, 1.15 B/edge, layer 1 K=256 gain8",
+     {"codebook_size": 16, "gain_bits": 4, "stages": 2, "stage_codebook_size": 256,
+      "target_bytes_per_edge": 1.15,
+      "overrides": {"layers.1": {"codebook_size": 256, "gain_bits": 8}}}),
+    ("K=16 gain4 + K=256 stage, 1.2 B/edge, layer 1 K=256 gain8",
+     {"codebook_size": 16, "gain_bits": 4, "stages": 2, "stage_codebook_size": 256,
+      "target_bytes_per_edge": 1.2,
+      "overrides": {"layers.1": {"codebook_size": 256, "gain_bits": 8}}}),
     ("K=256 + stages, drop edges, 0.8 B/edge", {"stages": 3, "target_bytes_per_edge": 0.8,
                                                 "drop_edges": True}),
 )
-QUICK = ("demo: K=256", "K=16 gain4", "K=16 gain4 + stages, 1.2 B/edge")
+QUICK = ("demo: K=256", "K=16 gain4", "K=16 gain4 + K=256 stage, 1.15 B/edge, layer 1 K=256 gain8")
 
 
 def _head() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:

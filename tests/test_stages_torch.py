@@ -43,7 +43,7 @@ WIDTHS = [6, 9, 4]
 CASES = {
     "stages2": {"stages": 2},
     "stages3": {"stages": 3},
-    "budget": {"stages": 3, "target_bytes_per_edge": 8.0},
+    "budget": {"stages": 3, "target_bytes_per_edge": 8.0, "drop_edges": True},
 }
 COMMON = {"codebook_size": 8, "stage_codebook_size": 4, "bias": "edge"}
 

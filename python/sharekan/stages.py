@@ -18,8 +18,9 @@ head, output fidelity is far worse than the per-edge metric predicts, so it is o
 default. The bits are
 counted as an entropy-coded artifact stores them: the coded edges' fields plus, per stage,
 the entropy of the map of which edges it codes (see `schema` for the sparse stored form).
-lam is found by bisection on log lam so that the model's estimated bytes per edge meet the
-budget; each layer's error is weighted by 1 / its total energy under its metric (relative
+lam is found by bisection on log lam so that the model's spline tensors, zstd-coded as
+`save(path, entropy="zstd")` stores them (`sharekan.entropy.sizes`; base-branch weights
+excluded, a shared codebook counted in every layer that uses it), meet the budget; each layer's error is weighted by 1 / its total energy under its metric (relative
 error), or by 1 when the metric is "output" (its units are then the model outputs').
 
 The first stage's k-means ran on every edge before the allocation, and its codebook is kept.
@@ -37,9 +38,10 @@ import numpy as np
 from . import _core
 from .compressed import CompressedLayer, ResidualStage
 from .config import Config
+from .entropy import sizes
 from .errors import InvalidInputError
 
-__all__ = ["StageInput", "add_stages"]
+__all__ = ["StageInput", "add_stages", "stored_spline_bits"]
 
 #: Bisection steps on log lam (the budget is met to ~0.5 % of its bytes).
 _BISECTION_STEPS = 18
@@ -185,10 +187,18 @@ def _stage_layer(item: StageInput, lam: float | None, n_iter: int) -> tuple[Comp
     return dataclasses.replace(layer, stages=tuple(stages)), bits
 
 
+def stored_spline_bits(layer: CompressedLayer) -> int:
+    """Bits of the layer's spline tensors (everything but the base branch, its codebook
+    included) as the entropy-coded artifact stores them."""
+    tensors = {**layer.stored_tensors(), **layer.stored_codebook()}
+    return 8 * int(sizes({n: a for n, a in tensors.items() if not n.startswith("base_")})["stored"])
+
+
 def add_stages(items: Mapping[str, StageInput], budget: float | None
                ) -> tuple[dict[str, CompressedLayer], dict[str, float]]:
     """Every layer with its residual stages (and, with a budget in bytes per edge, its
-    allocation); returns (layers, estimated stored bits per layer)."""
+    allocation); returns (layers, stored bits per layer: estimated without a budget, the
+    entropy-coded spline tensors' with one)."""
     if budget is None:
         out = {name: _stage_layer(item, None, item.cfg.n_iter) for name, item in items.items()}
         return {n: v[0] for n, v in out.items()}, {n: v[1] for n, v in out.items()}
@@ -196,9 +206,11 @@ def add_stages(items: Mapping[str, StageInput], budget: float | None
     target = 8.0 * budget * edges
 
     def total(lam: float, n_iter: int) -> tuple[dict[str, CompressedLayer], dict[str, float], float]:
-        out = {name: _stage_layer(item, lam, n_iter) for name, item in items.items()}
-        bits = {n: v[1] for n, v in out.items()}
-        return {n: v[0] for n, v in out.items()}, bits, sum(bits.values())
+        # the allocation prices edges by their estimated bits; the budget is met on the
+        # bytes the entropy-coded artifact really stores
+        layers = {name: _stage_layer(item, lam, n_iter)[0] for name, item in items.items()}
+        bits = {name: float(stored_spline_bits(layer)) for name, layer in layers.items()}
+        return layers, bits, sum(bits.values())
 
     # lam in units of the mean weighted energy per edge per bit: 1e-9 codes ~everything,
     # 1e3 drops every edge

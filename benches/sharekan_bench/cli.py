@@ -27,6 +27,7 @@ The compiler and kernel benchmarks (each with its own options: `... NAME --help`
     python -m sharekan_bench compensate    # compensate=True on the wide head -> compensate.*
     python -m sharekan_bench portable      # stock-op .pte (+XNNPACK), ONNX vs LUTHAM/dense -> portable.*
     python -m sharekan_bench ratedistortion  # sharekan vs faiss quantizers at equal bytes/edge -> ratedistortion.*
+    python -m sharekan_bench budget_targets  # issue 14: detection head, 50 heads under byte budgets -> budget_targets.*
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ from typing import Any
 #: benches/results, wherever the command runs from
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 #: The compiler and kernel benchmarks: `sharekan_bench.<name>.main(argv)`, own options.
-MODULES = ("kmeans", "lutham", "gpu", "layouts", "refine", "compensate", "portable", "ratedistortion")
+MODULES = ("kmeans", "lutham", "gpu", "layouts", "refine", "compensate", "portable", "ratedistortion", "budget",
+           "budget_targets")
 
 
 def _parser() -> argparse.ArgumentParser:

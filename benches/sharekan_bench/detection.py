@@ -472,6 +472,23 @@ VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("SHARe-KAN Int8 base=fold", {"base": "fold"}),
     ("SHARe-KAN Int8 base=fold gain_bits=4", {"base": "fold", "gain_bits": 4}),
 )
+_FOLD4 = {"base": "fold", "gain_bits": 4}
+#: Byte budgets (issue 14): K of the sweep codes every edge (first stage), the budget
+#: (mean zstd-coded spline bytes per edge) decides which edges get a second, residual stage.
+#: Budgets below a K's floor raise InvalidInputError; `run_detection` skips those.
+BUDGET_VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = tuple(
+    (f"fold gain4 + stage K={sk}, {b:g} B/edge",
+     {**_FOLD4, "stages": 2, "stage_codebook_size": sk, "target_bytes_per_edge": b})
+    for sk, budgets in ((256, (1.1, 1.2, 1.3, 1.4)), (64, (1.1, 1.2, 1.3)))
+    for b in budgets
+) + tuple(
+    # the classification head's best point: the small output layer at K=256, 8-bit gains
+    (f"fold gain4 + stage K=256, {b:g} B/edge, layers.1 K=256 gain8",
+     {**_FOLD4, "stages": 2, "stage_codebook_size": 256, "target_bytes_per_edge": b,
+      "overrides": {"layers.1": {"codebook_size": 256, "gain_bits": 8}}})
+    for b in (1.2, 1.3)
+)
+VARIANTS = VARIANTS + BUDGET_VARIANTS
 
 
 def trained_head(cache: Path, cfg: DetConfig, sets: dict[str, dict[str, Any]],
@@ -496,10 +513,13 @@ def trained_head(cache: Path, cfg: DetConfig, sets: dict[str, dict[str, Any]],
     return sd, train_s, norm, x_train
 
 
-def run_detection(cache: Path, cfg: DetConfig = DetConfig(), log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_detection(cache: Path, cfg: DetConfig = DetConfig(), log: Callable[[str], None] = print,
+                  variants: tuple[tuple[str, dict[str, Any]], ...] = VARIANTS) -> dict[str, Any]:
     import torch
 
     import sharekan
+    from sharekan.entropy import sizes
+    from sharekan.errors import InvalidInputError
 
     from . import methods as M
     from sharekan.demo.heads import kan_forward
@@ -526,18 +546,28 @@ def run_detection(cache: Path, cfg: DetConfig = DetConfig(), log: Callable[[str]
     rows = [{"method": "dense FP32", "K": None, "bytes": dense_bytes, "file_bytes": None, "ratio": 1.0, **_flat(dense, dense)}]
     calib = x_train[np.random.default_rng(cfg.seed).choice(len(x_train), min(cfg.calib_rows, len(x_train)), replace=False)]
     for k in cfg.ks:
-        for name, opts in VARIANTS:
+        for name, opts in variants:
             t0 = time.perf_counter()
-            model = sharekan.compress(sd, calibration=calib, codebook_size=k, seed=cfg.seed, **opts)
+            try:
+                model = sharekan.compress(sd, calibration=calib, codebook_size=k, seed=cfg.seed, **opts)
+            except InvalidInputError as e:
+                if opts.get("target_bytes_per_edge") is None:
+                    raise
+                log(f"  K={k:4d} {name:38s} skipped: {e}")  # a budget below this K's floor
+                continue
+            coded = sizes(model.stored_tensors())["stored"]
             with tempfile.TemporaryDirectory() as tmp:
                 p = os.path.join(tmp, "det.sharekan")
                 model.save(p)
                 file_bytes = os.path.getsize(p)
             r = score({s: np.asarray(model.forward(x), np.float32) for s, x in evals.items()})
             row = {"method": name, "options": opts, "K": k, "bytes": int(model.nbytes), "file_bytes": file_bytes,
-                   "ratio": dense_bytes / model.nbytes, **_flat(r, dense), "seconds": round(time.perf_counter() - t0, 1)}
+                   "ratio": dense_bytes / model.nbytes, "coded_bytes": int(coded),
+                   "coded_ratio": dense_bytes / coded, **_flat(r, dense),
+                   "seconds": round(time.perf_counter() - t0, 1)}
             rows.append(row)
-            log(f"  K={k:4d} {name:38s} {row['ratio']:5.1f}x mAP {row['map_test']:6.2f} "
+            log(f"  K={k:4d} {name:38s} {row['ratio']:5.1f}x (coded {row['coded_ratio']:5.1f}x) "
+                f"mAP {row['map_test']:6.2f} "
                 f"({row['map_test'] - dense['test']['map']:+.2f}) SQNR {row['sqnr_test']:5.1f} dB "
                 f"mAP bg {row['map_bg']:6.2f} small {row['map_small']:6.2f}")
     return {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.__dict__.items()},

@@ -8,7 +8,9 @@ the first N heads are merged into one state_dict (`head{n}.layers.{l}.*`) and co
 with `share="layer"` (one codebook per layer per head) or `share="model"` (one codebook
 shared by every layer of every head), each with the compiler's options: plain Int8,
 `base="fold"` (first-layer SiLU base branch folded into the splines) and that with
-`gain_bits=4`; storage is the size of the saved artifact. Fidelity
+`gain_bits=4`, and byte budgets (`BUDGET_VARIANTS`: residual stages under
+`target_bytes_per_edge`); storage is the size of the saved artifact, with the tensor bytes
+and their zstd-coded size next to it. Fidelity
 (accuracy, agreement, output SQNR vs the dense head) is measured on each task's test images
 for a sample of heads.
 """
@@ -109,11 +111,24 @@ VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("fold", {"base": "fold"}),
     ("fold+gain4", {"base": "fold", "gain_bits": 4}),
 )
+#: Byte budgets (issue 14): the sweep's K codes every edge, the budget (mean zstd-coded
+#: spline bytes per edge) decides which edges get a residual stage. Stage codebooks are per
+#: layer even with share="model" (it shares the first stage's codebook only), so each head
+#: pays for its own: small stage codebooks. Budgets below a K's floor are skipped.
+BUDGET_VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = tuple(
+    (f"fold+gain4+stage{sk}@{b:g}",
+     {"base": "fold", "gain_bits": 4, "stages": 2, "stage_codebook_size": sk, "target_bytes_per_edge": b})
+    for sk, budgets in ((16, (1.05, 1.1, 1.2)),)
+    for b in budgets
+)
+VARIANTS = VARIANTS + BUDGET_VARIANTS
 
 
 def run_multihead(cache: Path, data: dict[str, np.ndarray], cfg: MultiHeadConfig = MultiHeadConfig(),
                   log: Callable[[str], None] = print) -> dict[str, Any]:
     import sharekan
+    from sharekan.entropy import sizes
+    from sharekan.errors import InvalidInputError
 
     started = time.perf_counter()
     heads = train_heads(cache, data, cfg, max(cfg.ns), log)
@@ -130,17 +145,30 @@ def run_multihead(cache: Path, data: dict[str, np.ndarray], cfg: MultiHeadConfig
         for variant, opts in cfg.variants:
             for share in ("layer", "model"):
                 for k in cfg.codebook_sizes:
-                    if share == "layer" and k > cfg.hidden * 2:
-                        over = {f"head{i}.layers.1": {"codebook_size": cfg.hidden * 2} for i in range(n)}
-                    else:
-                        over = {}
+                    # the output layers have hidden * 2 edges: no codebook may be larger
+                    edges_1 = cfg.hidden * 2
+                    cap: dict[str, int] = {}
+                    if share == "layer" and k > edges_1:
+                        cap["codebook_size"] = edges_1
+                    if opts.get("stages", 1) > 1 and (opts.get("stage_codebook_size") or k) > edges_1:
+                        cap["stage_codebook_size"] = edges_1  # per layer even with share="model"
+                    over = {f"head{i}.layers.1": cap for i in range(n)} if cap else {}
                     t = time.perf_counter()
-                    model = sharekan.compress(merged, calibration=calib, codebook_size=k,
-                                              share=share, seed=cfg.seed, overrides=over, **opts)
+                    try:
+                        model = sharekan.compress(merged, calibration=calib, codebook_size=k,
+                                                  share=share, seed=cfg.seed, overrides=over, **opts)
+                    except InvalidInputError as e:
+                        if opts.get("target_bytes_per_edge") is None:
+                            raise
+                        log(f"  N={n:2d} share={share:5s} K={k:4d} {variant}: skipped: {e}")  # below the floor
+                        continue
+                    coded = sizes(model.stored_tensors())["stored"]
                     with tempfile.TemporaryDirectory() as tmp:
                         path = os.path.join(tmp, "heads.sharekan")
                         model.save(path)
                         file_bytes = os.path.getsize(path)
+                        model.save(path, entropy="zstd")
+                        coded_file_bytes = os.path.getsize(path)
                     fids = []
                     for i, ((x, y), ref) in enumerate(zip(tests[:n], refs)):
                         fids.append(M.fidelity(ref, head_forward(model, i, x), y)
@@ -149,6 +177,13 @@ def run_multihead(cache: Path, data: dict[str, np.ndarray], cfg: MultiHeadConfig
                          "base_folded": opts.get("base") == "fold",
                          "dense_bytes": dense_bytes, "bytes": int(model.nbytes), "file_bytes": file_bytes,
                          "ratio": dense_bytes / file_bytes,
+                         # tensor bytes and their zstd-coded size, metadata excluded (the
+                         # classification and detection benches' measure); the file adds
+                         # per-layer metadata, which 50 small heads pay 100 times
+                         "tensor_ratio": dense_bytes / model.nbytes,
+                         "coded_bytes": int(coded), "coded_ratio": dense_bytes / coded,
+                         "coded_file_bytes": coded_file_bytes,
+                         "coded_file_ratio": dense_bytes / coded_file_bytes,
                          "agreement": float(np.mean([f["agreement"] for f in fids])),
                          "min_agreement": float(np.min([f["agreement"] for f in fids])),
                          "sqnr_db": float(np.mean([f["sqnr_db"] for f in fids])),
@@ -156,7 +191,8 @@ def run_multihead(cache: Path, data: dict[str, np.ndarray], cfg: MultiHeadConfig
                          "sampled_heads": len(fids), "seconds": round(time.perf_counter() - t, 1)}
                     rows.append(r)
                     log(f"  N={n:2d} share={share:5s} K={k:4d} {variant:10s} "
-                        f"{file_bytes:>10,d} B {r['ratio']:5.1f}x agree {r['agreement']:6.2f} "
+                        f"{file_bytes:>10,d} B {r['ratio']:5.1f}x (tensors {r['tensor_ratio']:5.1f}x, "
+                        f"coded {r['coded_ratio']:5.1f}x) agree {r['agreement']:6.2f} "
                         f"SQNR {r['sqnr_db']:5.1f} dB")
     conf = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.__dict__.items()}
     conf["variants"] = [[name, opts] for name, opts in cfg.variants]

@@ -4,6 +4,7 @@ ArtifactError before anything large is allocated."""
 
 from __future__ import annotations
 
+import base64
 import json
 import resource
 
@@ -18,6 +19,8 @@ import sharekan
 from kan_fixtures import efficient_kan_state_dict
 from sharekan import _core, artifact, entropy, schema
 from sharekan.artifact import seal, write
+from sharekan.entropy import pack_metadata, unpack_metadata
+from sharekan.schema import PACKED_ENTRIES, PACKED_KEY
 from sharekan.errors import ArtifactError, InvalidInputError
 
 GB = 1 << 30
@@ -42,8 +45,13 @@ def saved(model, tmp_path_factory):
 
 
 def _contents(path):
+    """Tensors and metadata as stored, a version-3 header's packed entries unpacked (the
+    reader takes them either way)."""
     tensors, metadata = _core.load_safetensors(str(path))
-    return dict(tensors), dict(metadata)
+    metadata = dict(metadata)
+    if PACKED_KEY in metadata:
+        metadata.update(unpack_metadata(metadata.pop(PACKED_KEY), max_bytes=1 << 24))
+    return dict(tensors), metadata
 
 
 def _write(tmp_path, tensors, metadata, name="crafted.sharekan"):
@@ -338,3 +346,47 @@ def test_byte_flips_in_blobs(tmp_path, saved, data):
         sharekan.load(path)  # a flip in an entropy-coded payload may still decode
     except ArtifactError:
         pass
+
+
+# ---------------------------------------------------------------------------- packed header
+
+
+def test_header_is_packed(saved, model):
+    _, stored = _core.load_safetensors(str(saved))
+    assert PACKED_KEY in stored and not set(PACKED_ENTRIES) & set(stored)
+    _, metadata = artifact.read(saved)
+    assert set(PACKED_ENTRIES) <= set(metadata) and PACKED_KEY not in metadata
+    assert json.loads(metadata["config"]) == model.config.to_dict()
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda v: "x" + v, "decimal byte count"),
+    (lambda v: v.replace(":", ";", 1), "<size>:<base64>"),
+    (lambda v: v[: len(v) - 8], "base64|zstd"),
+    (lambda v: "1" + v, "declares|zstd"),  # size 10x larger than the frame's
+    (lambda v: f"{1 << 36}:" + v.partition(":")[2], "outside"),
+    (lambda v: "5:" + base64.b64encode(zstandard.ZstdCompressor().compress(b"[1,2]")).decode(),
+     "object of strings"),
+    (lambda v: "5:" + base64.b64encode(zstandard.ZstdCompressor().compress(b"{oops")).decode(),
+     "JSON"),
+])
+def test_crafted_packed_header(saved, tmp_path, edit, match):
+    tensors, stored = _core.load_safetensors(str(saved))
+    stored = dict(stored)
+    stored[PACKED_KEY] = edit(stored[PACKED_KEY])
+    with pytest.raises(ArtifactError, match=match):
+        sharekan.load(_write(tmp_path, dict(tensors), stored))
+
+
+@pytest.mark.parametrize("extra", [{"report": "{}"}, {"surprise": "1"}])
+def test_packed_header_cannot_shadow_or_add_entries(saved, tmp_path, extra):
+    tensors, stored = _core.load_safetensors(str(saved))
+    stored = dict(stored)
+    entries = unpack_metadata(stored[PACKED_KEY], max_bytes=1 << 24)
+    if "report" in extra:  # packed and plain at once
+        stored.update(extra)
+    else:
+        entries.update(extra)
+    stored[PACKED_KEY] = pack_metadata(entries)
+    with pytest.raises(ArtifactError, match="packed metadata"):
+        sharekan.load(_write(tmp_path, dict(tensors), stored))

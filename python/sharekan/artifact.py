@@ -30,7 +30,7 @@ import numpy as np
 from . import _core
 from .compressed import CompressedLayer, CompressedModel
 from .config import Config
-from .entropy import MAX_EXPANSION, decode
+from .entropy import MAX_EXPANSION, decode, unpack_metadata
 from .errors import ArtifactError, ShareKanError
 from .report import Report
 from .schema import (
@@ -39,6 +39,8 @@ from .schema import (
     ENTROPY_KEY,
     ENTROPY_VERSION,
     FORMAT,
+    PACKED_ENTRIES,
+    PACKED_KEY,
     FORMAT_VERSION,
     READABLE_VERSIONS,
     checksum,
@@ -103,11 +105,26 @@ def read(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str,
         )
     if version == ENTROPY_VERSION:
         try:
+            metadata = _unpacked(metadata, MAX_EXPANSION * os.path.getsize(path))
             table = parse_json(metadata, ENTROPY_KEY, dict)
             tensors = decode(tensors, table, max_bytes=MAX_EXPANSION * os.path.getsize(path))
         except ArtifactError as exc:
             raise ArtifactError(f"{path!r}: {exc}") from None
     return tensors, metadata
+
+
+def _unpacked(metadata: dict[str, str], max_bytes: int) -> dict[str, str]:
+    """A version-3 header with its packed entries (`schema.PACKED_KEY`) unpacked in place."""
+    if PACKED_KEY not in metadata:
+        return metadata
+    entries = unpack_metadata(metadata[PACKED_KEY], max_bytes=max_bytes)
+    unknown = sorted(set(entries) - set(PACKED_ENTRIES))
+    if unknown:
+        raise ArtifactError(f"packed metadata: unexpected entries {unknown[:4]}")
+    clash = sorted(set(entries) & set(metadata))
+    if clash:
+        raise ArtifactError(f"packed metadata: {clash[:4]} stored both packed and plain")
+    return {**{k: v for k, v in metadata.items() if k != PACKED_KEY}, **entries}
 
 
 def load(path: str | os.PathLike[str]) -> CompressedModel:

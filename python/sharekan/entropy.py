@@ -13,6 +13,8 @@ failure is an `ArtifactError` naming the tensor.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 from collections.abc import Mapping
@@ -197,3 +199,44 @@ def sizes(tensors: Mapping[str, np.ndarray], level: int = DEFAULT_LEVEL) -> dict
         "raw": sum(e["raw"] for e in per.values()),
         "stored": sum(e["stored"] for e in per.values()),
     }
+
+
+def pack_metadata(entries: Mapping[str, str], level: int = DEFAULT_LEVEL) -> str:
+    """One metadata value holding `entries` (str -> str): their canonical JSON, zstd-coded,
+    as `"<JSON bytes>:<base64 frame>"`. Deterministic. A many-layer artifact's header
+    (report, layer table, entropy table) is mostly repeated JSON keys: this is where an
+    entropy-coded artifact stops paying for them."""
+    raw = json.dumps(dict(entries), sort_keys=True, separators=(",", ":")).encode()
+    cctx = zstandard.ZstdCompressor(level=level, write_content_size=True, write_checksum=False)
+    return f"{len(raw)}:" + base64.b64encode(cctx.compress(raw)).decode("ascii")
+
+
+def unpack_metadata(value: Any, *, max_bytes: int) -> dict[str, str]:
+    """The entries `pack_metadata` packed into `value` (untrusted): at most `max_bytes`
+    (and `MAX_DECODED_BYTES`) of JSON, checked to be an object of strings.
+
+    Raises:
+        ArtifactError: anything but what `pack_metadata` writes."""
+    where = "packed metadata"
+    if not isinstance(value, str) or ":" not in value:
+        raise ArtifactError(f"{where}: expected '<size>:<base64>', got {str(value)[:40]!r}")
+    size, _, text = value.partition(":")
+    if not (size.isascii() and size.isdigit()) or len(size) > 12:
+        raise ArtifactError(f"{where}: size {size[:20]!r} is not a decimal byte count")
+    nbytes = int(size)
+    if not 0 < nbytes <= min(max_bytes, MAX_DECODED_BYTES):
+        raise ArtifactError(f"{where}: declares {nbytes} bytes, outside (0, "
+                            f"{min(max_bytes, MAX_DECODED_BYTES)}] for this file")
+    try:
+        blob = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ArtifactError(f"{where}: not valid base64 ({exc})") from None
+    data = _decompress(where, np.frombuffer(blob, dtype=np.uint8), nbytes)
+    try:
+        entries = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise ArtifactError(f"{where}: not valid JSON ({exc})") from None
+    if not isinstance(entries, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in entries.items()):
+        raise ArtifactError(f"{where}: expected a JSON object of strings")
+    return entries

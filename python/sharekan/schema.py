@@ -45,7 +45,7 @@ import numpy as np
 from . import _core
 from ._version import __version__
 from .config import MAX_CODEBOOK_SIZE, MAX_STAGES
-from .entropy import CODEC, encode, table_json
+from .entropy import CODEC, encode, pack_metadata, table_json
 from .errors import ArtifactError, InvalidInputError
 from .layouts import Semantics, TensorInfo, basis_from_dict
 from .layouts.adapter import BASE_ACTIVATIONS
@@ -402,6 +402,10 @@ ENTROPY_VERSION = "3"
 ENTROPY_KEY = "entropy"
 #: What `save`'s `entropy` accepts (None: a plain version-2 file).
 ENTROPY_CODECS = (None, CODEC)
+#: The metadata entry of a version-3 file holding the entries below, zstd-coded
+#: (`sharekan.entropy.pack_metadata`).
+PACKED_KEY = "packed"
+PACKED_ENTRIES = ("layers", "report", "key_order", "config", "passthrough", ENTROPY_KEY)
 
 
 def save(model: CompressedModel, path: str | os.PathLike[str], *,
@@ -421,6 +425,8 @@ def save(model: CompressedModel, path: str | os.PathLike[str], *,
         tensors, table = encode(tensors)
         metadata["format_version"] = ENTROPY_VERSION
         metadata[ENTROPY_KEY] = table_json(table)
+        # the large JSON entries travel zstd-coded in one entry (read unpacks them)
+        metadata[PACKED_KEY] = pack_metadata({k: metadata.pop(k) for k in PACKED_ENTRIES})
     # the digest covers the stored (encoded) bytes: a damaged blob fails it before decoding
     write(path, tensors, seal(tensors, metadata))
 

@@ -106,6 +106,16 @@ def seeds() -> list[tuple[str, dict[str, np.ndarray], dict]]:
     default_sd, _, _ = load_default()
     out.append(("default_model", default_sd, dict(codebook_size=8, gain_bits=4, base="int4",
                                                   bias="fold", input_range=rng_in, n_iter=5)))
+    # residual stages: dense, and under a byte budget (sparse stages, dropped edges); the
+    # "_zstd" seeds are saved entropy-coded (format version 3, packed header)
+    staged = efficient_kan_state_dict(np.random.default_rng(1), [12, 8, 3], grid_size=3, k=3)
+    out += [
+        ("ekan_stages", staged, dict(codebook_size=4, stages=3, bias="edge", gain_bits=4)),
+        ("ekan_stages_budget", staged, dict(codebook_size=4, stages=3, bias="edge",
+                                            target_bytes_per_edge=5.0, drop_edges=True)),
+        ("ekan_stages_budget_zstd", staged, dict(codebook_size=4, stages=3, bias="edge",
+                                                 target_bytes_per_edge=5.0, drop_edges=True)),
+    ]
     return out
 
 
@@ -122,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name}: not written ({type(exc).__name__}: {exc})")
             continue
         path = out / f"{name}.safetensors"
-        model.save(str(path))
+        model.save(str(path), entropy="zstd" if name.endswith("_zstd") else None)
         support = [layer.unsupported_reason() for layer in model.layers.values()]
         print(f"{name}: {model.source_layout}, {len(model.layers)} layers, "
               f"{path.stat().st_size} bytes, evaluator: "

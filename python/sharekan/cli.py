@@ -36,6 +36,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
         "--float", dest="int8", action="store_false", help="keep codebook/gains/biases in float32"
     )
     p.add_argument("--bias", choices=["auto", "fold", "edge"], default="auto")
+    p.add_argument("--gain-bits", type=int, choices=[8, 4], default=8,
+                   help="bits of the int8-mode gains (default 8)")
     p.add_argument("--base", choices=["int8", "float"], default="int8")
     p.add_argument("--stages", type=int, default=1,
                    help="residual gain-shape stages per edge (default 1)")
@@ -60,6 +62,7 @@ def _config(args: argparse.Namespace, default_k: int):
         share=args.share,
         int8=args.int8,
         bias=args.bias,
+        gain_bits=args.gain_bits,
         base=args.base,
         stages=args.stages,
         stage_codebook_size=args.stage_codebook_size,

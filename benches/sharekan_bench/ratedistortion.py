@@ -331,7 +331,8 @@ def run_sharekan(sd: dict[str, np.ndarray], sources: list[Any], configs: Iterabl
 
 def _family(kwargs: dict[str, Any]) -> str:
     """Plot line of a sharekan row: everything but the codebook size."""
-    rest = {k: v for k, v in kwargs.items() if k not in ("codebook_size", "metric")}
+    rest = {k: v for k, v in kwargs.items()
+            if k not in ("codebook_size", "metric", "target_bytes_per_edge")}
     return "sharekan " + " ".join(f"{k}={v}" for k, v in rest.items())
 
 
@@ -550,11 +551,12 @@ def plot(head: dict[str, Any], path: Path) -> Path | None:
     if plt is None:
         return None
     layers = head["layers"]
-    fig, axes = plt.subplots(1, len(layers), figsize=(6.5 * len(layers), 5), squeeze=False)
+    fig, axes = plt.subplots(1, len(layers), figsize=(9.5 * len(layers), 5.5), squeeze=False)
     for ax, layer in zip(axes[0], layers):
         families: dict[str, list[dict[str, Any]]] = {}
         for r in layer["rows"]:
-            key = (f"faiss {r['family']} {r['nbits']}-bit {r['space']}" if r["method"] == "faiss" else r["family"])
+            key = (f"faiss {r['family']} {r['nbits']}-bit {r['space']}" if r["method"] == "faiss"
+                   else _family(r["config"]))
             families.setdefault(key, []).append(r)
         colors = plt.cm.tab20(np.linspace(0, 1, max(len(families), 2)))  # more lines than the default cycle
         for color, (key, rs) in zip(colors, sorted(families.items())):
@@ -569,7 +571,7 @@ def plot(head: dict[str, Any], path: Path) -> Path | None:
         ax.set_ylabel("function SQNR dB")
         ax.set_title(f"{head['name']} {layer['name']} ({layer['n_in']} x {layer['n_out']})")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes
     return report.save_figure(fig, path)
 
 

@@ -75,7 +75,7 @@ SHAREKAN_CONFIGS: list[tuple[str, dict[str, Any]]] = [
     # extra edge budgets that land inside the plain-bytes bins)
     (f"4 stages drop {b} B {bias}", {"bias": bias, "metric": "function", "stages": 4,
                                      "target_bytes_per_edge": b, "drop_edges": True})
-    for bias, budgets in (("edge", (0.8, 0.9, 1.65, 1.9, 2.5, 2.9, 3.3, 3.9)),
+    for bias, budgets in (("edge", (0.8, 0.9, 1.45, 1.65, 1.9, 2.5, 2.9, 3.3, 3.9)),
                           ("fold", (0.9, 1.9, 2.9, 3.9)))
     for b in budgets
 ] + [

@@ -15,7 +15,7 @@ import numpy as np
 
 from .compressed import CompressedLayer
 from .config import Config
-from .dense import dense_layer_forward
+from .dense import dense_layer_forward, spline_forward
 from .layouts import LayerSource
 from .refine import compensate_output
 from .report import LayerReport
@@ -33,10 +33,7 @@ def _stages_output(source: LayerSource, layer: CompressedLayer, x: np.ndarray) -
     """What the layer's residual stages add to its output on x (batch, n_in), float64."""
     if not layer.stages:
         return 0.0
-    coeffs = np.sum([stage.coeffs() for stage in layer.stages], axis=0)
-    basis = source.basis.values(source.basis_inputs(x))  # (batch, n_in, M)
-    n_in, n_out, m = coeffs.shape
-    return basis.reshape(len(x), n_in * m) @ coeffs.transpose(0, 2, 1).reshape(n_in * m, n_out)
+    return spline_forward(source, x, np.sum([stage.coeffs() for stage in layer.stages], axis=0))
 
 
 def compensate_layers(

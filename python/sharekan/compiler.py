@@ -41,7 +41,7 @@ from .refine import (
     output_sensitivities,
 )
 from .report import LayerReport, Report
-from .scalars import store_scalars
+from .scalars import store_codebook, store_scalars
 from .stages import StageInput, add_stages
 from .validation import as_state_dict, float_array, to_numpy
 
@@ -239,19 +239,14 @@ def _compile_group(
         book, codes, _ = lloyd_refine(all_edges, coeffs, fit.codebook, fit.codes)
         gains, _ = edge_gain_bias(all_edges, coeffs, book, codes.astype(np.int64))
         fit = dataclasses.replace(fit, codebook=book, codes=codes, gains=gains)
-    if gcfg.int8:
-        book = fit.codebook
-        if gcfg.codebook_scale == "shared":
-            # every codeword at max |.| = 1 (its scale moves into the gains, which are refit
-            # against the stored codebook): one scale serves them all at full int8 resolution
-            peak = np.abs(book).max(axis=1, keepdims=True)
-            book = book / np.where(peak > 0, peak, 1.0)
-        book_q, book_scale = _core.quantize_i8(np.ascontiguousarray(book), 0)
-        if gcfg.codebook_scale == "shared":
-            book_scale = np.array([book_scale.max()], dtype=np.float32)  # (1,): all equal
-        book = (book_q.astype(np.float32) * book_scale[:, None]).astype(np.float32)
-    else:
-        book_q, book_scale, book = None, None, fit.codebook.astype(np.float32)
+    book = fit.codebook
+    shared = gcfg.int8 and gcfg.codebook_scale == "shared"
+    if shared:
+        # every codeword at max |.| = 1 (its scale moves into the gains, which are refit
+        # against the stored codebook): one scale serves them all at full int8 resolution
+        peak = np.abs(book).max(axis=1, keepdims=True)
+        book = book / np.where(peak > 0, peak, 1.0)
+    book, book_q, book_scale = store_codebook(book, gcfg.int8, shared)
     fit_seconds = (time.perf_counter() - started) / len(members)
 
     offset = 0

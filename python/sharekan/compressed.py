@@ -166,7 +166,10 @@ class CompressedLayer:
         stage's codebook, codes and gains, and no bias or base branch. A layer's spline
         part is the sum of `lutham(x, **lutham_inputs())` and `lutham(x, **s)` for every
         `s` here: one projection table per stage."""
-        first = self.lutham_inputs()
+        return self._stage_inputs(self.lutham_inputs())
+
+    def _stage_inputs(self, first: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """`stage_inputs()` from the first stage's `lutham_inputs()`."""
         none = dict.fromkeys(("edge_bias", "edge_bias_scale", "out_bias", "base_weight",
                               "base_scale"))
         return [
@@ -178,8 +181,9 @@ class CompressedLayer:
 
     def _spline(self, u: np.ndarray) -> np.ndarray:
         """Every stage of the LUTHAM op on u (batch, n_in) f32, summed in stage order."""
-        y = _core.lutham_forward(u, **self.lutham_inputs())
-        for inputs in self.stage_inputs():
+        first = self.lutham_inputs()
+        y = _core.lutham_forward(u, **first)
+        for inputs in self._stage_inputs(first):
             y = y + _core.lutham_forward(u, **inputs)
         return np.asarray(y, dtype=np.float32)
 

@@ -49,6 +49,15 @@ def dense_evaluable(source: LayerSource) -> str | None:
     return None
 
 
+def spline_forward(source: LayerSource, x: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
+    """The spline branch alone: sum_i coeffs[i, o] . B(x_i) on x (batch, n_in) float64 ->
+    (batch, n_out) float64, coefficients (n_in, n_out, M)."""
+    basis = source.basis.values(source.basis_inputs(x))  # (batch, n_in, M)
+    n_in, n_out, m = coeffs.shape
+    # (batch, n_in*M) @ (n_in*M, n_out)
+    return basis.reshape(len(x), n_in * m) @ coeffs.transpose(0, 2, 1).reshape(n_in * m, n_out)
+
+
 def dense_layer_forward(
     source: LayerSource,
     x: np.ndarray,
@@ -61,10 +70,7 @@ def dense_layer_forward(
     (see `dense_evaluable`)."""
     coeffs = source.coeffs if coeffs is None else coeffs
     base_weight = source.base_weight if base_weight is None else base_weight
-    basis = source.basis.values(source.basis_inputs(x))  # (batch, n_in, M)
-    n_in, n_out, m = coeffs.shape
-    # (batch, n_in*M) @ (n_in*M, n_out)
-    out = basis.reshape(len(x), n_in * m) @ coeffs.transpose(0, 2, 1).reshape(n_in * m, n_out)
+    out = spline_forward(source, x, coeffs)
     if base_weight is not None:
         out += base_activation(source.semantics.base_activation, x) @ base_weight
     if "base_bias" in source.aux:

@@ -12,6 +12,27 @@ from . import _core
 from .config import Config
 
 
+def store_gains(cfg: Config, gains: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(stored gains (n_in, n_out), per-output scales): int8 / int4 per `cfg.gain_bits`, or
+    float32 with unit scales."""
+    if cfg.int8:
+        return _core.quantize_sym(np.ascontiguousarray(gains), 1, cfg.gain_bits)
+    return gains.astype(np.float32), np.ones(gains.shape[1], dtype=np.float32)
+
+
+def store_codebook(book: np.ndarray, int8: bool, shared_scale: bool = False
+                   ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """(evaluated float32 codebook, int8 codebook, scales) of a (K, M) codebook: int8-rounded
+    with one scale per codeword ((K,)), or one for all (`shared_scale`: (1,), the largest,
+    for codewords already normalised to max |.| = 1), or float32 (None, None)."""
+    if not int8:
+        return book.astype(np.float32), None, None
+    book_q, scale = _core.quantize_i8(np.ascontiguousarray(book), 0)
+    if shared_scale:
+        scale = np.array([scale.max()], dtype=np.float32)  # (1,): all equal
+    return (book_q.astype(np.float32) * scale[:, None]).astype(np.float32), book_q, scale
+
+
 def store_scalars(
     cfg: Config,
     gains: np.ndarray,
@@ -21,11 +42,7 @@ def store_scalars(
 ) -> dict[str, Any]:
     """The stored (quantised) gains (n_in, n_out), biases ((n_out,) folded or (n_in, n_out))
     and base weights (n_in, n_out) or None, as CompressedLayer fields."""
-    n_out = gains.shape[1]
-    if cfg.int8:
-        gains_stored, gain_scale = _core.quantize_sym(np.ascontiguousarray(gains), 1, cfg.gain_bits)
-    else:
-        gains_stored, gain_scale = gains.astype(np.float32), np.ones(n_out, dtype=np.float32)
+    gains_stored, gain_scale = store_gains(cfg, gains)
     edge_bias = edge_bias_scale = out_bias = None
     if folded:
         out_bias = bias.astype(np.float32)

@@ -38,8 +38,10 @@ import numpy as np
 from . import _core
 from .compressed import CompressedLayer, ResidualStage
 from .config import Config
+from .dense import dequant
 from .entropy import sizes
 from .errors import InvalidInputError
+from .scalars import store_codebook, store_gains
 
 __all__ = ["StageInput", "add_stages", "stored_spline_bits"]
 
@@ -78,29 +80,6 @@ def _gain_bits(cfg: Config) -> int:
 
 def _codebook_bytes(k: int, m: int, cfg: Config) -> int:
     return k * m + 4 * k if cfg.int8 else 4 * k * m
-
-
-def _stage_codebook(book: np.ndarray, cfg: Config) -> tuple[np.ndarray, np.ndarray | None,
-                                                              np.ndarray | None]:
-    """(evaluated f32 codebook, int8 codebook, scales) as the first stage stores its own."""
-    if not cfg.int8:
-        return book.astype(np.float32), None, None
-    book_q, scale = _core.quantize_i8(np.ascontiguousarray(book), 0)
-    return (book_q.astype(np.float32) * scale[:, None]).astype(np.float32), book_q, scale
-
-
-def _quantize_gains(gains: np.ndarray, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
-    """(stored gains (n_in, n_out), per-output scales) as the first stage's gains are stored."""
-    if cfg.int8:
-        return _core.quantize_sym(np.ascontiguousarray(gains), 1, cfg.gain_bits)
-    return gains.astype(np.float32), np.ones(gains.shape[1], dtype=np.float32)
-
-
-def _dequant(values: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    out = values.astype(np.float64)
-    if values.dtype == np.int8:
-        out *= scale.astype(np.float64)[None, :]
-    return out
 
 
 def _first_stage_bits(layer: CompressedLayer, cfg: Config) -> int:
@@ -154,7 +133,7 @@ def _stage_layer(item: StageInput, lam: float | None, n_iter: int) -> tuple[Comp
             break  # too few edges left for a stage of K codewords
         fit = _core.gsb_fit(np.ascontiguousarray(residual[rows]), metric, k_stage, n_iter,
                             cfg.tol, (cfg.seed + index) % 2**64)
-        book, book_q, book_scale = _stage_codebook(fit["codebook"], cfg)
+        book, book_q, book_scale = store_codebook(fit["codebook"], cfg.int8)
         codes_rows = np.asarray(fit["codes"], dtype=np.int64)
         shapes = book.astype(np.float64)[codes_rows]
         # the gain of each edge: least squares under the metric against the stored codeword
@@ -162,8 +141,10 @@ def _stage_layer(item: StageInput, lam: float | None, n_iter: int) -> tuple[Comp
         den = _energy(shapes, metric)
         dense = np.zeros(edges)
         dense[rows] = np.divide(num, den, out=np.zeros_like(num), where=den > 0)
-        gains, scale = _quantize_gains(dense.reshape(n_in, n_out), cfg)
-        added = _dequant(gains, scale).reshape(-1)[rows, None] * shapes
+        gains, scale = store_gains(cfg, dense.reshape(n_in, n_out))
+        dequantized = dequant(gains, scale)
+        assert dequantized is not None
+        added = dequantized.reshape(-1)[rows, None] * shapes
         removed = left[rows] - _energy(residual[rows] - added, metric)
         keep = removed > 0
         if lam is not None:

@@ -106,12 +106,8 @@ def layer_tensors(layer: CompressedLayer) -> dict[str, np.ndarray]:
     _put_stage(out, "", layer.codes, layer.bits, weights)
     for index, stage in enumerate(layer.stages, start=1):
         prefix = f"s{index}_"
-        if stage.codebook_q is not None:
-            assert stage.codebook_scale is not None
-            out[prefix + "codebook_q"] = stage.codebook_q
-            out[prefix + "codebook_scale"] = stage.codebook_scale
-        else:
-            out[prefix + "codebook"] = stage.codebook
+        out.update({prefix + name: array for name, array in _put_codebook(
+            stage.codebook, stage.codebook_q, stage.codebook_scale).items()})
         _put_stage(out, prefix, stage.codes, stage.bits, {"gains": (stage.gains, stage.gain_scale)})
     if layer.out_bias is not None:
         out["out_bias"] = layer.out_bias
@@ -124,10 +120,26 @@ def layer_tensors(layer: CompressedLayer) -> dict[str, np.ndarray]:
 
 def layer_codebook(layer: CompressedLayer) -> dict[str, np.ndarray]:
     """The codebook tensors of `layer`'s group (field name -> array)."""
-    if layer.codebook_q is not None:
-        assert layer.codebook_scale is not None
-        return {"codebook_q": layer.codebook_q, "codebook_scale": layer.codebook_scale}
-    return {"codebook": layer.codebook}
+    return _put_codebook(layer.codebook, layer.codebook_q, layer.codebook_scale)
+
+
+def _put_codebook(book: np.ndarray, book_q: np.ndarray | None,
+                  scale: np.ndarray | None) -> dict[str, np.ndarray]:
+    """A codebook's stored tensors: `codebook_q` + `codebook_scale` (int8), or `codebook`."""
+    if book_q is not None:
+        assert scale is not None
+        return {"codebook_q": book_q, "codebook_scale": scale}
+    return {"codebook": book}
+
+
+def _get_codebook(tensors: Mapping[str, np.ndarray], prefix: str = ""
+                  ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Inverse of `_put_codebook` (fields under `prefix`): (evaluated f32 codebook, int8
+    codebook, scales)."""
+    if prefix + "codebook_q" in tensors:
+        book_q, scale = tensors[prefix + "codebook_q"], tensors[prefix + "codebook_scale"]
+        return (book_q.astype(np.float32) * scale[:, None]).astype(np.float32), book_q, scale
+    return tensors[prefix + "codebook"], None, None
 
 
 def layer_metadata(layer: CompressedLayer) -> dict[str, Any]:
@@ -172,21 +184,13 @@ def layer_fields(
                                             k, (n_in, n_out), ("gains",))
         stage_gains, stage_scale = stage_got["gains"]
         assert stage_gains is not None
-        if prefix + "codebook_q" in tensors:
-            sq, ss = tensors[prefix + "codebook_q"], tensors[prefix + "codebook_scale"]
-            stage_book = (sq.astype(np.float32) * ss[:, None]).astype(np.float32)
-        else:
-            sq, ss, stage_book = None, None, tensors[prefix + "codebook"]
+        stage_book, sq, ss = _get_codebook(tensors, prefix)
         stages.append(dict(  # ResidualStage fields (built by CompressedLayer.from_stored)
             codebook_size=k, bits=bits, codebook=stage_book, codebook_q=sq, codebook_scale=ss,
             codes=stage_codes, gains=stage_gains,
             gain_scale=stage_scale if stage_scale is not None else np.ones(n_out, np.float32),
         ))
-    if "codebook_q" in codebook:
-        cq, cs = codebook["codebook_q"], codebook["codebook_scale"]
-        book = (cq.astype(np.float32) * cs[:, None]).astype(np.float32)
-    else:
-        cq, cs, book = None, None, codebook["codebook"]
+    book, cq, cs = _get_codebook(codebook)
     if gain_scale is None:
         gain_scale = np.ones(n_out, dtype=np.float32)
     grid = np.ascontiguousarray(
@@ -601,6 +605,16 @@ def _check_source(where: str, source: Mapping[str, Any], cap: int) -> list[str]:
     return keys
 
 
+def _check_codebook(tensors: Mapping[str, np.ndarray], prefix: str, k: int, m: int) -> None:
+    """A (K, M) codebook stored as f32 `codebook` or int8 `codebook_q` with f32 scales (one
+    per codeword or one for all), under `prefix`."""
+    if prefix + "codebook" in tensors:
+        _tensor(tensors, prefix + "codebook", "float32", [(k, m)], finite=True)
+    else:
+        _tensor(tensors, prefix + "codebook_q", "int8", [(k, m)])
+        _tensor(tensors, prefix + "codebook_scale", "float32", [(k,), (1,)], finite=True)
+
+
 def _check_stage(tensors: Mapping[str, np.ndarray], prefix: str, stage: str, where: str,
                  n_edges: int, edge: tuple[int, int], bits: int, names: tuple[str, ...]
                  ) -> dict[str, bool]:
@@ -643,14 +657,9 @@ def _check_stages(tensors: Mapping[str, np.ndarray], prefix: str, where: str, st
         if entry["bits"] != bits:
             raise _fail(at, f"bits={entry['bits']!r} but a {k}-word codebook needs {bits}")
         stage = f"s{index}_"
-        if prefix + stage + "codebook" in tensors:
-            if prefix + stage + "codebook_q" in tensors:
-                raise _fail(at, "stores both codebook and codebook_q")
-            _tensor(tensors, prefix + stage + "codebook", "float32", [(k, m)], finite=True)
-        else:
-            _tensor(tensors, prefix + stage + "codebook_q", "int8", [(k, m)])
-            _tensor(tensors, prefix + stage + "codebook_scale", "float32", [(k,), (1,)],
-                    finite=True)
+        if prefix + stage + "codebook" in tensors and prefix + stage + "codebook_q" in tensors:
+            raise _fail(at, "stores both codebook and codebook_q")
+        _check_codebook(tensors, prefix + stage, k, m)
         _check_stage(tensors, prefix, stage, at, n_edges, edge, bits, ("gains",))
         fields |= {stage + f for f in ("codebook", "codebook_q", "codebook_scale", "codes",
                                        "active", "gains", "gains_q", "gains_q4",
@@ -696,11 +705,7 @@ def validate_layer(meta: Any, tensors: Mapping[str, np.ndarray]) -> set[str]:
     if len(shape) != 2 or shape[0] != K or not 1 <= shape[1] <= MAX_COEFFS:
         raise _fail(where, f"codebook shape {shape}; expected ({K}, M) with 1 <= M <= {MAX_COEFFS}")
     m = shape[1]
-    if book + "codebook" in tensors:
-        _tensor(tensors, book + "codebook", "float32", [(K, m)], finite=True)
-    else:
-        _tensor(tensors, book + "codebook_q", "int8", [(K, m)])
-        _tensor(tensors, book + "codebook_scale", "float32", [(K,), (1,)], finite=True)
+    _check_codebook(tensors, book, K, m)
 
     kind, width = _check_basis(where, meta, grid_size, k, m)
     rows = [(1,), (n_in,)]

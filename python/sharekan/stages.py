@@ -15,13 +15,14 @@ code and bias 0) and of later stages too. Dropping minimises the summed per-edge
 metrics measure, but the dropped edges' errors add up coherently in the layer's outputs
 (they are whole edge functions, not zero-mean quantisation noise): measured on the demo
 head, output fidelity is far worse than the per-edge metric predicts, so it is off by
-default. The bits are
-counted as an entropy-coded artifact stores them: the coded edges' fields plus, per stage,
-the entropy of the map of which edges it codes (see `schema` for the sparse stored form).
-lam is found by bisection on log lam so that the model's spline tensors, zstd-coded as
-`save(path, entropy="zstd")` stores them (`sharekan.entropy.sizes`; base-branch weights
-excluded, a shared codebook counted in every layer that uses it), meet the budget; each layer's error is weighted by 1 / its total energy under its metric (relative
-error), or by 1 when the metric is "output" (its units are then the model outputs').
+default. Each edge is priced in bits as an entropy-coded artifact stores it: the coded
+edges' fields plus, per stage, the entropy of the map of which edges it codes (see `schema`
+for the sparse stored form). lam is found by bisection on log lam so that the model's spline
+tensors, zstd-coded as `save(path, entropy="zstd")` stores them (`sharekan.entropy.sizes`;
+base-branch weights excluded, a shared codebook counted in every layer that uses it), meet
+the budget; each layer's error is weighted by 1 / its total energy under its metric
+(relative error), or by 1 when the metric is "output" (its units are then the model
+outputs').
 
 The first stage's k-means ran on every edge before the allocation, and its codebook is kept.
 """
